@@ -51,6 +51,11 @@ class KnockdownParams:
         enabled: Apply the filter.
         target_col: obs column holding the targeted gene symbol, or ``None`` to read it
             from ``pert_col`` (combinations ``A+B`` are then checked component-wise).
+        type_col: obs column with the perturbation type (e.g. ``perturbation_type``), or
+            ``None`` to treat every perturbation as a knockdown. With a column, only
+            perturbations of a type in ``knockdown_types`` are filtered; the others
+            (CRISPRa, overexpression, drugs) are kept and reported as exempt.
+        knockdown_types: The values of ``type_col`` that are knockdowns or knockouts.
         residual_expression: Keep a perturbation only if the mean expression of its
             target in its cells is below this fraction of the control mean.
         cell_residual_expression: Keep a cell only if its own target expression is
@@ -60,6 +65,8 @@ class KnockdownParams:
 
     enabled: bool
     target_col: str | None
+    type_col: str | None
+    knockdown_types: list[str]
     residual_expression: float
     cell_residual_expression: float
     min_cells: int

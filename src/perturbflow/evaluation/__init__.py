@@ -1,0 +1,49 @@
+"""Baselines, cell-eval scoring and plots (no Kedro imports)."""
+
+from perturbflow.evaluation.baselines import (
+    PredictedEffect,
+    predict_context_mean,
+    predict_control,
+    predict_perturbation_mean,
+)
+from perturbflow.evaluation.benchmark import (
+    build_baseline_predictions,
+    evaluate_predictions,
+    split_names,
+)
+from perturbflow.evaluation.cells import predicted_adata, real_adata
+from perturbflow.evaluation.design import (
+    EvaluationData,
+    TrainingEffects,
+    evaluation_data,
+    training_effects,
+)
+from perturbflow.evaluation.linear import select_and_fit_linear
+from perturbflow.evaluation.plots import delta_scatter_figure, metric_comparison_figure
+from perturbflow.evaluation.scoring import (
+    add_normalised_scores,
+    aggregate_metrics,
+    score_predictions,
+)
+
+__all__ = [
+    "EvaluationData",
+    "PredictedEffect",
+    "TrainingEffects",
+    "add_normalised_scores",
+    "aggregate_metrics",
+    "build_baseline_predictions",
+    "delta_scatter_figure",
+    "evaluate_predictions",
+    "evaluation_data",
+    "metric_comparison_figure",
+    "predict_context_mean",
+    "predict_control",
+    "predict_perturbation_mean",
+    "predicted_adata",
+    "real_adata",
+    "score_predictions",
+    "select_and_fit_linear",
+    "split_names",
+    "training_effects",
+]

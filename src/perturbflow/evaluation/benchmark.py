@@ -1,0 +1,193 @@
+"""Build every baseline's predictions for every named split and score them with cell-eval.
+
+These two functions are what the Kedro ``evaluation`` pipeline wraps; a notebook user can
+call them directly with an AnnData, a split table and typed params.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+import anndata as ad
+import pandas as pd
+
+from perturbflow.evaluation.baselines import (
+    EffectPredictor,
+    Key,
+    PredictedEffect,
+    predict_context_mean,
+    predict_control,
+    predict_perturbation_mean,
+)
+from perturbflow.evaluation.cells import predicted_adata, real_adata
+from perturbflow.evaluation.design import (
+    EvaluationData,
+    TrainingEffects,
+    evaluation_data,
+    training_effects,
+)
+from perturbflow.evaluation.linear import predict_linear_with, select_and_fit_linear
+from perturbflow.evaluation.scoring import (
+    CEILING,
+    add_normalised_scores,
+    aggregate_metrics,
+    score_predictions,
+)
+from perturbflow.exceptions import InputError
+from perturbflow.params import ColumnsParams, EvaluationParams
+
+logger = logging.getLogger(__name__)
+
+SIMPLE_PREDICTORS: dict[str, EffectPredictor] = {
+    "control": predict_control,
+    "perturbation_mean": predict_perturbation_mean,
+    "context_mean": predict_context_mean,
+}
+DESIGN_COLUMNS = ("dataset", "context", "perturbation", "is_control")
+PREDICTION_SEP = "/"
+
+
+def split_names(split_table: pd.DataFrame) -> list[str]:
+    """The named splits of a split table (every column that is not a design column)."""
+    return [c for c in split_table.columns if c not in DESIGN_COLUMNS]
+
+
+def _predict(
+    name: str,
+    data: EvaluationData,
+    effects: TrainingEffects,
+    keys: list[Key],
+    params: EvaluationParams,
+    reports: dict,
+) -> dict[Key, PredictedEffect]:
+    if name == "linear":
+        model, evidence, report = select_and_fit_linear(
+            data, effects, ranks=params.linear.ranks, ridge=params.linear.ridge
+        )
+        reports[data.split_name] = report
+        return predict_linear_with(model, evidence, keys)
+    return SIMPLE_PREDICTORS[name](data, effects, keys)
+
+
+def build_baseline_predictions(
+    adata: ad.AnnData,
+    split_table: pd.DataFrame,
+    genes: list[str],
+    columns: ColumnsParams,
+    params: EvaluationParams,
+    *,
+    obsm_key: str | None = "X_hvg",
+    progress: Callable[[str], None] | None = None,
+) -> tuple[dict[str, ad.AnnData], dict[str, ad.AnnData], pd.DataFrame, dict]:
+    """Cell-level test-set predictions of every baseline for every named split.
+
+    Args:
+        adata: Preprocessed AnnData.
+        split_table: Per-cell split table (one column per named split).
+        genes: Names of the expression space's columns (the HVG list).
+        columns: Column names of the design.
+        params: Evaluation params (which predictors, the linear baseline's candidates).
+        obsm_key: Expression space (``X_hvg`` by default, ``None`` for ``X``).
+        progress: Optional callback receiving a line per finished step.
+
+    Returns:
+        ``predictions`` keyed ``"<split>/<predictor>"``, ``reals`` keyed by split,
+        a table of prediction sources (which rule predicted each held-out perturbation)
+        and the linear baseline's rank-selection report per split.
+
+    Raises:
+        InputError: If a split has no test perturbation.
+    """
+    predictions, reals, reports = {}, {}, {}
+    source_rows = []
+    for split in split_names(split_table):
+        data = evaluation_data(adata, split_table, split, genes=genes, obsm_key=obsm_key)
+        effects = training_effects(data)
+        keys = [
+            (context, pert)
+            for context in data.heldout_contexts("test")
+            for pert in data.heldout_perturbations(context, "test")
+        ]
+        if not keys:
+            raise InputError(f"Split {split!r} has no test perturbation to evaluate.")
+        reals[split] = real_adata(data, "test", columns)
+        for name in params.predictors:
+            predicted = _predict(name, data, effects, keys, params, reports)
+            predictions[f"{split}{PREDICTION_SEP}{name}"] = predicted_adata(
+                data, "test", predicted, columns, seed=params.seed
+            )
+            source_rows += [
+                {
+                    "split": split,
+                    "predictor": name,
+                    "context": c,
+                    "perturbation": p,
+                    "source": e.source,
+                }
+                for (c, p), e in predicted.items()
+            ]
+            if progress:
+                progress(f"{split}: {name} predicted {len(keys)} perturbations")
+    return predictions, reals, pd.DataFrame(source_rows), reports
+
+
+def _materialise(value: ad.AnnData | Callable[[], ad.AnnData]) -> ad.AnnData:
+    """Partitioned datasets hand over load functions; in-memory runs hand over objects."""
+    return value() if callable(value) else value
+
+
+def evaluate_predictions(
+    predictions: Mapping[str, ad.AnnData | Callable[[], ad.AnnData]],
+    reals: Mapping[str, ad.AnnData | Callable[[], ad.AnnData]],
+    columns: ColumnsParams,
+    params: EvaluationParams,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score every prediction (and each split's ceiling) with cell-eval.
+
+    Args:
+        predictions: Cell-level predictions keyed ``"<split>/<predictor>"``.
+        reals: Real held-out cells keyed by split.
+        columns: Column names of the design.
+        params: Evaluation params (profile, reference predictor, ceiling, threads).
+
+    Returns:
+        The aggregate table (one row per split and predictor, with the normalised
+        score against the reference predictor) and the per-perturbation table.
+    """
+    frames = []
+    order = {name: i for i, name in enumerate(params.predictors)}
+    keys = sorted(
+        predictions,
+        key=lambda k: (k.split(PREDICTION_SEP)[0], order.get(k.split(PREDICTION_SEP)[1], 99)),
+    )
+    for split in sorted(reals):
+        real = _materialise(reals[split])
+        for key in [k for k in keys if k.split(PREDICTION_SEP)[0] == split]:
+            predictor = key.split(PREDICTION_SEP, 1)[1]
+            frame = score_predictions(
+                real,
+                _materialise(predictions[key]),
+                columns,
+                profile=params.profile,
+                num_threads=params.num_threads,
+                seed=params.seed,
+            )
+            frames.append(frame.assign(split=split, predictor=predictor))
+        if params.ceiling:
+            frame = score_predictions(
+                real,
+                None,
+                columns,
+                profile=params.profile,
+                num_threads=params.num_threads,
+                seed=params.seed,
+            )
+            frames.append(frame.assign(split=split, predictor=CEILING))
+    per_perturbation = pd.concat(frames, ignore_index=True)
+    ids = ["split", "predictor", "context", "perturbation"]
+    per_perturbation = per_perturbation[ids + [c for c in per_perturbation.columns if c not in ids]]
+    agg = add_normalised_scores(
+        aggregate_metrics(per_perturbation), reference=params.reference_predictor
+    )
+    return agg, per_perturbation

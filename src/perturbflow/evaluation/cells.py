@@ -1,0 +1,139 @@
+"""Cell-level real and predicted AnnData in the form cell-eval expects.
+
+cell-eval compares a predicted and a real AnnData that share the var order and the set
+of perturbations, control included. A predicted perturbation gets as many cells as the
+real one; each predicted cell is a real control cell of the same context (sampled without
+replacement while there are enough) plus the predicted delta. Repeating one mean vector
+instead would make nearly every gene "significant" in cell-eval's differential
+expression test and distort the DE metrics. Predicted values are clipped at zero: a
+log1p expression cannot be negative (and cell-eval rejects negative log1p data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from perturbflow.evaluation.baselines import Key, PredictedEffect
+from perturbflow.evaluation.design import EvaluationData
+from perturbflow.params import ColumnsParams
+
+
+def _obs(
+    columns: ColumnsParams,
+    *,
+    perturbation: list[str],
+    dataset: list[str],
+    celltype: list[str],
+    context: list[str],
+    names: list[str],
+) -> pd.DataFrame:
+    frame = {
+        columns.pert_col: perturbation,
+        columns.celltype_col: celltype,
+        "context": context,
+    }
+    frame[columns.dataset_col or "dataset"] = dataset
+    obs = pd.DataFrame(frame, index=pd.Index(names, name=None))
+    for col in obs.columns:
+        obs[col] = obs[col].astype("category")
+    return obs
+
+
+def _context_parts(data: EvaluationData, context: str) -> tuple[str, str]:
+    row = data.cells.loc[data.cells["context"] == context].iloc[0]
+    return str(row["dataset"]), str(row["celltype"])
+
+
+def real_adata(data: EvaluationData, label: str, columns: ColumnsParams) -> ad.AnnData:
+    """The real held-out cells of ``label`` plus the control cells of their contexts.
+
+    Args:
+        data: Expression and labels of the split.
+        label: ``"test"`` or ``"val"``.
+        columns: Column names; the output's obs uses the user's column names and the
+            control label of the configuration.
+
+    Returns:
+        An AnnData with the split's gene space in ``X``.
+    """
+    rows, perts = [], []
+    for context in data.heldout_contexts(label):
+        ctrl = data.control_rows(context)
+        rows.append(ctrl)
+        perts += [columns.control_label] * len(ctrl)
+        for pert in data.heldout_perturbations(context, label):
+            r = data.perturbation_rows(context, pert, label)
+            rows.append(r)
+            perts += [pert] * len(r)
+    idx = np.concatenate(rows) if rows else np.zeros(0, dtype=int)
+    cells = data.cells.iloc[idx]
+    obs = _obs(
+        columns,
+        perturbation=perts,
+        dataset=cells["dataset"].tolist(),
+        celltype=cells["celltype"].tolist(),
+        context=cells["context"].tolist(),
+        names=cells.index.astype(str).tolist(),
+    )
+    out = ad.AnnData(X=data.X[idx].copy(), obs=obs)
+    out.var_names = data.genes
+    return out
+
+
+def predicted_adata(
+    data: EvaluationData,
+    label: str,
+    effects: Mapping[Key, PredictedEffect],
+    columns: ColumnsParams,
+    *,
+    seed: int,
+) -> ad.AnnData:
+    """Cell-level predictions for every held-out perturbation of ``label``.
+
+    Args:
+        data: Expression and labels of the split.
+        label: ``"test"`` or ``"val"``.
+        effects: Predicted delta per ``(context, perturbation)``.
+        columns: Column names (see :func:`real_adata`).
+        seed: Seed of the control-cell sampling.
+
+    Returns:
+        An AnnData with, per context, its real control cells followed by the predicted
+        cells of each held-out perturbation (as many as the real ones).
+
+    Raises:
+        KeyError: If a held-out perturbation has no predicted effect.
+    """
+    rng = np.random.default_rng(seed)
+    blocks, perts, contexts, names = [], [], [], []
+    for context in data.heldout_contexts(label):
+        ctrl = data.control_rows(context)
+        blocks.append(data.X[ctrl])
+        perts += [columns.control_label] * len(ctrl)
+        contexts += [context] * len(ctrl)
+        names += [f"ctrl:{n}" for n in data.cells.index[ctrl]]
+        for pert in data.heldout_perturbations(context, label):
+            n = len(data.perturbation_rows(context, pert, label))
+            picked = rng.choice(ctrl, size=n, replace=n > len(ctrl))
+            delta = effects[(context, pert)].delta.astype(np.float32)
+            blocks.append(np.clip(data.X[picked] + delta, 0.0, None))
+            perts += [pert] * n
+            contexts += [context] * n
+            names += [f"pred:{context}:{pert}:{i}" for i in range(n)]
+    parts = {c: _context_parts(data, c) for c in set(contexts)}
+    obs = _obs(
+        columns,
+        perturbation=perts,
+        dataset=[parts[c][0] for c in contexts],
+        celltype=[parts[c][1] for c in contexts],
+        context=contexts,
+        names=names,
+    )
+    X = np.vstack(blocks) if blocks else np.zeros((0, len(data.genes)), dtype=np.float32)
+    out = ad.AnnData(X=X.astype(np.float32, copy=False), obs=obs)
+    out.var_names = data.genes
+    return out

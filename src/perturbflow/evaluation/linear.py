@@ -1,0 +1,251 @@
+"""The linear baseline of Ahlmann-Eltze, Huber and Anders (Nature Methods 2025).
+
+The paper predicts a perturbation's effect as ``b + G W p``: ``G`` a gene embedding (the
+top principal components of the training effects), ``p`` a perturbation embedding and
+``W`` a small matrix fitted by ridge regression on the training perturbations. The model
+is only as honest as ``p``: it must be built from information that does not contain the
+held-out perturbation's own response in the held-out context.
+
+This module builds ``p`` by projecting a gene-space *evidence vector* ``v`` onto ``G``
+(``p = G^T v``). ``v`` comes from the first of these sources that exists, all of them
+computed from training cells (or, for the target signature, the context's control cells,
+which are a prediction's inputs anyway):
+
+1. ``components``: a combination ``A+B`` whose components were all trained in the same
+   context: the sum of their training deltas (the additive model), centred.
+2. ``other_contexts``: the perturbation's mean centred delta in the other training
+   contexts where it was seen (zero-shot transfer).
+3. ``target_signature``: every target gene is measured: the regression slope of each
+   gene on the target gene across the context's control cells (how the transcriptome
+   co-varies with the target; a first-order knockdown signature). On PerturBench's
+   devel subset only one target (TMSB4X) is measured; on Papalexi nine are.
+
+Each source has its own ``W`` (the sources live on different scales), fitted on the
+training perturbations for which that source exists, leaving each one's own cells out.
+Where the paper's ridge shrinks ``W`` towards zero (its embeddings are arbitrary), ours
+shrinks it towards the identity, because the evidence is already a predicted response:
+with little training support the model trusts the evidence as it is.
+A source with fewer than two such training perturbations gets the identity map: the
+evidence is used as it is, projected on ``G`` (for ``components`` this is the additive
+model of double perturbations).
+A perturbation with no source cannot be embedded honestly and is predicted by
+``perturbation_mean`` (reported as ``fallback:perturbation_mean``). The rank of ``G`` is
+chosen on validation perturbations only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from perturbflow.evaluation.baselines import FALLBACK, Key, PredictedEffect
+from perturbflow.evaluation.design import EvaluationData, TrainingEffects
+from perturbflow.perturbations import components
+
+logger = logging.getLogger(__name__)
+
+SOURCES = ("components", "other_contexts", "target_signature")
+_MIN_FIT_COLUMNS = 2
+
+
+def _centre(effects: TrainingEffects) -> np.ndarray:
+    """Training deltas minus their context's mean delta (the perturbation_mean effect)."""
+    out = effects.deltas.copy()
+    for context in effects.contexts():
+        rows = [i for i, (c, _) in enumerate(effects.keys) if c == context]
+        out[rows] -= effects.deltas[rows].mean(axis=0)
+    return out
+
+
+@dataclass
+class _Evidence:
+    """Gene-space evidence vectors per source, computed once per split."""
+
+    data: EvaluationData
+    effects: TrainingEffects
+    centred: np.ndarray = field(init=False)
+    index: dict[Key, int] = field(init=False)
+    gene_index: dict[str, int] = field(init=False)
+    _signatures: dict[tuple[str, str], np.ndarray | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.centred = _centre(self.effects)
+        self.index = self.effects.index()
+        self.gene_index = {g: i for i, g in enumerate(self.data.genes)}
+
+    def vector(self, source: str, key: Key) -> np.ndarray | None:
+        """The evidence vector of ``key`` from ``source``, or ``None`` if unavailable."""
+        context, perturbation = key
+        if source == "components":
+            parts = components(perturbation)
+            if len(parts) < 2 or not all((context, p) in self.index for p in parts):
+                return None
+            # additive model: the sum of the raw component deltas, centred once
+            total = sum(self.effects.deltas[self.index[(context, p)]] for p in parts)
+            return total - self.effects.mean_delta(context)
+        if source == "other_contexts":
+            rows = [
+                self.index[(c, perturbation)]
+                for c in self.effects.contexts()
+                if c != context and (c, perturbation) in self.index
+            ]
+            return self.centred[rows].mean(axis=0) if rows else None
+        if source == "target_signature":
+            parts = components(perturbation)
+            if not all(p in self.gene_index for p in parts):
+                return None
+            sigs = [self._signature(context, p) for p in parts]
+            return None if any(s is None for s in sigs) else sum(sigs)
+        raise ValueError(f"unknown evidence source {source!r}")
+
+    def _signature(self, context: str, gene: str) -> np.ndarray | None:
+        if (context, gene) not in self._signatures:
+            rows = self.data.control_rows(context)
+            X = self.data.X[rows].astype(np.float64)
+            t = X[:, self.gene_index[gene]]
+            var = t.var()
+            if len(rows) < 3 or var <= 0:
+                self._signatures[(context, gene)] = None
+            else:
+                slope = ((X - X.mean(axis=0)) * (t - t.mean())[:, None]).mean(axis=0) / var
+                self._signatures[(context, gene)] = slope
+        return self._signatures[(context, gene)]
+
+
+@dataclass(frozen=True)
+class LinearModel:
+    """A fitted linear baseline: gene basis, per-source maps and context offsets."""
+
+    basis: np.ndarray  # genes x rank
+    maps: dict[str, np.ndarray]  # source -> rank x rank
+    rank: int
+    n_fit_columns: dict[str, int]
+
+
+def fit_linear(evidence: _Evidence, *, rank: int, ridge: float) -> LinearModel:
+    """Fit the gene basis and one ridge map per evidence source.
+
+    Args:
+        evidence: Evidence vectors of the split.
+        rank: Number of principal components of the centred training deltas.
+        ridge: Ridge penalty, relative to the mean squared norm of the embeddings.
+
+    Returns:
+        The fitted model (sources with fewer than two training columns get the identity).
+    """
+    Y = evidence.centred
+    rank = max(1, min(rank, *Y.shape))
+    _, _, vt = np.linalg.svd(Y, full_matrices=False)
+    basis = vt[:rank].T
+    maps, counts = {}, {}
+    for source in SOURCES:
+        cols = [(i, evidence.vector(source, k)) for i, k in enumerate(evidence.effects.keys)]
+        cols = [(i, v) for i, v in cols if v is not None]
+        counts[source] = len(cols)
+        if len(cols) < _MIN_FIT_COLUMNS:
+            maps[source] = np.eye(rank)
+            continue
+        Z = basis.T @ Y[[i for i, _ in cols]].T  # rank x n
+        E = basis.T @ np.vstack([v for _, v in cols]).T  # rank x n
+        gram = E @ E.T
+        lam = ridge * max(np.trace(gram) / rank, 1e-12)
+        # ridge towards the identity, not towards zero: the evidence already lives in
+        # response space, so where the training columns say nothing W stays I
+        eye = np.eye(rank)
+        maps[source] = (Z @ E.T + lam * eye) @ np.linalg.inv(gram + lam * eye)
+    return LinearModel(basis=basis, maps=maps, rank=rank, n_fit_columns=counts)
+
+
+def predict_linear_with(
+    model: LinearModel, evidence: _Evidence, keys: Sequence[Key]
+) -> dict[Key, PredictedEffect]:
+    """Predict ``keys`` with a fitted model (the first available source wins)."""
+    out = {}
+    for key in keys:
+        base = evidence.effects.mean_delta(key[0])
+        for source in SOURCES:
+            v = evidence.vector(source, key)
+            if v is not None:
+                delta = base + model.basis @ (model.maps[source] @ (model.basis.T @ v))
+                out[key] = PredictedEffect(delta, source)
+                break
+        else:
+            out[key] = PredictedEffect(base, FALLBACK)
+    return out
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denom = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denom) if denom > 0 else 0.0
+
+
+def real_deltas(data: EvaluationData, label: str) -> dict[Key, np.ndarray]:
+    """Real held-out deltas: mean of the held-out cells minus all controls of the context."""
+    out = {}
+    for context in data.heldout_contexts(label):
+        ctrl = data.X[data.control_rows(context)].mean(axis=0)
+        for pert in data.heldout_perturbations(context, label):
+            rows = data.perturbation_rows(context, pert, label)
+            out[(context, pert)] = data.X[rows].mean(axis=0) - ctrl
+    return out
+
+
+def select_and_fit_linear(
+    data: EvaluationData,
+    effects: TrainingEffects,
+    *,
+    ranks: Sequence[int],
+    ridge: float,
+) -> tuple[LinearModel, _Evidence, dict]:
+    """Choose the rank on validation perturbations and return the fitted model.
+
+    Args:
+        data: Expression and labels of the split.
+        effects: Training effects of the split.
+        ranks: Candidate ranks.
+        ridge: Ridge penalty.
+
+    Returns:
+        The model fitted with the chosen rank, its evidence and a JSON-serialisable
+        selection report (validation pearson_delta per rank, the chosen rank, and how
+        many training perturbations each source map was fitted on).
+    """
+    evidence = _Evidence(data, effects)
+    val = real_deltas(data, "val")
+    scores: dict[int, float] = {}
+    for rank in sorted(set(ranks)):
+        model = fit_linear(evidence, rank=rank, ridge=ridge)
+        if val:
+            preds = predict_linear_with(model, evidence, list(val))
+            scores[model.rank] = float(np.mean([_pearson(preds[k].delta, val[k]) for k in val]))
+    if scores:
+        chosen = max(scores, key=lambda r: (round(scores[r], 6), -r))
+        reason = "best mean validation pearson_delta"
+    else:
+        chosen = sorted(ranks)[0]
+        reason = "no validation perturbations in this split: first candidate rank used"
+    model = fit_linear(evidence, rank=chosen, ridge=ridge)
+    logger.info(
+        "linear baseline, split %s: rank %d (%s); validation pearson_delta by rank %s",
+        data.split_name,
+        model.rank,
+        reason,
+        {r: round(s, 4) for r, s in scores.items()},
+    )
+    report = {
+        "split": data.split_name,
+        "chosen_rank": model.rank,
+        "reason": reason,
+        "validation_pearson_delta_by_rank": {str(r): s for r, s in scores.items()},
+        "n_validation_perturbations": len(val),
+        "ridge": ridge,
+        "training_columns_per_source": model.n_fit_columns,
+        "sources_with_identity_map": [
+            s for s, n in model.n_fit_columns.items() if n < _MIN_FIT_COLUMNS
+        ],
+    }
+    return model, evidence, report

@@ -1,0 +1,24 @@
+"""Project pipelines."""
+
+from __future__ import annotations
+
+from kedro.framework.project import find_pipelines
+from kedro.pipeline import Pipeline
+
+# The default run: real data to honest baseline metrics. Later stages (pairing,
+# training, ...) join it as they land.
+DEFAULT_PIPELINES = ("preprocessing", "splits", "evaluation")
+
+
+def register_pipelines() -> dict[str, Pipeline]:
+    """Register the project's pipelines.
+
+    Returns:
+        A mapping from pipeline names to ``Pipeline`` objects; ``__default__`` chains
+        preprocessing, splits and evaluation.
+    """
+    pipelines = find_pipelines(raise_errors=True)
+    pipelines["__default__"] = sum(
+        (pipelines[name] for name in DEFAULT_PIPELINES), start=Pipeline([])
+    )
+    return pipelines

@@ -1,0 +1,102 @@
+"""Nodes of the ``evaluation`` pipeline: thin wrappers over :mod:`perturbflow.evaluation`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+import anndata as ad
+import pandas as pd
+import plotly.graph_objects as go
+
+from perturbflow.evaluation import (
+    build_baseline_predictions,
+    delta_scatter_figure,
+    evaluate_predictions,
+    metric_comparison_figure,
+)
+from perturbflow.params import ColumnsParams, EvaluationParams
+
+logger = logging.getLogger(__name__)
+
+Partitions = Mapping[str, ad.AnnData | Callable[[], ad.AnnData]]
+
+TABLE_METRICS = (
+    "pearson_delta",
+    "discrimination_score_l1",
+    "overlap_at_N",
+    "precision_at_N",
+    "mse",
+    "mae",
+)
+
+
+def predict_baselines(
+    preprocessed_adata: ad.AnnData,
+    split_table: pd.DataFrame,
+    hvg_genes: list[str],
+    columns: ColumnsParams,
+    evaluation: EvaluationParams,
+) -> tuple[dict[str, ad.AnnData], dict[str, ad.AnnData], pd.DataFrame, dict]:
+    """Cell-level test predictions of every baseline, per named split.
+
+    Returns:
+        Predictions keyed ``<split>/<predictor>``, the real held-out cells keyed by split,
+        the prediction-source table and the linear baseline's rank selection.
+    """
+    return build_baseline_predictions(
+        preprocessed_adata,
+        split_table,
+        hvg_genes,
+        columns,
+        evaluation,
+        progress=logger.info,
+    )
+
+
+def score_predictions(
+    baseline_predictions: Partitions,
+    heldout_real: Partitions,
+    columns: ColumnsParams,
+    evaluation: EvaluationParams,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score every prediction and each split's ceiling with cell-eval.
+
+    Returns:
+        ``metrics.csv`` (one row per split and predictor) and the per-perturbation table.
+    """
+    return evaluate_predictions(baseline_predictions, heldout_real, columns, evaluation)
+
+
+def format_metrics_table(metrics: pd.DataFrame, evaluation: EvaluationParams) -> str:
+    """Render the headline metrics as a Markdown table and print it.
+
+    Returns:
+        The Markdown table (saved as ``08_reporting/metrics.md``).
+    """
+    score = f"score_vs_{evaluation.reference_predictor}"
+    shown = ["split", "predictor", "n_perturbations"]
+    shown += [m for m in (*TABLE_METRICS, score) if m in metrics.columns]
+    table = metrics[shown].to_markdown(index=False, floatfmt=".3f")
+    print(f"\nperturbflow metrics (cell-eval, profile {evaluation.profile}):\n{table}\n")
+    return table + "\n"
+
+
+def plot_metric_comparison(metrics: pd.DataFrame) -> go.Figure:
+    """Predictors side by side per metric (kedro-viz shows it)."""
+    return metric_comparison_figure(metrics)
+
+
+def plot_predicted_vs_real(
+    baseline_predictions: Partitions,
+    heldout_real: Partitions,
+    columns: ColumnsParams,
+    evaluation: EvaluationParams,
+) -> go.Figure:
+    """Predicted vs real delta for a few test perturbations (kedro-viz shows it)."""
+    return delta_scatter_figure(
+        baseline_predictions,
+        heldout_real,
+        columns,
+        n_perturbations=evaluation.plot_perturbations,
+    )

@@ -1,0 +1,155 @@
+"""Highly variable genes (scanpy) and the dense ``obsm['X_hvg']`` matrix STATE reads."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scanpy as sc
+import scipy.sparse as sp
+
+from perturbflow.exceptions import InputError, suggest
+from perturbflow.preprocess.normalize import record_uns
+from perturbflow.preprocess.validation import detect_expression_kind
+
+logger = logging.getLogger(__name__)
+
+FLAVORS = ("seurat", "cell_ranger")
+STAT_COLUMNS = ("means", "dispersions", "dispersions_norm")
+
+
+def _constant_genes(X: object) -> np.ndarray:
+    """Boolean mask of genes with the same value in every cell, without copying ``X``.
+
+    For CSR input a gene is constant when it has no non-zero value, or when every cell
+    stores one and they are all equal (only those few columns are sliced out).
+    """
+    if sp.issparse(X) and X.format == "csr":
+        n_obs, n_vars = X.shape
+        nonzero = np.bincount(X.indices[X.data != 0], minlength=n_vars)
+        constant = nonzero == 0
+        full = np.flatnonzero(nonzero == n_obs)
+        if full.size:
+            sub = X[:, full]
+            constant[full] = sub.max(axis=0).toarray().ravel() == sub.min(axis=0).toarray().ravel()
+        return constant
+    if sp.issparse(X):
+        return X.max(axis=0).toarray().ravel() == X.min(axis=0).toarray().ravel()
+    X = np.asarray(X)
+    return X.max(axis=0) == X.min(axis=0)
+
+
+def select_hvg(
+    adata: ad.AnnData, *, n_top_genes: int, flavor: str = "seurat"
+) -> tuple[ad.AnnData, list[str]]:
+    """Select highly variable genes on log1p data and store them as STATE expects.
+
+    ``sc.pp.highly_variable_genes`` runs on the genes that vary at all: constant genes
+    (e.g. all-zero after filtering cells) have no dispersion, make scanpy's seurat
+    flavour return fewer genes than asked and its cell_ranger flavour fail, so they are
+    left out and never selected. ``n_top_genes`` is capped (with a warning) at the
+    number of varying genes. When scanpy's cut-off keeps a different number of genes
+    (ties), the ``n_top_genes`` genes with the highest normalised dispersion are kept.
+
+    The copy gets ``var["highly_variable"]`` (plus scanpy's ``means``, ``dispersions``,
+    ``dispersions_norm``; NaN for constant genes) and ``obsm["X_hvg"]``: a dense float32
+    array (``n_obs x n_hvg``, 4 bytes per entry: 2.4 GB for 300k cells x 2,000 genes)
+    whose columns are the returned genes, in the returned order.
+
+    Args:
+        adata: log1p-normalised screen; never modified.
+        n_top_genes: How many genes to select.
+        flavor: ``"seurat"`` or ``"cell_ranger"`` (both expect log1p data).
+
+    Returns:
+        The annotated copy and the HVG names sorted by their position in ``var_names``
+        (the order of the ``obsm["X_hvg"]`` columns; save it as JSON next to the file).
+
+    Raises:
+        InputError: Unknown flavour, ``n_top_genes < 1``, raw counts in ``X``, no
+            varying gene, or scanpy failing on the data.
+    """
+    if flavor not in FLAVORS:
+        raise InputError(
+            f"select_hvg: flavor={flavor!r} is not one of {list(FLAVORS)}."
+            f"{suggest(flavor, FLAVORS)}"
+        )
+    if n_top_genes < 1:
+        raise InputError(f"select_hvg: n_top_genes={n_top_genes} must be at least 1.")
+    if detect_expression_kind(adata.X) == "counts":
+        raise InputError(
+            "select_hvg: X holds raw counts; HVGs are selected on log1p data. "
+            "Run normalize_log1p(adata, kind='counts', ...) first."
+        )
+    out = adata.copy()
+    varying = ~_constant_genes(out.X)
+    n_varying = int(varying.sum())
+    if n_varying == 0:
+        raise InputError("select_hvg: every gene is constant across cells; nothing varies.")
+    n = n_top_genes
+    if n > out.n_vars:
+        logger.warning(
+            "n_top_genes=%d > %d genes in the data: capped at %d", n, out.n_vars, out.n_vars
+        )
+        n = out.n_vars
+    if n > n_varying:
+        logger.warning(
+            "n_top_genes=%d > %d genes that vary across cells (%d constant genes are never "
+            "selected): capped at %d",
+            n,
+            n_varying,
+            out.n_vars - n_varying,
+            n_varying,
+        )
+        n = n_varying
+
+    # scanpy reads uns["log1p"]["base"]; the temporary AnnData shares X when no gene is
+    # constant, else holds a column subset.
+    X_fit = out.X if n_varying == out.n_vars else out.X[:, varying]
+    fit = ad.AnnData(X=X_fit, uns={"log1p": dict(out.uns.get("log1p", {"base": None}))})
+    fit.var_names = out.var_names[varying]
+    try:
+        with warnings.catch_warnings():  # handled below: the top n by dispersion are kept
+            warnings.filterwarnings("ignore", message=".*n_top_genes. > number of normalized")
+            stats = sc.pp.highly_variable_genes(fit, n_top_genes=n, flavor=flavor, inplace=False)
+    except ValueError as err:
+        raise InputError(
+            f"select_hvg: scanpy's {flavor!r} flavour failed on these data ({err}). "
+            "Try hvg_flavor: seurat."
+        ) from err
+    stats.index = fit.var_names
+    chosen = stats["highly_variable"].to_numpy(dtype=bool)
+    if int(chosen.sum()) != n:
+        order = np.argsort(-stats["dispersions_norm"].fillna(-np.inf).to_numpy(), kind="stable")
+        chosen = np.zeros(len(stats), dtype=bool)
+        chosen[order[:n]] = True
+        logger.info(
+            "scanpy's cut-off kept %d genes; kept the top %d by dispersion", chosen.sum(), n
+        )
+
+    highly_variable = pd.Series(False, index=out.var_names)
+    highly_variable[fit.var_names[chosen]] = True
+    out.var["highly_variable"] = highly_variable.to_numpy()
+    for col in STAT_COLUMNS:
+        if col in stats:
+            out.var[col] = stats[col].reindex(out.var_names).to_numpy(dtype=np.float64)
+
+    idx = np.flatnonzero(out.var["highly_variable"].to_numpy())
+    hvg_genes = [str(g) for g in out.var_names[idx]]
+    X_hvg = out.X[:, idx]
+    X_hvg = X_hvg.toarray() if sp.issparse(X_hvg) else np.asarray(X_hvg)
+    out.obsm["X_hvg"] = X_hvg.astype(np.float32, copy=False)
+    record_uns(out, "hvg", {"flavor": flavor, "n_top_genes": n_top_genes, "n_selected": len(idx)})
+    logger.info(
+        "Selected %d highly variable genes (%s) of %d; obsm['X_hvg'] is %d x %d float32 (%.1f MB)",
+        len(idx),
+        flavor,
+        out.n_vars,
+        out.n_obs,
+        len(idx),
+        out.obsm["X_hvg"].nbytes / 1e6,
+    )
+    return out, hvg_genes
