@@ -1,0 +1,180 @@
+"""Pipelines: the registry, and slices run with SequentialRunner on in-memory catalogs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from kedro.framework.project import configure_project
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+
+from perturbflow.params import (
+    ColumnsParams,
+    EvaluationParams,
+    KnockdownParams,
+    LinearBaselineParams,
+    PreprocessingParams,
+    SplitsParams,
+    SplitSpec,
+)
+from perturbflow.pipeline_registry import register_pipelines
+from perturbflow.pipelines.evaluation import create_pipeline as evaluation_pipeline
+from perturbflow.pipelines.preprocessing import create_pipeline as preprocessing_pipeline
+from perturbflow.pipelines.splits import create_pipeline as splits_pipeline
+from tests.synthetic import COLUMNS, make_screen, split_table
+
+PERTURBENCH_COLUMNS = ColumnsParams(
+    pert_col="condition",
+    celltype_col="cell_type",
+    batch_col=None,
+    control_label="control",
+    dataset_col="dataset",
+    dataset_name="perturbench",
+)
+
+
+class KeptDataset(MemoryDataset):
+    """A MemoryDataset the runner cannot release, so a test can read intermediate data."""
+
+    def _release(self) -> None:
+        pass
+
+
+def _catalog(datasets: dict) -> DataCatalog:
+    return DataCatalog(
+        {name: MemoryDataset(value, copy_mode="assign") for name, value in datasets.items()}
+    )
+
+
+def test_registry_has_every_pipeline_and_default_chains_three():
+    configure_project("perturbflow")
+    pipelines = register_pipelines()
+    assert {"preprocessing", "splits", "evaluation", "merge", "__default__"} <= set(pipelines)
+    default = {n.name for n in pipelines["__default__"].nodes}
+    assert {"preprocess", "build_split_table", "predict_baselines", "score_predictions"} <= default
+    assert "merge_screens" not in default
+
+
+def _evaluation_params(**overrides) -> EvaluationParams:
+    values = dict(
+        predictors=["control", "perturbation_mean", "context_mean", "linear"],
+        reference_predictor="perturbation_mean",
+        profile="minimal",
+        ceiling=True,
+        linear=LinearBaselineParams(ranks=[2, 4], ridge=0.1),
+        seed=0,
+        num_threads=1,
+        plot_perturbations=2,
+    )
+    values.update(overrides)
+    return EvaluationParams(**values)
+
+
+def test_evaluation_pipeline_on_generated_screen():
+    rng = np.random.default_rng(0)
+    n_genes = 30
+    specific = {f"p{i}": rng.normal(0, 0.6, n_genes) for i in range(4)}
+    effects = {(c, p): d for c in ("A", "B", "C") for p, d in specific.items()}
+    adata = make_screen(effects, n_genes=n_genes, contexts=["A", "B", "C"], noise=0.2)
+    table = split_table(adata, {"zs": {("C", "*"): "test", ("B", "p3"): "val"}})
+    catalog = _catalog(
+        {
+            "preprocessed_adata@anndata": adata,
+            "split_table": table,
+            "hvg_genes": list(adata.var_names),
+            "params:columns": COLUMNS,
+            "params:evaluation": _evaluation_params(),
+        }
+    )
+    pipeline = evaluation_pipeline()
+    for name in pipeline.outputs() | {"metrics", "baseline_predictions", "heldout_real"}:
+        catalog[name] = KeptDataset(copy_mode="assign")
+    SequentialRunner().run(pipeline, catalog)
+    outputs = catalog
+    metrics = outputs["metrics"].load()
+    assert list(metrics["predictor"]) == [
+        "control",
+        "perturbation_mean",
+        "context_mean",
+        "linear",
+        "ceiling",
+    ]
+    by = metrics.set_index("predictor")
+    assert by.loc["context_mean", "pearson_delta"] > 0.9  # planted: same effect everywhere
+    assert by.loc["context_mean", "pearson_delta"] > by.loc["perturbation_mean", "pearson_delta"]
+    assert by.loc["perturbation_mean", "score_vs_perturbation_mean"] == 0.0
+    assert "| zs" in outputs["metrics_table"].load()
+    sources = outputs["prediction_sources"].load()
+    assert set(sources.loc[sources["predictor"] == "linear", "source"]) == {"other_contexts"}
+    assert outputs["linear_baseline_selection"].load()["zs"]["n_validation_perturbations"] == 1
+    predictions = outputs["baseline_predictions"].load()
+    assert set(predictions) == {
+        f"zs/{p}" for p in ("control", "perturbation_mean", "context_mean", "linear")
+    }
+    assert outputs["predicted_vs_real_plot"].load().data
+
+
+def test_preprocessing_and_splits_on_real_perturbench(perturbench, project_root: Path, monkeypatch):
+    monkeypatch.chdir(project_root)  # split TOML paths are relative to the project root
+    preprocessing = PreprocessingParams(
+        expected_input="auto",
+        target_sum=None,
+        n_top_genes=100,
+        hvg_flavor="seurat",
+        knockdown=KnockdownParams(
+            enabled=True,
+            target_col=None,
+            type_col="perturbation_type",
+            knockdown_types=["CRISPRi"],
+            residual_expression=0.3,
+            cell_residual_expression=0.5,
+            min_cells=30,
+        ),
+    )
+    splits = SplitsParams(
+        splits={
+            "fewshot": SplitSpec(
+                toml="conf/base/splits/fewshot.toml", training={}, zeroshot={}, fewshot={}
+            ),
+            "inline": SplitSpec(
+                toml=None, training={}, zeroshot={"mcfaline23.A172": "test"}, fewshot={}
+            ),
+        }
+    )
+    catalog = _catalog(
+        {
+            "raw_adata": perturbench,
+            "params:columns": PERTURBENCH_COLUMNS,
+            "params:preprocessing": preprocessing,
+        }
+    )
+    outputs = SequentialRunner().run(preprocessing_pipeline(), catalog)
+    processed = outputs["preprocessed_adata@anndata"].load()
+    hvg = outputs["hvg_genes"].load()
+    assert processed.obsm["X_hvg"].shape == (processed.n_obs, 100) and len(hvg) == 100
+    report = outputs["preprocessing_summary"].load()
+    assert isinstance(report, pd.DataFrame) and "reason" in report.columns
+    # the splits node reads the backed twin of the same file; in memory it is the same object
+    split_catalog = _catalog(
+        {
+            "preprocessed_adata@backed": processed,
+            "params:columns": PERTURBENCH_COLUMNS,
+            "params:splits": splits,
+        }
+    )
+    split_outputs = SequentialRunner().run(splits_pipeline(), split_catalog)
+    table = split_outputs["split_table"].load()
+    assert set(table.columns) >= {
+        "fewshot",
+        "inline",
+        "dataset",
+        "context",
+        "perturbation",
+        "is_control",
+    }
+    assert (table.loc[table["context"] == "A172", "inline"] == "test").all()
+    assert table.index.equals(processed.obs_names)
+    summary = split_outputs["split_summary"].load()
+    assert set(summary["split_name"]) == {"fewshot", "inline"}

@@ -1,0 +1,79 @@
+"""KedroSession runs on a copy of the project: what `kedro run --env test` does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import pandas as pd
+import pytest
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+
+
+def _run(root: Path, *, env: str = "test", pipeline: str = "__default__") -> None:
+    bootstrap_project(root)
+    with KedroSession.create(project_path=root, env=env) as session:
+        session.run(pipeline_name=pipeline)
+
+
+def test_default_pipeline_on_test_env(project_copy: Path):
+    _run(project_copy)
+    reporting = project_copy / "data" / "08_reporting"
+    metrics = pd.read_csv(reporting / "metrics.csv")
+    assert set(metrics["split"]) == {"fewshot", "zeroshot"}
+    assert list(metrics.loc[metrics["split"] == "fewshot", "predictor"]) == [
+        "control",
+        "perturbation_mean",
+        "context_mean",
+        "linear",
+    ]
+    for column in (
+        "pearson_delta",
+        "mse",
+        "mae",
+        "discrimination_score_l1",
+        "overlap_at_N",
+        "precision_at_N",
+        "score_vs_perturbation_mean",
+    ):
+        assert column in metrics.columns
+    assert metrics.loc[metrics["predictor"] == "perturbation_mean", "pearson_delta"].notna().all()
+    assert (reporting / "metrics.md").read_text().startswith("| split")
+    for name in ("metrics_comparison.json", "predicted_vs_real.json", "preprocessing_report.json"):
+        assert (reporting / name).stat().st_size > 0
+    pred = ad.read_h5ad(project_copy / "data/07_model_output/predictions/fewshot/linear.h5ad")
+    real = ad.read_h5ad(project_copy / "data/07_model_output/real/fewshot.h5ad")
+    assert list(pred.var_names) == list(real.var_names)
+    assert (
+        pred.obs["condition"]
+        .value_counts()
+        .sort_index()
+        .equals(real.obs["condition"].value_counts().sort_index())
+    )
+    assert "control" in set(pred.obs["condition"])
+    hvg = pd.read_json(project_copy / "data/02_intermediate/hvg_genes.json", typ="series")
+    assert len(hvg) == 200  # conf/test overrides n_top_genes
+
+
+def test_unknown_parameter_key_fails_before_the_run(project_copy: Path):
+    (project_copy / "conf" / "local" / "parameters_evaluation.yml").write_text(
+        "evaluation:\n  profle: full\n"
+    )
+    with pytest.raises(Exception, match=r"(?s)Parameter validation failed.*profle"):
+        _run(project_copy, env="local")
+    assert not (project_copy / "data" / "02_intermediate" / "preprocessed.h5ad").exists()
+
+
+def test_merge_pipeline(project_copy: Path, perturbench: ad.AnnData):
+    folder = project_copy / "data" / "01_raw" / "to_merge"
+    folder.mkdir()
+    perturbench.write_h5ad(folder / "perturbench.h5ad")
+    extra = perturbench[perturbench.obs["cell_type"] == "A172"].copy()
+    del extra.obs["dataset"]
+    extra.write_h5ad(folder / "extra.h5ad")
+    _run(project_copy, pipeline="merge")
+    merged = ad.read_h5ad(project_copy / "data" / "02_intermediate" / "merged_raw.h5ad")
+    assert merged.n_obs == perturbench.n_obs + extra.n_obs
+    assert set(merged.obs["dataset"]) == {"norman19", "mcfaline23", "extra"}
+    assert merged.obs_names.is_unique
