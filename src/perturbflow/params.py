@@ -120,9 +120,17 @@ class SplitSpec:
 
 @dataclass(frozen=True, config=_STRICT)
 class SplitsParams:
-    """All named splits evaluated by the project (e.g. ``fewshot`` and ``zeroshot``)."""
+    """All named splits evaluated by the project (e.g. ``fewshot`` and ``zeroshot``).
 
-    splits: dict[str, SplitSpec]
+    A split set to ``null`` is dropped: a conf environment cannot delete a key of the base
+    config (parameters merge softly), but it can switch a base split off this way.
+    """
+
+    splits: dict[str, SplitSpec | None]
+
+    def active(self) -> dict[str, SplitSpec]:
+        """The named splits that are not switched off, in their configured order."""
+        return {name: spec for name, spec in self.splits.items() if spec is not None}
 
 
 @dataclass(frozen=True, config=_STRICT)

@@ -1,6 +1,14 @@
 """Kedro project settings (https://docs.kedro.org/en/stable/kedro_project_setup/settings.html)."""
 
+import warnings
+
 from kedro.config import OmegaConfigLoader
+
+# Kedro 1.7 itself calls OmegaConf's deprecated register_new_resolver(); the warning is
+# not about this project and buries the run's own log, so it is silenced here only.
+warnings.filterwarnings(
+    "ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning
+)
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

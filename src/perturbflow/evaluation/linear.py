@@ -17,20 +17,21 @@ which are a prediction's inputs anyway):
    contexts where it was seen (zero-shot transfer).
 3. ``target_signature``: every target gene is measured: the regression slope of each
    gene on the target gene across the context's control cells (how the transcriptome
-   co-varies with the target; a first-order knockdown signature). On PerturBench's
+   co-varies with the target; a first-order perturbation signature). On PerturBench's
    devel subset only one target (TMSB4X) is measured; on Papalexi nine are.
 
 Each source has its own ``W`` (the sources live on different scales), fitted on the
 training perturbations for which that source exists, leaving each one's own cells out.
-Where the paper's ridge shrinks ``W`` towards zero (its embeddings are arbitrary), ours
-shrinks it towards the identity, because the evidence is already a predicted response:
-with little training support the model trusts the evidence as it is.
-A source with fewer than two such training perturbations gets the identity map: the
-evidence is used as it is, projected on ``G`` (for ``components`` this is the additive
-model of double perturbations).
-A perturbation with no source cannot be embedded honestly and is predicted by
-``perturbation_mean`` (reported as ``fallback:perturbation_mean``). The rank of ``G`` is
-chosen on validation perturbations only.
+The two response-space sources (``components``, ``other_contexts``) are already predicted
+responses: their ``W`` is shrunk towards the identity, not zero, and with fewer than two
+training perturbations it *is* the identity (for ``components``, the additive model of
+double perturbations). A ``target_signature`` is not a response:
+whether genes move with or against it depends on the perturbation (knockdown or
+activation), so its ``W`` is shrunk towards zero, as in the paper, and it is used only
+when fitted on at least two training perturbations that have a signature.
+A perturbation with no usable source cannot be embedded honestly
+and is predicted by ``perturbation_mean`` (reported as ``fallback:perturbation_mean``).
+The rank of ``G`` is chosen on validation perturbations only.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ from perturbflow.perturbations import components
 logger = logging.getLogger(__name__)
 
 SOURCES = ("components", "other_contexts", "target_signature")
+# Sources whose evidence is already a predicted response (the others are signatures).
+RESPONSE_SOURCES = frozenset({"components", "other_contexts"})
 _MIN_FIT_COLUMNS = 2
 
 
@@ -145,17 +148,20 @@ def fit_linear(evidence: _Evidence, *, rank: int, ridge: float) -> LinearModel:
         cols = [(i, evidence.vector(source, k)) for i, k in enumerate(evidence.effects.keys)]
         cols = [(i, v) for i, v in cols if v is not None]
         counts[source] = len(cols)
+        is_response = source in RESPONSE_SOURCES
         if len(cols) < _MIN_FIT_COLUMNS:
-            maps[source] = np.eye(rank)
-            continue
+            if is_response:
+                maps[source] = np.eye(rank)  # trust the response evidence as it is
+            continue  # without training support a signature's sign and scale are unknown
         Z = basis.T @ Y[[i for i, _ in cols]].T  # rank x n
         E = basis.T @ np.vstack([v for _, v in cols]).T  # rank x n
         gram = E @ E.T
         lam = ridge * max(np.trace(gram) / rank, 1e-12)
-        # ridge towards the identity, not towards zero: the evidence already lives in
-        # response space, so where the training columns say nothing W stays I
+        # A response-space source is shrunk towards the identity (where the training
+        # columns say nothing, W stays I); a signature towards zero, as in the paper.
         eye = np.eye(rank)
-        maps[source] = (Z @ E.T + lam * eye) @ np.linalg.inv(gram + lam * eye)
+        prior = eye if is_response else np.zeros_like(eye)
+        maps[source] = (Z @ E.T + lam * prior) @ np.linalg.inv(gram + lam * eye)
     return LinearModel(basis=basis, maps=maps, rank=rank, n_fit_columns=counts)
 
 
@@ -167,11 +173,12 @@ def predict_linear_with(
     for key in keys:
         base = evidence.effects.mean_delta(key[0])
         for source in SOURCES:
-            v = evidence.vector(source, key)
-            if v is not None:
-                delta = base + model.basis @ (model.maps[source] @ (model.basis.T @ v))
-                out[key] = PredictedEffect(delta, source)
-                break
+            v = evidence.vector(source, key) if source in model.maps else None
+            if v is None:
+                continue
+            delta = base + model.basis @ (model.maps[source] @ (model.basis.T @ v))
+            out[key] = PredictedEffect(delta, source)
+            break
         else:
             out[key] = PredictedEffect(base, FALLBACK)
     return out
@@ -245,7 +252,8 @@ def select_and_fit_linear(
         "ridge": ridge,
         "training_columns_per_source": model.n_fit_columns,
         "sources_with_identity_map": [
-            s for s, n in model.n_fit_columns.items() if n < _MIN_FIT_COLUMNS
+            s for s in RESPONSE_SOURCES if model.n_fit_columns[s] < _MIN_FIT_COLUMNS
         ],
+        "sources_unused_for_lack_of_training_support": [s for s in SOURCES if s not in model.maps],
     }
     return model, evidence, report

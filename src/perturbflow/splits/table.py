@@ -232,16 +232,20 @@ def split_table_from_params(
         InputError: If there is no split, a split is named like a design column, or a
             split config is invalid.
     """
-    if not splits.splits:
-        raise InputError("splits.splits is empty: name at least one split.")
-    clash = sorted(set(splits.splits) & set(DESIGN_COLUMNS))
+    active = splits.active()
+    if not active:
+        raise InputError(
+            "splits.splits names no active split (every entry is empty or null): name at "
+            "least one split."
+        )
+    clash = sorted(set(active) & set(DESIGN_COLUMNS))
     if clash:
         raise InputError(
             f"Split names {clash} clash with the design columns {list(DESIGN_COLUMNS)}; "
             "rename them in the splits params."
         )
     table = design_table(obs, columns)
-    for name, spec in splits.splits.items():
+    for name, spec in active.items():
         config = split_config_from_spec(spec, name=name, project_root=project_root)
         table[name] = build_split_table(obs, config, columns)["split"]
     return table

@@ -28,4 +28,4 @@ def build_split_table(
     """
     obs = preprocessed_adata.obs.copy()
     table = split_table_from_params(obs, splits, columns, project_root=Path.cwd())
-    return table, summarise_split_table(table, list(splits.splits))
+    return table, summarise_split_table(table, list(splits.active()))
