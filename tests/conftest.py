@@ -8,12 +8,32 @@ from pathlib import Path
 import anndata as ad
 import pytest
 
+from perturbflow.params import ColumnsParams
+
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RAW_DIR = PROJECT_ROOT / "data" / "01_raw"
 PERTURBENCH_PATH = RAW_DIR / "perturbench_devel.h5ad"
 PAPALEXI_PATH = RAW_DIR / "papalexi2021_thp1_sceptre_lowmoi.h5ad"
+
+# The design of the two shipped screens (as in conf/base and conf/papalexi).
+PERTURBENCH_COLUMNS = ColumnsParams(
+    pert_col="condition",
+    celltype_col="cell_type",
+    batch_col=None,
+    control_label="control",
+    dataset_col="dataset",
+    dataset_name="perturbench",
+)
+PAPALEXI_COLUMNS = ColumnsParams(
+    pert_col="perturbation",
+    celltype_col="cell_line",
+    batch_col="bio_rep",
+    control_label="non-targeting",
+    dataset_col=None,
+    dataset_name="papalexi",
+)
 
 
 @pytest.fixture(scope="session")

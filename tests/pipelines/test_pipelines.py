@@ -11,7 +11,6 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from perturbflow.params import (
-    ColumnsParams,
     EvaluationParams,
     KnockdownParams,
     LinearBaselineParams,
@@ -23,16 +22,8 @@ from perturbflow.pipeline_registry import register_pipelines
 from perturbflow.pipelines.evaluation import create_pipeline as evaluation_pipeline
 from perturbflow.pipelines.preprocessing import create_pipeline as preprocessing_pipeline
 from perturbflow.pipelines.splits import create_pipeline as splits_pipeline
+from tests.conftest import PERTURBENCH_COLUMNS
 from tests.synthetic import COLUMNS, make_screen, split_table
-
-PERTURBENCH_COLUMNS = ColumnsParams(
-    pert_col="condition",
-    celltype_col="cell_type",
-    batch_col=None,
-    control_label="control",
-    dataset_col="dataset",
-    dataset_name="perturbench",
-)
 
 
 class KeptDataset(MemoryDataset):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import anndata as ad
@@ -77,3 +81,22 @@ def test_merge_pipeline(project_copy: Path, perturbench: ad.AnnData):
     assert merged.n_obs == perturbench.n_obs + extra.n_obs
     assert set(merged.obs["dataset"]) == {"norman19", "mcfaline23", "extra"}
     assert merged.obs_names.is_unique
+
+
+def test_kedro_viz_build(project_copy: Path):
+    """`kedro viz build` exports the lineage as a static site (kedro-viz is in the dev extra)."""
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "kedro", "viz", "build"],
+        cwd=project_copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    main = json.loads((project_copy / "build" / "api" / "main").read_text())
+    names = {node["name"] for node in main["nodes"]}
+    assert {"preprocess", "predict_baselines", "score_predictions", "metrics"} <= names
+    layers = set(main.get("layers", []))
+    assert {"raw", "intermediate", "primary", "model_output", "reporting"} <= layers

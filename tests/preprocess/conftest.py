@@ -9,23 +9,8 @@ import pytest
 import scipy.sparse as sp
 
 from perturbflow.params import ColumnsParams, KnockdownParams
+from tests.conftest import PAPALEXI_COLUMNS, PERTURBENCH_COLUMNS  # noqa: F401 (re-exported)
 
-PAPALEXI_COLUMNS = ColumnsParams(
-    pert_col="perturbation",
-    celltype_col="cell_line",
-    batch_col="bio_rep",
-    control_label="non-targeting",
-    dataset_col=None,
-    dataset_name="papalexi",
-)
-PERTURBENCH_COLUMNS = ColumnsParams(
-    pert_col="condition",
-    celltype_col="cell_type",
-    batch_col=None,
-    control_label="control",
-    dataset_col="dataset",
-    dataset_name="perturbench",
-)
 KD_COLUMNS = ColumnsParams(
     pert_col="pert",
     celltype_col="celltype",

@@ -8,22 +8,16 @@ import anndata as ad
 import pandas as pd
 import pytest
 
-from perturbflow.params import ColumnsParams, FewshotEntry, SplitsParams, SplitSpec
+from perturbflow.params import FewshotEntry, SplitsParams, SplitSpec
 from perturbflow.splits import (
     build_split_table,
     load_split_toml,
     split_table_from_params,
     summarise_split_table,
 )
+from tests.conftest import PERTURBENCH_COLUMNS
 
-COLUMNS = ColumnsParams(
-    pert_col="condition",
-    celltype_col="cell_type",
-    batch_col=None,
-    control_label="control",
-    dataset_col="dataset",
-    dataset_name="perturbench",
-)
+COLUMNS = PERTURBENCH_COLUMNS
 NAMES = ["fewshot", "zeroshot"]
 
 

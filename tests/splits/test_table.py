@@ -9,15 +9,9 @@ import pytest
 from perturbflow.exceptions import InputError
 from perturbflow.params import ColumnsParams, SplitsParams, SplitSpec
 from perturbflow.splits import SplitConfig, build_split_table, split_table_from_params
+from tests.synthetic import COLUMNS as SYNTHETIC_COLUMNS
 
-COLUMNS = ColumnsParams(
-    pert_col="pert",
-    celltype_col="celltype",
-    batch_col=None,
-    control_label="ctrl",
-    dataset_col="dataset",
-    dataset_name="unused_name",
-)
+COLUMNS = SYNTHETIC_COLUMNS  # dataset_name is unused: dataset_col is set
 CONTEXTS = {"A": ["a1", "a2"], "B": ["b1", "b2"], "C": ["c1"]}
 PERTS = ["ctrl", "P1", "P2", "P3"]
 

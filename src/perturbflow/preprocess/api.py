@@ -70,7 +70,12 @@ def preprocess_adata(
     _check_params(params, source=source)
     summary = validate_adata(adata, columns, expected_input=params.expected_input, source=source)
     require_columns(
-        adata.obs, [("knockdown.target_col", params.knockdown.target_col)], source=source
+        adata.obs,
+        [
+            ("knockdown.target_col", params.knockdown.target_col),
+            ("knockdown.type_col", params.knockdown.type_col),
+        ],
+        source=source,
     )
 
     normalised = normalize_log1p(adata, target_sum=params.target_sum, kind=summary["kind"])
