@@ -132,7 +132,7 @@ def build_baseline_predictions(
     return predictions, reals, pd.DataFrame(source_rows), reports
 
 
-def _materialise(value: ad.AnnData | Callable[[], ad.AnnData]) -> ad.AnnData:
+def materialise(value: ad.AnnData | Callable[[], ad.AnnData]) -> ad.AnnData:
     """Partitioned datasets hand over load functions; in-memory runs hand over objects."""
     return value() if callable(value) else value
 
@@ -162,12 +162,12 @@ def evaluate_predictions(
         key=lambda k: (k.split(PREDICTION_SEP)[0], order.get(k.split(PREDICTION_SEP)[1], 99)),
     )
     for split in sorted(reals):
-        real = _materialise(reals[split])
+        real = materialise(reals[split])
         for key in [k for k in keys if k.split(PREDICTION_SEP)[0] == split]:
             predictor = key.split(PREDICTION_SEP, 1)[1]
             frame = score_predictions(
                 real,
-                _materialise(predictions[key]),
+                materialise(predictions[key]),
                 columns,
                 profile=params.profile,
                 num_threads=params.num_threads,

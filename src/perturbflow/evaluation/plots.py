@@ -10,6 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from perturbflow.evaluation.benchmark import materialise
 from perturbflow.params import ColumnsParams
 
 HEADLINE_METRICS = ("pearson_delta", "discrimination_score_l1", "overlap_at_N", "mse")
@@ -77,9 +78,8 @@ def delta_scatter_figure(
     Returns:
         A plotly figure with one panel per (split, perturbation) and one trace per predictor.
     """
-    load = lambda v: v() if callable(v) else v  # noqa: E731 - partitions are load functions
     panels = []
-    loaded_reals = {split: load(real) for split, real in sorted(reals.items())}
+    loaded_reals = {split: materialise(real) for split, real in sorted(reals.items())}
     for split, real in loaded_reals.items():
         obs = real.obs
         perturbed = obs[obs[columns.pert_col].astype(str) != columns.control_label]
@@ -90,7 +90,7 @@ def delta_scatter_figure(
     fig = make_subplots(
         rows=rows, cols=cols, subplot_titles=[f"{s}: {p} ({c})" for s, c, p in panels]
     )
-    loaded_preds = {key: load(value) for key, value in predictions.items()}
+    loaded_preds = {key: materialise(value) for key, value in predictions.items()}
     predictor_names = list(dict.fromkeys(k.split("/", 1)[1] for k in loaded_preds))
     for i, (split, context, pert) in enumerate(panels):
         real_delta = _mean_delta(loaded_reals[split], columns, context, pert)
