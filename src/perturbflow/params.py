@@ -169,3 +169,53 @@ class EvaluationParams:
     seed: int
     num_threads: int
     plot_perturbations: int
+
+
+@dataclass(frozen=True, config=_STRICT)
+class LoaderParams:
+    """Cell-sentence loading (the ``loader`` params group).
+
+    Attributes:
+        obsm_key: Expression space read by the loader (``X_hvg``), or ``None`` for ``X``.
+        cell_set_len: Cells per sentence (STATE's ``cell_set_len``; 512 in its default
+            model, 64 to 128 for small ones).
+        batch_size: Sentences per batch.
+        num_workers: DataLoader worker processes.
+        pin_memory: Pin batches in page-locked memory (GPU training).
+        persistent_workers: Keep workers alive between epochs.
+        prefetch_factor: Batches prefetched per worker (``None`` when no workers).
+        pairing: Control pairing strategy: ``random``, ``celltype``, ``batch``,
+            ``batch_celltype`` or ``control_mean``.
+        pairing_kwargs: Options of the strategy (``control_mean``: ``{per: global|batch|context}``).
+        include_control_sentences: Also train on control-to-control sentences.
+        preload: ``True``/``False`` forces reading into RAM or lazily; ``None`` decides by
+            ``memory_budget_mib``.
+        memory_budget_mib: Preload when the matrix fits in this many MiB.
+        seed: Seed of sentence sampling and pairing (epoch ``e`` uses ``(seed, e)``).
+    """
+
+    obsm_key: str | None
+    cell_set_len: int
+    batch_size: int
+    num_workers: int
+    pin_memory: bool
+    persistent_workers: bool
+    prefetch_factor: int | None
+    pairing: str
+    pairing_kwargs: dict[str, str | int | float | bool]
+    include_control_sentences: bool
+    preload: bool | None
+    memory_budget_mib: float
+    seed: int
+
+
+@dataclass(frozen=True, config=_STRICT)
+class PairingParams:
+    """The ``pairing`` pipeline's cache.
+
+    Attributes:
+        cache_dir: Directory of cached pairings, keyed by a content hash of what pairing
+            reads (obs codes, strategy, options, seed, file identity).
+    """
+
+    cache_dir: str

@@ -100,3 +100,36 @@ def test_kedro_viz_build(project_copy: Path):
     assert {"preprocess", "predict_baselines", "score_predictions", "metrics"} <= names
     layers = set(main.get("layers", []))
     assert {"raw", "intermediate", "primary", "model_output", "reporting"} <= layers
+
+
+def test_pairing_pipeline_caches_by_content(project_copy: Path):
+    _run(project_copy, pipeline="preprocessing")
+    _run(project_copy, pipeline="pairing")
+    feature = project_copy / "data" / "04_feature"
+    index = pd.read_parquet(feature / "pairing_index.parquet")
+    stats = json.loads((project_copy / "data/08_reporting/pairing_stats.json").read_text())
+    assert stats["strategy"] == "random" and stats["n_pairs"] == len(index) == 5561
+    # random pairing: every control is a control cell of the same context
+    adata = ad.read_h5ad(project_copy / "data/02_intermediate/preprocessed.h5ad", backed="r")
+    obs = adata.obs
+    assert (obs.loc[index["control"], "condition"] == "control").all()
+    ctx = obs["dataset"].astype(str) + "." + obs["cell_type"].astype(str)
+    assert (ctx.loc[index["control"]].to_numpy() == index["context"].astype(str).to_numpy()).all()
+    adata.file.close()
+    cached = sorted((feature / "pairing_cache").glob("*.npz"))
+    assert len(cached) == 1
+
+    _run(project_copy, pipeline="pairing")  # same file, params, seed: a cache hit
+    again = json.loads((project_copy / "data/08_reporting/pairing_stats.json").read_text())
+    assert again["cache_key"] == stats["cache_key"]
+    assert len(list((feature / "pairing_cache").glob("*.npz"))) == 1
+
+    # a changed file never reuses the stale pairing
+    (project_copy / "conf" / "test" / "parameters_preprocessing.yml").write_text(
+        "preprocessing:\n  n_top_genes: 150\n"
+    )
+    _run(project_copy, pipeline="preprocessing")
+    _run(project_copy, pipeline="pairing")
+    changed = json.loads((project_copy / "data/08_reporting/pairing_stats.json").read_text())
+    assert changed["cache_key"] != stats["cache_key"]
+    assert len(list((feature / "pairing_cache").glob("*.npz"))) == 2

@@ -1,0 +1,295 @@
+"""A Lightning DataModule of paired (control, perturbed) cell sentences read lazily from h5ad.
+
+Design: sentences and their control pairing are drawn in the *main* process by an
+epoch-aware batch sampler (:class:`SentenceBatchSampler`); DataLoader workers only read
+rows. Drawing in the main process keeps sampling a pure function of ``(seed, epoch)``,
+so it is fresh every epoch even with ``persistent_workers`` (a worker's copy of a
+dataset would never see a new epoch) and identical whatever ``num_workers`` is. Each
+batch's rows, perturbed and control together, are read with one sorted call to the
+:class:`~perturbflow.loading.h5reader.H5RowReader`, which turns them into contiguous
+range reads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from perturbflow.exceptions import InputError
+from perturbflow.loading.h5reader import H5RowReader
+from perturbflow.loading.pairing import PairingDesign, get_pairing_strategy
+from perturbflow.loading.sentences import CellGroups, cut_sentences, group_cells
+from perturbflow.params import ColumnsParams, LoaderParams
+
+logger = logging.getLogger(__name__)
+
+SentenceSpec = tuple[np.ndarray, np.ndarray, int]  # perturbed rows, control rows/means, group
+
+
+class SentenceBatchSampler(Sampler[list[SentenceSpec]]):
+    """Yields batches of sentence specs, re-drawn every epoch from ``(seed, epoch)``.
+
+    Args:
+        groups: The (context, perturbation) cell groups of one split label.
+        design: Integer codes of every cell, for control pairing.
+        pairing: Name of the pairing strategy.
+        pairing_kwargs: Its options (e.g. ``{"per": "batch"}`` for ``control_mean``).
+        cell_set_len: Cells per sentence.
+        batch_size: Sentences per batch.
+        shuffle: Training mode (random sentences, shuffled order) or deterministic.
+        seed: Base seed.
+    """
+
+    def __init__(
+        self,
+        groups: CellGroups,
+        design: PairingDesign,
+        *,
+        pairing: str,
+        pairing_kwargs: dict,
+        cell_set_len: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+    ) -> None:
+        self.groups = groups
+        self.design = design
+        self.strategy = get_pairing_strategy(pairing, **pairing_kwargs)
+        self.cell_set_len = cell_set_len
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        sizes = groups.sizes
+        self.n_sentences = int((np.maximum(1, -(-sizes // cell_set_len)) * (sizes > 0)).sum())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose sentences the next iteration yields (Lightning calls it)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-self.n_sentences // self.batch_size)
+
+    def draw(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """This epoch's sentences, their control rows (or mean-group ids) and groups."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        sentences, group_of = cut_sentences(
+            self.groups, cell_set_len=self.cell_set_len, rng=rng if self.shuffle else None
+        )
+        # evaluation pairs are deterministic too: a fixed generator per call
+        pair_rng = rng if self.shuffle else np.random.default_rng([self.seed, 0, 1])
+        pairing = self.strategy.pair(self.design, sentences.ravel(), pair_rng)
+        controls = pairing.control_rows if pairing.mean_group is None else pairing.mean_group
+        controls = np.asarray(controls).reshape(sentences.shape)
+        if self.shuffle:
+            order = rng.permutation(len(sentences))
+            sentences, controls, group_of = sentences[order], controls[order], group_of[order]
+        return sentences, controls, group_of
+
+    def __iter__(self) -> Iterator[list[SentenceSpec]]:
+        sentences, controls, group_of = self.draw()
+        for start in range(0, len(sentences), self.batch_size):
+            stop = start + self.batch_size
+            yield [
+                (sentences[i], controls[i], int(group_of[i]))
+                for i in range(start, min(stop, len(sentences)))
+            ]
+
+
+class SentenceDataset(Dataset):
+    """Reads the rows of a batch of sentence specs into tensors.
+
+    Args:
+        reader: Row reader of the expression space.
+        group_pert: Perturbation index of each group.
+        group_context: Context index of each group.
+        batch_codes: Batch code of every cell (or ``None``).
+        control_means: Mean control profiles when the pairing is ``control_mean``.
+    """
+
+    def __init__(
+        self,
+        reader: H5RowReader,
+        *,
+        group_pert: np.ndarray,
+        group_context: np.ndarray,
+        batch_codes: np.ndarray | None,
+        control_means: np.ndarray | None,
+    ) -> None:
+        self.reader = reader
+        self.group_pert = group_pert
+        self.group_context = group_context
+        self.batch_codes = batch_codes
+        self.control_means = control_means
+
+    def __len__(self) -> int:  # map-style only through the batch sampler
+        raise TypeError("SentenceDataset is indexed by SentenceBatchSampler batches")
+
+    def __getitem__(self, spec: SentenceSpec) -> dict[str, torch.Tensor]:
+        batch = self.__getitems__([spec])
+        return {k: v[0] for k, v in batch.items()}
+
+    def __getitems__(self, specs: Sequence[SentenceSpec]) -> dict[str, torch.Tensor]:
+        pert = np.stack([s[0] for s in specs])
+        ctrl = np.stack([s[1] for s in specs])
+        groups = np.array([s[2] for s in specs])
+        if self.control_means is None:
+            rows = np.concatenate([pert.ravel(), ctrl.ravel()])
+            values = self.reader.read(rows)
+            n = pert.size
+            pert_x, ctrl_x = values[:n], values[n:]
+        else:
+            pert_x = self.reader.read(pert.ravel())
+            ctrl_x = self.control_means[ctrl.ravel()]
+        shape = (*pert.shape, -1)
+        out = {
+            "pert_cell_emb": torch.from_numpy(np.ascontiguousarray(pert_x).reshape(shape)),
+            "ctrl_cell_emb": torch.from_numpy(np.ascontiguousarray(ctrl_x).reshape(shape)),
+            "pert_index": torch.from_numpy(self.group_pert[groups]),
+            "context_index": torch.from_numpy(self.group_context[groups]),
+            "pert_rows": torch.from_numpy(pert),
+        }
+        if self.batch_codes is not None:
+            out["batch_index"] = torch.from_numpy(self.batch_codes[pert])
+        return out
+
+
+def _passthrough(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The dataset already returns a collated batch (module level: picklable)."""
+    return batch
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Perturbation and context labels, by index (saved as JSON in a run directory)."""
+
+    perturbations: list[str]
+    contexts: list[str]
+
+
+class PerturbationDataModule(pl.LightningDataModule):
+    """Paired control/perturbed sentences of one named split, read lazily from an h5ad.
+
+    Args:
+        path: The preprocessed h5ad file.
+        obs: Its ``obs`` (in file row order), e.g. from a backed AnnData.
+        split_table: Per-cell split table (``dataset``, ``context``, ``perturbation``,
+            ``is_control``, one column per named split), indexed like ``obs``.
+        split_name: Which named split to serve.
+        columns: Column names of the design.
+        params: Loader parameters (sentence length, batch size, workers, pairing, seed).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        obs: pd.DataFrame,
+        split_table: pd.DataFrame,
+        split_name: str,
+        columns: ColumnsParams,
+        params: LoaderParams,
+    ) -> None:
+        super().__init__()
+        if split_name not in split_table.columns:
+            raise InputError(f"Split {split_name!r} is not in the split table.")
+        missing = obs.index.difference(split_table.index)
+        if len(missing):
+            raise InputError(
+                f"{len(missing)} cells of {path} are not in the split table "
+                f"(e.g. {list(missing[:3])}); rebuild the splits from the same file."
+            )
+        self.path = str(path)
+        self.params = params
+        self.split_name = split_name
+        table = split_table.loc[obs.index]
+        self.cells = pd.DataFrame(
+            {
+                "context": table["dataset"].astype(str) + "." + table["context"].astype(str),
+                "perturbation": table["perturbation"].astype(str).to_numpy(),
+                "is_control": table["is_control"].astype(bool).to_numpy(),
+                split_name: table[split_name].astype(str).to_numpy(),
+            },
+            index=obs.index,
+        )
+        self.design = PairingDesign.from_obs(obs, columns)
+        self.vocabulary = Vocabulary(
+            perturbations=sorted(self.cells["perturbation"].unique()),
+            contexts=sorted(self.cells["context"].unique()),
+        )
+        self.reader: H5RowReader | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Open the reader (lazy or preloaded under the memory budget)."""
+        if self.reader is None:
+            self.reader = H5RowReader(
+                self.path,
+                key=self.params.obsm_key or "X",
+                preload=self.params.preload,
+                memory_budget_mib=self.params.memory_budget_mib,
+            )
+
+    def _loader(self, label: str, *, shuffle: bool) -> DataLoader:
+        self.setup()
+        groups = group_cells(
+            self.cells,
+            split_col=self.split_name,
+            label=label,
+            include_controls=self.params.include_control_sentences,
+        )
+        if not groups.keys:
+            raise InputError(f"Split {self.split_name!r} has no {label} cells to load.")
+        p_index = {p: i for i, p in enumerate(self.vocabulary.perturbations)}
+        c_index = {c: i for i, c in enumerate(self.vocabulary.contexts)}
+        sampler = SentenceBatchSampler(
+            groups,
+            self.design,
+            pairing=self.params.pairing,
+            pairing_kwargs=dict(self.params.pairing_kwargs),
+            cell_set_len=self.params.cell_set_len,
+            batch_size=self.params.batch_size,
+            shuffle=shuffle,
+            seed=self.params.seed,
+        )
+        dataset = SentenceDataset(
+            self.reader,
+            group_pert=np.array([p_index[p] for _, p in groups.keys], dtype=np.int64),
+            group_context=np.array([c_index[c] for c, _ in groups.keys], dtype=np.int64),
+            batch_codes=None if self.design.batch is None else self.design.batch.astype(np.int64),
+            control_means=self._control_means(sampler),
+        )
+        workers = self.params.num_workers
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=_passthrough,
+            num_workers=workers,
+            pin_memory=self.params.pin_memory,
+            persistent_workers=self.params.persistent_workers and workers > 0,
+            prefetch_factor=self.params.prefetch_factor if workers > 0 else None,
+        )
+
+    def _control_means(self, sampler: SentenceBatchSampler) -> np.ndarray | None:
+        if self.params.pairing != "control_mean":
+            return None
+        from perturbflow.loading.control_inputs import control_means
+
+        return control_means(self.reader.read, self.design, sampler.strategy)
+
+    def train_dataloader(self) -> DataLoader:
+        """Random sentences, fresh every epoch, shuffled."""
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Deterministic validation sentences."""
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Deterministic test sentences."""
+        return self._loader("test", shuffle=False)

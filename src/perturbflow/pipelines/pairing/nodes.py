@@ -1,0 +1,73 @@
+"""Nodes of the ``pairing`` pipeline: thin wrappers over :mod:`perturbflow.loading`."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from perturbflow.loading.h5reader import h5ad_identity
+from perturbflow.loading.pairing import PairingDesign, get_pairing_strategy
+from perturbflow.loading.pairing_cache import PairingCache
+from perturbflow.loading.pairing_table import pairing_index_frame
+from perturbflow.params import ColumnsParams, LoaderParams, PairingParams
+
+logger = logging.getLogger(__name__)
+
+
+def _identity(adata: ad.AnnData) -> dict:
+    """The file's identity when backed, else a digest of the in-memory cell names."""
+    if adata.isbacked and adata.filename is not None:
+        return h5ad_identity(adata.filename)
+    names = "\n".join(map(str, adata.obs_names)).encode()
+    return {"in_memory": True, "obs_names_sha256": hashlib.sha256(names).hexdigest()}
+
+
+def pair_controls(
+    preprocessed_adata: ad.AnnData,
+    columns: ColumnsParams,
+    loader: LoaderParams,
+    pairing: PairingParams,
+) -> tuple[pd.DataFrame, dict]:
+    """Pair every perturbed cell with a control (or a mean group) of its context.
+
+    The pairing is cached under ``pairing.cache_dir`` by a content hash of what it reads
+    (obs codes, strategy and options, seed, the file's identity): a changed file, obs,
+    option or seed never reuses a stale pairing.
+
+    Args:
+        preprocessed_adata: The preprocessed screen (backed: only ``obs`` is read).
+        columns: Where the design lives in ``obs``.
+        loader: The pairing strategy, its options and the seed.
+        pairing: Where the cache lives.
+
+    Returns:
+        The pairing index (one row per perturbed cell) and its statistics.
+    """
+    design = PairingDesign.from_obs(preprocessed_adata.obs, columns)
+    strategy = get_pairing_strategy(loader.pairing, **dict(loader.pairing_kwargs))
+    cache = PairingCache(pairing.cache_dir)
+    rows = np.flatnonzero(~design.is_control)
+    identity = _identity(preprocessed_adata)
+    key = cache.key(design, strategy, seed=loader.seed, identity=identity, pert_rows=rows)
+    result = cache.get_or_pair(
+        design, strategy, seed=loader.seed, identity=identity, pert_rows=rows
+    )
+    table = pairing_index_frame(design, rows, result, preprocessed_adata.obs_names)
+    stats = {
+        "strategy": strategy.name,
+        "options": dict(loader.pairing_kwargs),
+        "seed": loader.seed,
+        "cache_key": key,
+        **result.stats,
+    }
+    logger.info(
+        "pairing %s: %d perturbed cells, %d fallbacks",
+        strategy.name,
+        len(table),
+        int(table["fallback"].sum()),
+    )
+    return table, stats
