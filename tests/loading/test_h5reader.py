@@ -90,7 +90,7 @@ ROW_SETS = {
 
 def _reader(path: str, key: str, access: str, monkeypatch) -> H5RowReader:
     if access == "hdf5":  # no memory map, and few runs per HDF5 read to test the grouping
-        monkeypatch.setattr(h5reader, "_direct_plan", lambda ds: None)
+        monkeypatch.setattr(h5reader, "_map_plan", lambda ds: None)
         monkeypatch.setattr(h5reader, "_RUNS_PER_READ", 3)
     return H5RowReader(path, key=key, preload=access == "preload")
 
@@ -129,7 +129,7 @@ def test_memory_map_only_where_possible(files, caplog) -> None:
         assert len(H5RowReader(files["csr"], preload=False)._plans) == 2  # chunked data/indices
         assert len(H5RowReader(files["dense"], preload=False)._plans) == 1  # contiguous X
         assert H5RowReader(files["gzip"], preload=False)._plans == {}
-    assert "memory-mapped" in caplog.text and "prefer preload" in caplog.text
+    assert "memory-mapped" in caplog.text and "compressed: slow" in caplog.text
 
 
 def test_perturbench_csr_float64_to_float32(perturbench_path, perturbench) -> None:
@@ -238,16 +238,16 @@ def test_userblock_big_endian_chunked_csr(tmp_path) -> None:
 
 
 def test_bad_memory_map_falls_back_to_hdf5(files, monkeypatch, caplog) -> None:
-    real = h5reader._direct_plan
+    real = h5reader._map_plan
 
     def shifted(ds):
         plan = real(ds)
         return (plan[0], plan[1] + 8) if plan and plan[0] == "contiguous" else plan
 
-    monkeypatch.setattr(h5reader, "_direct_plan", shifted)
+    monkeypatch.setattr(h5reader, "_map_plan", shifted)
     with caplog.at_level(logging.WARNING, logger=h5reader.__name__):
         reader = H5RowReader(files["dense"], preload=False)
-    assert reader._plans == {} and "disagrees with HDF5" in caplog.text
+    assert reader._plans == {} and "differs from HDF5" in caplog.text
     rows = ROW_SETS["random"]
     np.testing.assert_array_equal(reader.read(rows), _expected(files["dense"], "X", rows))
 

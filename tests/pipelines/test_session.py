@@ -118,6 +118,12 @@ def test_pairing_pipeline_caches_by_content(project_copy: Path):
     adata.file.close()
     cached = sorted((feature / "pairing_cache").glob("*.npz"))
     assert len(cached) == 1
+    # the encodings are JSON documents (no pickles)
+    celltypes = json.loads((feature / "celltype_map.json").read_text())
+    assert sorted(celltypes["index"]) == ["A172", "T98G", "U87MG", "k562"]
+    assert json.loads((feature / "batch_map.json").read_text()) == {"index": {}}
+    encoder = json.loads((feature / "perturbation_encoder.json").read_text())
+    assert "KLF1" in encoder["vocabulary"] and "KLF1+MAP2K6" not in encoder["vocabulary"]
 
     _run(project_copy, pipeline="pairing")  # same file, params, seed: a cache hit
     again = json.loads((project_copy / "data/08_reporting/pairing_stats.json").read_text())

@@ -161,6 +161,13 @@ class SentenceDataset(Dataset):
         return out
 
 
+def _context_labels(dataset: pd.Series, celltype: pd.Series) -> pd.Categorical:
+    """``dataset.celltype`` per cell as a categorical, built from codes (no per-cell strings)."""
+    codes, uniques = pd.MultiIndex.from_arrays([dataset, celltype]).factorize()
+    labels = [f"{d}.{c}" for d, c in uniques]
+    return pd.Categorical.from_codes(codes, categories=labels)
+
+
 def _passthrough(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The dataset already returns a collated batch (module level: picklable)."""
     return batch
@@ -211,17 +218,17 @@ class PerturbationDataModule(pl.LightningDataModule):
         table = split_table.loc[obs.index]
         self.cells = pd.DataFrame(
             {
-                "context": table["dataset"].astype(str) + "." + table["context"].astype(str),
-                "perturbation": table["perturbation"].astype(str).to_numpy(),
+                "context": _context_labels(table["dataset"], table["context"]),
+                "perturbation": table["perturbation"].astype("category").to_numpy(),
                 "is_control": table["is_control"].astype(bool).to_numpy(),
-                split_name: table[split_name].astype(str).to_numpy(),
+                split_name: table[split_name].astype("category").to_numpy(),
             },
             index=obs.index,
         )
         self.design = PairingDesign.from_obs(obs, columns)
         self.vocabulary = Vocabulary(
-            perturbations=sorted(self.cells["perturbation"].unique()),
-            contexts=sorted(self.cells["context"].unique()),
+            perturbations=sorted(map(str, self.cells["perturbation"].unique())),
+            contexts=sorted(map(str, self.cells["context"].unique())),
         )
         self.reader: H5RowReader | None = None
 

@@ -1,40 +1,46 @@
-"""Lazy, fork-safe row reads from one matrix of an h5ad file (dense or CSR).
+"""Fast, fork-safe row reads from one matrix (dense or CSR) of an h5ad file.
 
-:class:`H5RowReader` returns dense ``(len(rows), n_cols)`` blocks of any rows, in the order
-given, from ``X``, an ``obsm`` entry or a layer, either lazily from disk or from RAM when the
-matrix fits a memory budget. anndata's backed mode is not used: it reads a CSR matrix row by
-row, needs sorted unique indices and holds one handle that breaks across a fork.
+:class:`H5RowReader` returns any rows, in the order given, as a dense block, from ``X``, an
+``obsm`` entry or a layer: lazily from the file, or from RAM when the matrix fits a budget.
+anndata's backed mode is not used: it reads a CSR matrix one row at a time, wants sorted
+unique indices and keeps one handle that must not cross a fork.
 
-Performance choices (measured on a 200k x 2000, 10 % dense CSR file; see
-``tests/loading/test_h5reader.py`` for the behaviour):
+Performance choices (64 random rows per read, 2-core machine, file in the page cache;
+200k x 2000 CSR at 10 % density as anndata writes it; cells/s):
 
-* The file is opened once per process and kept open (opening costs ~1 ms per read).
-* Requested rows are sorted and de-duplicated, grouped into contiguous runs, and ALL runs
-  are read with ONE HDF5 call: a union of hyperslabs (``H5Sselect_hyperslab`` with
-  ``SELECT_OR``) read into one buffer. h5py's high-level indexing cannot express a list of
-  slices, and one ``dataset[a:b]`` per run costs ~40 us of Python/HDF5 overhead per run.
-  HDF5 converts the file dtype to ``dtype`` during the read (no second copy).
-* Runs are not coalesced across gaps: with the single union read, over-reading the gap
-  rows was never faster (HDF5's sieve buffer already merges nearby small reads).
-* CSR: ``indptr`` is read once at open; the runs' ``data``/``indices`` element ranges are
-  read with the same union read, wrapped in a scipy CSR matrix of just those rows and only
-  the requested rows are densified. The order and duplicates are restored by scipy's
-  row indexing with the inverse of ``np.unique``.
-* Preload (``preload=None``: when the matrix fits ``memory_budget_mib``) keeps a dense
-  matrix dense and a CSR matrix CSR in RAM (never densified whole); reads are then numpy
-  fancy indexing or scipy row indexing.
+* Lazy reads of an uncompressed dataset bypass HDF5: a contiguous dataset (anndata's dense
+  ``X``/``obsm``) is an ``np.memmap`` at its file offset; a chunked one without filters
+  (anndata's CSR ``data``/``indices``) is gathered from a map of the file through its chunk
+  table, read once at open. HDF5 costs ~20 us per contiguous row and ~30-50 us per chunk
+  touched, whatever the selection: CSR 110k (memory map) vs 15k (best HDF5 read) vs 6k
+  (anndata backed); dense 200k x 128: 2.9M vs 52k. Each map is checked against HDF5 on its
+  first and last rows at open and dropped (with a warning) if they differ.
+* Compressed or filtered datasets go through HDF5: the requested rows are sorted,
+  de-duplicated and cut into contiguous runs, and up to ``_RUNS_PER_READ`` runs are read by
+  ONE call with a union of hyperslabs (one h5py slice read per run: ~6x slower on CSR);
+  HDF5 converts to ``dtype`` while reading. Coalescing runs across gaps of 4 to 1024 rows
+  was slower on CSR (5-9k vs 12k). gzip CSR: ~1.2k cells/s, each row inflating a whole
+  chunk: preload such files (the automatic mode does when they fit).
+* CSR: ``indptr`` is read once at open; only the requested rows' elements are read, wrapped
+  in a scipy CSR matrix of those rows and densified; scipy's row indexing with the inverse
+  of ``np.unique`` restores order and duplicates.
+* Preload keeps a dense matrix dense and a CSR matrix CSR (never densified whole): 410k
+  cells/s (CSR), 3.8M (dense 128 columns).
 
-Thread and process safety: h5py serialises every HDF5 call behind one global lock, so
-threads may share a reader (their lazy reads do not run in parallel). HDF5 file handles must
-not cross a fork or a pickle: the handle is dropped on pickling and the reader reopens the
-file when ``os.getpid()`` changed, so DataLoader workers (fork or spawn) each get their own
-handle. A preloaded matrix travels with the pickle (shared copy-on-write after a fork).
+Thread and process safety: reads only read, so threads may share a reader; h5py serialises
+HDF5 calls behind one lock, memory-mapped and preloaded reads run in parallel. HDF5 handles
+are neither fork- nor pickle-safe (the library's file state belongs to the process that
+opened it), so the handle and the maps are dropped on pickling and reopened whenever
+``os.getpid()`` changed: each DataLoader worker (fork or spawn) gets its own. A preloaded
+matrix travels with the pickle (shared copy-on-write after a fork). Replace a file
+atomically (a new inode) rather than rewriting it in place while a reader maps it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import mmap
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -49,32 +55,29 @@ from perturbflow.exceptions import InputError, suggest
 logger = logging.getLogger(__name__)
 
 _MIB = 1024 * 1024
-_RUNS_PER_READ = 128  # more runs per HDF5 read was slower (HDF5 hyperslab-union cost)
-_CSC_FIX = (
-    "store it as CSR: `adata.X = scipy.sparse.csr_matrix(adata.X); adata.write_h5ad(path)` "
-    "(same for a layer or obsm entry)"
-)
+_RUNS_PER_READ = 128  # runs per HDF5 read: more was slower (HDF5's hyperslab-union cost)
+_CSC_FIX = "`adata.X = scipy.sparse.csr_matrix(adata.X); adata.write_h5ad(path)` (or the layer)"
 
 
 class H5RowReader:
-    """Reads rows of one matrix of an h5ad file as dense arrays.
+    """Reads rows of one matrix of an h5ad file as a dense array.
 
     Args:
         path: The h5ad file.
-        key: ``"X"``, an obsm key (``"X_hvg"`` reads ``/obsm/X_hvg``), or an explicit
-            ``"obsm/<name>"`` or ``"layers/<name>"``.
-        preload: ``True`` reads the matrix into RAM, ``False`` always reads lazily, ``None``
-            preloads when it fits ``memory_budget_mib``.
-        memory_budget_mib: Budget of the automatic preload, in MiB (dense: rows x cols x
-            itemsize of ``dtype``; CSR: its data + indices + indptr bytes).
+        key: ``"X"``, an obsm key (``"X_hvg"`` is ``/obsm/X_hvg``), ``"obsm/<name>"`` or
+            ``"layers/<name>"``.
+        preload: ``True`` reads the matrix into RAM, ``False`` reads lazily, ``None`` preloads
+            when it fits ``memory_budget_mib``.
+        memory_budget_mib: Budget of the automatic preload (dense: rows x cols x itemsize of
+            ``dtype``; CSR: its data + indices + indptr bytes).
         dtype: The dtype of the returned rows.
 
     Attributes:
         path, key, n_rows, n_cols, encoding (``"dense"`` or ``"csr"``), preloaded.
 
     Raises:
-        InputError: Missing file, not HDF5, missing key (lists the available ones) or an
-            encoding other than dense / CSR (CSC: names the fix).
+        InputError: Missing or non-HDF5 file, missing key (lists the available ones), or an
+            encoding other than dense or CSR (CSC: gives the fix).
     """
 
     def __init__(
@@ -86,85 +89,70 @@ class H5RowReader:
         memory_budget_mib: float = 4096.0,
         dtype: Any = np.float32,
     ) -> None:
-        self.path = Path(path).resolve()
-        self.key = key
-        self.dtype = np.dtype(dtype)
+        self.path, self.key, self.dtype = Path(path).resolve(), key, np.dtype(dtype)
         self._file: h5py.File | None = None
         self._pid: int | None = None
         self._mem: np.ndarray | sp.csr_matrix | None = None
+        self._plans: dict[str, tuple] = {}
+        self._maps: dict[str, np.ndarray] = {}
+        self._maps_pid: int | None = None
         if not self.path.is_file():
             raise InputError(f"{self.path}: no such h5ad file (key {key!r}).")
         node = self._resolve(self._handle())
         self._node = node.name
-        self.encoding: Literal["dense", "csr"]
-        if isinstance(node, h5py.Dataset):
-            if node.ndim != 2 or not np.issubdtype(node.dtype, np.number):
-                raise InputError(
-                    f"{self.path}: {key!r} (/{node.name.lstrip('/')}) is a {node.ndim}-D "
-                    f"{node.dtype} array; expected a 2-D numeric matrix."
-                )
-            self.encoding = "dense"
+        self.encoding: Literal["dense", "csr"] = (
+            "dense" if isinstance(node, h5py.Dataset) else "csr"
+        )
+        if self.encoding == "dense":
             self.n_rows, self.n_cols = (int(s) for s in node.shape)
             nbytes = self.n_rows * self.n_cols * self.dtype.itemsize
+            names = [self._node]
         else:
-            self.encoding = "csr"
             shape = node.attrs.get("shape", node.attrs.get("h5sparse_shape"))
             self.n_rows, self.n_cols = (int(s) for s in shape)
             self._indptr = node["indptr"][()].astype(np.int64)
-            nnz = int(self._indptr[-1])
-            nbytes = nnz * (self.dtype.itemsize + node["indices"].dtype.itemsize)
-            nbytes += self._indptr.nbytes
+            itemsize = self.dtype.itemsize + node["indices"].dtype.itemsize
+            nbytes = int(self._indptr[-1]) * itemsize + self._indptr.nbytes
+            names = [f"{self._node}/data", f"{self._node}/indices"]
         fits = nbytes <= memory_budget_mib * _MIB
         self.preloaded = fits if preload is None else bool(preload)
         size = f"{nbytes / _MIB:.1f} MiB in RAM"
-        why = (
-            f"preload={preload} given ({size})"
-            if preload is not None
-            else f"{size} {'fits' if fits else 'exceeds'} the {memory_budget_mib:g} MiB budget"
-        )
-        names = [self._node] if self.encoding == "dense" else [f"{self._node}/data"]
-        names += [] if self.encoding == "dense" else [f"{self._node}/indices"]
-        self._plan_direct([] if self.preloaded else names)
+        why = f"{size} {'fits' if fits else 'exceeds'} the {memory_budget_mib:g} MiB budget"
+        how = "preloaded"
         if self.preloaded:
             self._preload()
-            how = "preloaded"
-        elif len(self._plans) == len(names):
-            how = "lazy, memory-mapped"
         else:
-            how = (
-                "lazy, HDF5 reads (chunked/compressed: each row costs a chunk read; prefer preload)"
-            )
+            self._plan_maps(names)
+            mapped = len(self._plans) == len(names)
+            how = "lazy, memory-mapped" if mapped else "lazy, HDF5 reads (compressed: slow)"
+        if preload is not None:
+            why = f"preload={preload} given; {size}"
         logger.info(
-            "%s[%s]: %s %d x %d, %s: %s.",
-            self.path.name, key, self.encoding, self.n_rows, self.n_cols, how, why,
-        )  # fmt: skip
-
-    # -- file handle ---------------------------------------------------------------------
+            "%s[%s]: %s %d x %d, %s (%s).",
+            self.path.name,
+            key,
+            self.encoding,
+            self.n_rows,
+            self.n_cols,
+            how,
+            why,
+        )
 
     def _handle(self) -> h5py.File:
-        """The h5py file of this process, reopened after a fork or unpickling.
-
-        HDF5 handles are not fork- or pickle-safe (the library's caches and file state belong
-        to the process that opened it), so a handle is only ever used by the pid that opened
-        it; opening once per process avoids reopening the file on every read.
-        """
-        pid = os.getpid()
-        if self._file is None or self._pid != pid:
-            if self._file is not None:
-                logger.debug("%s: pid changed (%s -> %s), reopening.", self.path, self._pid, pid)
+        """This process's h5py file: opened once, reopened after a fork or unpickling."""
+        if self._file is None or self._pid != os.getpid():
             try:
                 self._file = h5py.File(self.path, "r")
             except OSError as err:
                 raise InputError(f"{self.path}: not a readable h5ad (HDF5) file: {err}") from err
-            self._pid = pid
+            self._pid = os.getpid()
         return self._file
 
     def close(self) -> None:
-        """Close the file handle and memory maps (a later :meth:`read` reopens them)."""
+        """Close the handle and the maps (a later :meth:`read` reopens them)."""
         if self._file is not None and self._pid == os.getpid():
-            self._file.close()
-        self._file, self._pid = None, None
-        self._maps, self._maps_pid = {}, None
+            self._file.close()  # never close a handle inherited from a parent process
+        self._file, self._pid, self._maps, self._maps_pid = None, None, {}, None
 
     def __enter__(self) -> H5RowReader:
         return self
@@ -173,29 +161,24 @@ class H5RowReader:
         self.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        # Handles and maps are per process (a memmap would pickle as a full copy): the new
-        # owner reopens them lazily. The chunk plans and a preloaded matrix travel.
-        state["_file"], state["_pid"] = None, None
-        state["_maps"], state["_maps_pid"] = {}, None
-        return state
+        # Handles and maps belong to a process (and a memmap would pickle as a full copy):
+        # the new owner reopens them. The chunk plans and a preloaded matrix travel.
+        return {**self.__dict__, "_file": None, "_pid": None, "_maps": {}, "_maps_pid": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
 
-    # -- reading -------------------------------------------------------------------------
-
     def read(self, rows: np.ndarray) -> np.ndarray:
-        """Return the given rows as a dense ``(len(rows), n_cols)`` array of ``dtype``.
+        """Return the rows as a dense ``(len(rows), n_cols)`` array of ``dtype``.
 
         Args:
-            rows: 1-D integer row indices in any order; duplicates and ``len 0`` allowed.
+            rows: 1-D integer row indices in any order; duplicates and no rows allowed.
 
         Returns:
             The rows in the order given.
 
         Raises:
-            IndexError: A row outside ``[0, n_rows)``.
+            IndexError: Not 1-D integers, or a row outside ``[0, n_rows)``.
         """
         rows = np.asarray(rows)
         if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
@@ -207,156 +190,151 @@ class H5RowReader:
         if self._mem is not None:
             got = self._mem[rows]
             return got if self.encoding == "dense" else got.toarray()
+        if self._node in self._plans:  # a mapped dense matrix is indexed in any order
+            return self._map(self._node)[rows].astype(self.dtype, copy=False)
         uniq, inverse = np.unique(rows, return_inverse=True)
         cut = np.flatnonzero(np.diff(uniq) != 1) + 1  # contiguous runs of the sorted rows
         starts = uniq[np.r_[0, cut]] if uniq.size else uniq
         stops = uniq[np.r_[cut - 1, uniq.size - 1]] + 1 if uniq.size else uniq
         if self.encoding == "dense":
-            block = self._take(self._node, starts, stops)
-            return block[inverse].astype(self.dtype, copy=False)
+            return self._take(self._node, starts, stops)[inverse]
         lo, hi = self._indptr[starts], self._indptr[stops]
         data = self._take(f"{self._node}/data", lo, hi).astype(self.dtype, copy=False)
         indices = self._take(f"{self._node}/indices", lo, hi)
-        nnz = self._indptr[uniq + 1] - self._indptr[uniq]  # the runs hold exactly uniq
-        indptr = np.r_[0, np.cumsum(nnz)]
+        indptr = np.r_[0, np.cumsum(self._indptr[uniq + 1] - self._indptr[uniq])]
         block = sp.csr_matrix((data, indices, indptr), shape=(uniq.size, self.n_cols))
         return block[inverse].toarray()
 
     def _take(self, name: str, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
-        """First-axis ranges ``[starts[i], stops[i])`` of dataset ``name``, concatenated.
-
-        From the memory map when the dataset has one (file dtype), else one HDF5 read of a
-        union of hyperslabs (converted to ``dtype`` by HDF5).
-        """
+        """The first-axis ranges ``[starts[i], stops[i])`` of dataset ``name``, concatenated."""
         plan = self._plans.get(name)
         if plan is None:
             return _read_runs(self._handle()[name], starts, stops, self.dtype)
         lengths = stops - starts
         idx = np.arange(lengths.sum()) + np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-        mapped = self._map(name)
         if plan[0] == "contiguous":
-            return mapped[idx]
-        _, chunk_len, chunk_items = plan  # element i lies in chunk i // chunk_len
-        chunk = idx // chunk_len
-        return mapped[chunk_items[chunk] + idx - chunk * chunk_len]
+            return self._map(name)[idx]
+        chunk = idx // plan[1]  # element i lies in chunk i // chunk_len
+        return self._map(name)[plan[2][chunk] + idx - chunk * plan[1]]
 
     def _map(self, name: str) -> np.ndarray:
-        """The memory map of dataset ``name`` in this process (rebuilt after fork/pickle)."""
+        """This process's memory map of dataset ``name`` (rebuilt after fork/unpickling)."""
         if self._maps_pid != os.getpid():
             self._maps, self._maps_pid = {}, os.getpid()
         if name not in self._maps:
             plan, ds = self._plans[name], self._handle()[name]
             if plan[0] == "contiguous":
                 mapped = np.memmap(self.path, ds.dtype, "r", offset=plan[1], shape=ds.shape)
-            else:  # the whole file as items; the chunk offsets are multiples of itemsize
+            else:  # the whole file in items: the chunk offsets are multiples of the itemsize
                 n_items = self.path.stat().st_size // ds.dtype.itemsize
                 mapped = np.memmap(self.path, ds.dtype, "r", shape=(n_items,))
-            self._maps[name] = mapped
+            # Rows are read at random: without MADV_RANDOM the kernel reads ahead around
+            # every fault, so most of a large file would end up resident (and read).
+            if hasattr(mapped, "_mmap") and hasattr(mmap, "MADV_RANDOM"):
+                mapped._mmap.madvise(mmap.MADV_RANDOM)
+            self._maps[name] = mapped.view(np.ndarray)  # plain ndarray: faster indexing
         return self._maps[name]
 
-    def _plan_direct(self, names: list[str]) -> None:
-        """Memory-map the datasets that allow it, checked against HDF5 on their ends."""
-        self._plans: dict[str, tuple] = {}
-        self._maps: dict[str, np.ndarray] = {}
-        self._maps_pid: int | None = None
+    def _plan_maps(self, names: list[str]) -> None:
+        """Plan a memory map for each dataset that allows one, checked against HDF5."""
         f = self._handle()
         for name in names:
-            plan = _direct_plan(f[name])
-            if plan is None:
+            if (plan := _map_plan(f[name])) is None:
                 continue
             self._plans[name] = plan
-            n = f[name].shape[0]
-            ends = np.array([0, n - 1]), np.array([1, n])
-            direct = self._take(name, *ends)
-            if not np.array_equal(direct, _read_runs(f[name], *ends, f[name].dtype)):
-                logger.warning(
-                    "%s: memory map of /%s disagrees with HDF5; not used.", self.path, name
-                )
+            ends = np.array([0, f[name].shape[0] - 1]), np.array([1, f[name].shape[0]])
+            try:  # a wrong offset, or a filesystem without mmap, falls back to HDF5
+                same = np.array_equal(self._take(name, *ends), _read_runs(f[name], *ends, None))
+            except (OSError, ValueError):
+                same = False
+            if not same:
+                logger.warning("%s: memory map of %s differs from HDF5; unused.", self.path, name)
                 del self._plans[name]
+                self._maps.pop(name, None)
 
     def _preload(self) -> None:
         """Read the whole matrix into RAM (a CSR matrix stays CSR)."""
-        f = self._handle()
+        node = self._handle()[self._node]
         if self.encoding == "dense":
-            self._mem = _read_all(f[self._node], self.dtype)
+            self._mem = _read_all(node, self.dtype)
         else:
-            group = f[self._node]
-            data = _read_all(group["data"], self.dtype)
-            indices = _read_all(group["indices"], group["indices"].dtype)
+            data = _read_all(node["data"], self.dtype)
+            indices = _read_all(node["indices"], node["indices"].dtype)
             shape = (self.n_rows, self.n_cols)
             self._mem = sp.csr_matrix((data, indices, self._indptr), shape=shape)
 
     def _resolve(self, f: h5py.File) -> h5py.Dataset | h5py.Group:
-        """The HDF5 node of ``key``, checked to be a dense or CSR matrix."""
+        """The HDF5 node of ``key``, checked to be a dense numeric or a CSR matrix."""
         key = self.key
         name = key if key == "X" or key.startswith(("obsm/", "layers/")) else f"obsm/{key}"
         node = f.get(name)
+        where = f"{self.path}: {key!r} (/{name})"
         if node is None:
-            obsm, layers = _keys(f, "obsm"), _keys(f, "layers")
-            choices = ["X", *obsm, *(f"obsm/{k}" for k in obsm), *(f"layers/{k}" for k in layers)]
+            obsm, layers = _keys(f, "obsm"), [f"layers/{k}" for k in _keys(f, "layers")]
             raise InputError(
-                f"{self.path}: no matrix {key!r} (looked for /{name}). Expected 'X', an obsm "
-                f"key or 'layers/<name>'; obsm keys: {obsm or 'none'}; layers: "
-                f"{[f'layers/{k}' for k in layers] or 'none'}.{suggest(key, choices)}"
+                f"{self.path}: no matrix {key!r} (looked for /{name}); expected 'X', an obsm "
+                f"key or 'layers/<name>'. obsm keys: {obsm or 'none'}; layers: "
+                f"{layers or 'none'}.{suggest(key, ['X', *obsm, *layers])}"
             )
         if isinstance(node, h5py.Dataset):
-            return node
+            if node.ndim == 2 and np.issubdtype(node.dtype, np.number):
+                return node
+            raise InputError(
+                f"{where} is a {node.ndim}-D {node.dtype} array; expected 2-D numeric."
+            )
         enc = node.attrs.get("encoding-type", node.attrs.get("h5sparse_format", ""))
         enc = enc.decode() if isinstance(enc, bytes) else str(enc)
         if enc in ("csr_matrix", "csr"):
             return node
         if enc in ("csc_matrix", "csc"):
             raise InputError(
-                f"{self.path}: {key!r} (/{name}) is a CSC sparse matrix; rows cannot be read "
-                f"without loading whole columns. Fix: {_CSC_FIX}."
+                f"{where} is a CSC matrix: reading a row reads every column. Fix: {_CSC_FIX}."
             )
         raise InputError(
-            f"{self.path}: {key!r} (/{name}) has encoding {enc or 'unknown'!r}; expected a "
-            f"dense array or a CSR matrix (not a dataframe, awkward array or CSC)."
+            f"{where} has encoding {enc or 'unknown'!r}; expected a dense array or a CSR matrix "
+            f"(not a dataframe, awkward array or CSC)."
         )
 
 
 def _keys(f: h5py.File, group: str) -> list[str]:
-    """Names of the elements of ``group`` (empty when absent)."""
+    """The element names of ``group`` (none when it is absent)."""
     node = f.get(group)
     return sorted(node.keys()) if isinstance(node, h5py.Group) else []
 
 
 def _read_runs(ds: h5py.Dataset, starts: np.ndarray, stops: np.ndarray, dtype) -> np.ndarray:
-    """Read the first-axis ranges ``[starts[i], stops[i])`` of ``ds``, concatenated.
+    """The first-axis ranges ``[starts[i], stops[i])`` of ``ds`` through HDF5, concatenated.
 
-    h5py's ``dataset[...]`` takes one slice per call (~40 us each), so each group of
-    ``_RUNS_PER_READ`` runs is one HDF5 read of a union of hyperslabs into a slice of the
-    output, converted to ``dtype`` by HDF5.
+    h5py's ``dataset[...]`` takes one slice per call (~40 us each): each group of
+    ``_RUNS_PER_READ`` runs is one read of a union of hyperslabs instead.
     """
     lengths = stops - starts
-    keep = lengths > 0
-    starts, lengths = starts[keep].tolist(), lengths[keep].tolist()
+    starts, lengths = starts[lengths > 0].tolist(), lengths[lengths > 0].tolist()
     tail = tuple(int(s) for s in ds.shape[1:])
     bounds = np.cumsum([0, *lengths])
-    out = np.empty((int(bounds[-1]), *tail), dtype=dtype)
+    out = np.empty((int(bounds[-1]), *tail), dtype=dtype or ds.dtype)
     if out.size == 0:
         return out
-    zeros = (0,) * len(tail)
     for first in range(0, len(starts), _RUNS_PER_READ):
         last = min(first + _RUNS_PER_READ, len(starts))
         space = ds.id.get_space()
         space.select_none()
         for i in range(first, last):
-            space.select_hyperslab((starts[i], *zeros), (lengths[i], *tail), op=h5s.SELECT_OR)
+            space.select_hyperslab(
+                (starts[i], *[0] * len(tail)), (lengths[i], *tail), op=h5s.SELECT_OR
+            )
         lo, hi = int(bounds[first]), int(bounds[last])
-        ds.id.read(h5s.create_simple((hi - lo, *tail)), space, out[: hi - lo])
+        ds.id.read(h5s.create_simple((hi - lo, *tail)), space, out[lo:hi])
     return out
 
 
-def _direct_plan(ds: h5py.Dataset) -> tuple | None:
+def _map_plan(ds: h5py.Dataset) -> tuple | None:
     """Where the elements of ``ds`` lie in the file, when it can be memory-mapped.
 
-    ``("contiguous", byte_offset)`` for an allocated contiguous dataset, or ``("chunked",
-    chunk_len, first_item_of_each_chunk)`` for a 1-D chunked dataset without filters (as
-    anndata writes CSR ``data``/``indices``) whose chunks all exist and are aligned to the
-    itemsize; else ``None`` (compressed, filtered, external, virtual: read through HDF5).
-    HDF5 reports absolute file offsets (a user block included).
+    ``("contiguous", byte_offset)``; ``("chunked", chunk_len, first item of each chunk)`` for
+    a 1-D chunked dataset without filters whose chunks all exist and are aligned to the
+    itemsize; else ``None`` (compressed, filtered, external, virtual). HDF5's offsets are
+    absolute (a user block included).
     """
     plist = ds.id.get_create_plist()
     if ds.is_virtual or plist.get_external_count() or ds.size == 0 or ds.dtype.kind not in "iuf":
@@ -376,10 +354,9 @@ def _direct_plan(ds: h5py.Dataset) -> tuple | None:
         ds.id.chunk_iter(visit)  # HDF5 >= 1.12.3 / 1.14
     except (AttributeError, RuntimeError, ValueError):
         return None
-    itemsize = ds.dtype.itemsize
-    if (offsets < 0).any() or (offsets % itemsize).any():
+    if (offsets < 0).any() or (offsets % ds.dtype.itemsize).any():
         return None
-    return ("chunked", chunk_len, offsets // itemsize)
+    return ("chunked", chunk_len, offsets // ds.dtype.itemsize)
 
 
 def _read_all(ds: h5py.Dataset, dtype) -> np.ndarray:
@@ -393,14 +370,14 @@ def _read_all(ds: h5py.Dataset, dtype) -> np.ndarray:
 def h5ad_identity(path: str | os.PathLike, *, edge_mib: float = 1.0) -> dict[str, Any]:
     """What a cache key needs to notice that an h5ad file changed.
 
-    Returns the absolute path, size, ``mtime_ns``, ``n_obs``, ``n_vars`` and ``fingerprint``:
-    sha256 of the first and last ``edge_mib`` MiB of the file, the names of the ``/obs``
-    elements and the shape. Costs two small reads, whatever the file size.
+    The absolute path, size, ``mtime_ns``, ``n_obs``, ``n_vars`` and a ``fingerprint``:
+    sha256 of the first and last ``edge_mib`` MiB, the ``/obs`` element names and the shape.
+    Two small reads, whatever the file size.
 
-    Limits: an in-place edit in the middle of a large file that keeps the size, the obs
-    columns and the shape, AND restores the mtime (``touch -d``, some copy tools) goes
-    unnoticed; a byte-identical file at another path gets another identity (the key is
-    conservative); the mtime resolution is the filesystem's.
+    Limits: an in-place edit in the middle of a large file that keeps its size, obs columns
+    and shape AND its mtime (restored by ``touch -d`` or a copy tool) goes unnoticed; the
+    mtime resolution is the filesystem's; the same bytes at another path give another
+    identity (conservative), though the same ``fingerprint``.
 
     Args:
         path: The h5ad file.
@@ -415,21 +392,17 @@ def h5ad_identity(path: str | os.PathLike, *, edge_mib: float = 1.0) -> dict[str
     path = Path(path).resolve()
     if not path.is_file():
         raise InputError(f"{path}: no such h5ad file.")
-    stat = path.stat()
-    digest = hashlib.sha256()
-    edge = int(edge_mib * _MIB)
+    stat, digest, edge = path.stat(), hashlib.sha256(), int(edge_mib * _MIB)
     with path.open("rb") as fh:
         digest.update(fh.read(edge))
         fh.seek(max(stat.st_size - edge, 0))
         digest.update(fh.read(edge))
     try:
         with h5py.File(path, "r") as f:
-            obs_names, n_obs = _element_names(f, "obs")
-            _, n_vars = _element_names(f, "var")
+            (obs_names, n_obs), (_, n_vars) = _frame(f, "obs"), _frame(f, "var")
     except OSError as err:
         raise InputError(f"{path}: not a readable h5ad (HDF5) file: {err}") from err
-    digest.update("\0".join(obs_names).encode())
-    digest.update(f"{n_obs}x{n_vars}".encode())
+    digest.update(f"{'/'.join(obs_names)}|{n_obs}x{n_vars}".encode())
     return {
         "path": str(path),
         "size": stat.st_size,
@@ -440,14 +413,13 @@ def h5ad_identity(path: str | os.PathLike, *, edge_mib: float = 1.0) -> dict[str
     }
 
 
-def _element_names(f: h5py.File, name: str) -> tuple[list[str], int]:
-    """Element names and length of an obs/var dataframe (group or old compound dataset)."""
+def _frame(f: h5py.File, name: str) -> tuple[list[str], int]:
+    """The element names and length of the obs/var frame (a group, or an old compound array)."""
     node = f.get(name)
     if isinstance(node, h5py.Dataset):
         return list(node.dtype.names or ()), int(node.shape[0])
     if not isinstance(node, h5py.Group):
         return [], -1
     index = node.attrs.get("_index", "_index")
-    index = index.decode() if isinstance(index, bytes) else str(index)
-    n = int(node[index].shape[0]) if isinstance(node.get(index), h5py.Dataset) else -1
-    return sorted(node.keys()), n
+    index = node.get(index.decode() if isinstance(index, bytes) else str(index))
+    return sorted(node.keys()), int(index.shape[0]) if isinstance(index, h5py.Dataset) else -1

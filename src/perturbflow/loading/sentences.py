@@ -60,23 +60,26 @@ def group_cells(
             that a control maps to itself).
 
     Returns:
-        The groups, sorted by key.
+        The groups, sorted by key (category order: sorted labels for string columns).
     """
-    mask = (cells[split_col].astype(str) == label).to_numpy()
+    mask = (cells[split_col] == label).to_numpy()
     if not include_controls:
         mask &= ~cells["is_control"].to_numpy(dtype=bool)
     rows = np.flatnonzero(mask)
-    keys = (
-        cells["context"].astype(str).to_numpy()[rows]
-        + "\x1f"
-        + cells["perturbation"].astype(str).to_numpy()[rows]
-    )
-    uniques, inverse = np.unique(keys, return_inverse=True)
+    # integer keys from categorical codes: no per-cell Python strings (1M cells stay cheap)
+    context = cells["context"].astype("category")
+    perturbation = cells["perturbation"].astype("category")
+    n_pert = len(perturbation.cat.categories)
+    key = context.cat.codes.to_numpy()[rows].astype(np.int64) * n_pert
+    key += perturbation.cat.codes.to_numpy()[rows]
+    uniques, inverse = np.unique(key, return_inverse=True)
     order = np.argsort(inverse, kind="stable")
     bounds = np.cumsum(np.bincount(inverse, minlength=len(uniques)))[:-1]
     groups = np.split(rows[order], bounds)
+    ctx_labels = np.asarray(context.cat.categories, dtype=object)
+    pert_labels = np.asarray(perturbation.cat.categories, dtype=object)
     return CellGroups(
-        keys=[tuple(str(k).split("\x1f", 1)) for k in uniques],  # type: ignore[misc]
+        keys=[(str(ctx_labels[u // n_pert]), str(pert_labels[u % n_pert])) for u in uniques],
         rows=groups,
     )
 

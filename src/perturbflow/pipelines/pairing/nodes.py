@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 
+from perturbflow.loading.categories import CategoryMap
+from perturbflow.loading.encodings import PerturbationEncoder
 from perturbflow.loading.h5reader import h5ad_identity
 from perturbflow.loading.pairing import PairingDesign, get_pairing_strategy
 from perturbflow.loading.pairing_cache import PairingCache
@@ -71,3 +74,37 @@ def pair_controls(
         int(table["fallback"].sum()),
     )
     return table, stats
+
+
+def build_encodings(
+    preprocessed_adata: ad.AnnData, columns: ColumnsParams
+) -> tuple[dict, dict, dict]:
+    """Perturbation encoder, cell-type map and batch map of the screen, as JSON documents.
+
+    Computed once here so that training, inference and users share one vocabulary; no
+    pickles (STATE saves these maps as ``.pkl``/``.pt``, which run code when loaded).
+
+    Args:
+        preprocessed_adata: The preprocessed screen (backed: only ``obs`` is read).
+        columns: Where the design lives in ``obs``.
+
+    Returns:
+        The perturbation encoder (components of every perturbation label, combinations as
+        sums), the cell-type map and the batch map (empty without a batch column: Kedro
+        saves no ``None``).
+    """
+    obs = preprocessed_adata.obs
+    encoder = PerturbationEncoder.fit(
+        obs[columns.pert_col].astype(str), control_label=columns.control_label
+    )
+    celltypes = CategoryMap.fit(obs[columns.celltype_col].astype(str), name="cell types")
+    batches = (
+        CategoryMap.fit(obs[columns.batch_col].astype(str), name="batches")
+        if columns.batch_col
+        else None
+    )
+    return (
+        json.loads(encoder.to_json()),
+        json.loads(celltypes.to_json()),
+        {"index": {}} if batches is None else json.loads(batches.to_json()),
+    )

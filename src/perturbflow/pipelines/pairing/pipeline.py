@@ -2,11 +2,11 @@
 
 from kedro.pipeline import Pipeline, node
 
-from perturbflow.pipelines.pairing.nodes import pair_controls
+from perturbflow.pipelines.pairing.nodes import build_encodings, pair_controls
 
 
 def create_pipeline(**kwargs: object) -> Pipeline:
-    """Preprocessed screen -> pairing index and its statistics."""
+    """Preprocessed screen -> pairing index, its statistics and the encodings (JSON)."""
     return Pipeline(
         [
             node(
@@ -19,6 +19,12 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                 ],
                 outputs=["pairing_index", "pairing_stats"],
                 name="pair_controls",
-            )
+            ),
+            node(
+                build_encodings,
+                inputs=["preprocessed_adata@backed", "params:columns"],
+                outputs=["perturbation_encoder", "celltype_map", "batch_map"],
+                name="build_encodings",
+            ),
         ]
     )
