@@ -190,6 +190,7 @@ def main() -> None:
             print(f"perturbflow {name} workers={workers}: {measured}", flush=True)
         best = max(result[f"perturbflow_{name}_w{w}"]["cells_per_s"] for w in args.workers)
         result[f"perturbflow_{name}_cells_per_s"] = best
+    result["preload_cells_per_s"] = result["perturbflow_preload_cells_per_s"]
     result["peak_rss_mib"] = result["perturbflow_lazy_csr_w0"]["peak_rss_mib"]
     result["peak_anon_mib"] = result["perturbflow_lazy_csr_w0"]["peak_anon_mib"]
     ceiling = loader_data.ram_ceiling_cells_per_s(
