@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from perturbflow.exceptions import InputError
+from perturbflow.loading.control_inputs import control_means
 from perturbflow.loading.h5reader import H5RowReader
 from perturbflow.loading.pairing import PairingDesign, get_pairing_strategy
 from perturbflow.loading.sentences import CellGroups, cut_sentences, group_cells
@@ -231,6 +232,7 @@ class PerturbationDataModule(pl.LightningDataModule):
             contexts=sorted(map(str, self.cells["context"].unique())),
         )
         self.reader: H5RowReader | None = None
+        self._means: np.ndarray | None = None
 
     def setup(self, stage: str | None = None) -> None:
         """Open the reader (lazy or preloaded under the memory budget)."""
@@ -283,11 +285,12 @@ class PerturbationDataModule(pl.LightningDataModule):
         )
 
     def _control_means(self, sampler: SentenceBatchSampler) -> np.ndarray | None:
+        """Mean control profiles for ``control_mean`` (read once, shared by all loaders)."""
         if self.params.pairing != "control_mean":
             return None
-        from perturbflow.loading.control_inputs import control_means
-
-        return control_means(self.reader.read, self.design, sampler.strategy)
+        if self._means is None:
+            self._means = control_means(self.reader.read, self.design, sampler.strategy)
+        return self._means
 
     def train_dataloader(self) -> DataLoader:
         """Random sentences, fresh every epoch, shuffled."""
