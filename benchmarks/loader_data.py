@@ -277,7 +277,7 @@ def load_dense_rows(csr_path: str | Path, max_cells: int | None = None) -> np.nd
 def ram_ceiling_cells_per_s(
     csr_path: str | Path,
     *,
-    n_batches: int = 200,
+    n_batches: int = 1000,
     warmup: int = 5,
     sentence_len: int = 64,
     batch_size: int = 16,
@@ -351,7 +351,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-dense", action="store_true", help="skip the dense variant")
     parser.add_argument("--ceiling-out", type=Path, help="also measure the RAM ceiling to JSON")
-    parser.add_argument("--ceiling-batches", type=int, default=200)
+    parser.add_argument("--ceiling-batches", type=int, default=1000)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     record = generate_dataset(

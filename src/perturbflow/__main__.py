@@ -1,7 +1,8 @@
-"""``python -m perturbflow`` / ``perturbflow``: run the project's Kedro CLI.
+"""``python -m perturbflow`` / ``perturbflow``.
 
-Library commands that must run outside a Kedro session (multi-GPU training, inference)
-will be added here as sub-commands; for now everything goes through ``kedro``.
+``perturbflow train ...`` and ``perturbflow infer ...`` run the library outside a Kedro
+session (:mod:`perturbflow.cli`: multi-GPU training, inference on any AnnData); every other
+command is the project's Kedro CLI (``perturbflow run`` is ``kedro run``).
 """
 
 from __future__ import annotations
@@ -9,12 +10,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from kedro.framework.cli.utils import find_run_command
-from kedro.framework.project import configure_project
-
 
 def main(*args: str, **kwargs: object) -> object:
-    """Run the Kedro CLI of this package (same as ``kedro`` inside the project)."""
+    """Dispatch to :mod:`perturbflow.cli` or the Kedro CLI of this package."""
+    argv = list(args) if args else sys.argv[1:]
+    if argv and argv[0] in ("train", "infer"):
+        from perturbflow.cli import run_cli
+
+        sys.exit(run_cli(argv))
+    from kedro.framework.cli.utils import find_run_command
+    from kedro.framework.project import configure_project
+
     package_name = Path(__file__).parent.name
     configure_project(package_name)
     interactive = hasattr(sys, "ps1")

@@ -219,3 +219,148 @@ class PairingParams:
     """
 
     cache_dir: str
+
+
+@dataclass(frozen=True, config=_STRICT)
+class PerturbationInputParams:
+    """What the ST model's perturbation encoder reads (see :mod:`perturbflow.models.inputs`).
+
+    Attributes:
+        identity: A learned vector per training component (combinations summed).
+        evidence: Honest gene-space evidence per (context, perturbation): the sum of the
+            components' training effects, the perturbation's effect in other training
+            contexts, the target gene's co-expression signature in the context's controls.
+        target_gene: Mark the target gene(s) in gene space when they are measured.
+        features_file: A per-component feature table (``.pt``/``.npz``/``.csv``: ESM2,
+            GenePT, ...), or ``None``.
+        identity_dropout: Training probability of hiding a sentence's identity vector, so
+            that the model also learns to predict from evidence alone (how it predicts a
+            perturbation it has not seen).
+    """
+
+    identity: bool
+    evidence: bool
+    target_gene: bool
+    features_file: str | None
+    identity_dropout: float
+
+
+@dataclass(frozen=True, config=_STRICT)
+class STModelParams:
+    """Architecture of the State Transition (ST) model.
+
+    Attributes:
+        size: Preset: ``cpu`` (hidden 128, 4 layers), ``sm`` (672, 4), ``default``
+            (768, 8) or ``lg`` (1024, 12); the fields below override it when not ``None``.
+        hidden_dim: Width of the encoders and the transformer.
+        n_layers: Transformer layers.
+        n_heads: Attention heads.
+        dropout: Dropout in the transformer and the MLPs.
+        output_space: ``gene`` (the loader's expression space, e.g. HVGs in ``X_hvg``),
+            ``all`` (additionally every gene of ``X`` through a trained decoder) or
+            ``embedding`` (the loader's ``obsm_key`` is an embedding, not genes).
+        batch_encoder: Add a learned batch embedding (needs ``columns.batch_col``).
+        predict_residual: Predict the perturbed cells as their control cells plus a delta.
+        inputs: What the perturbation encoder reads.
+    """
+
+    size: Literal["cpu", "sm", "default", "lg"]
+    hidden_dim: int | None
+    n_layers: int | None
+    n_heads: int | None
+    dropout: float
+    output_space: Literal["gene", "all", "embedding"]
+    batch_encoder: bool
+    predict_residual: bool
+    inputs: PerturbationInputParams
+
+
+@dataclass(frozen=True, config=_STRICT)
+class LossParams:
+    """Training loss: a set distance plus the delta-aware terms of seed 004.
+
+    Attributes:
+        name: ``energy`` (energy distance between predicted and real cell sets, STATE's
+            default), ``sinkhorn`` (entropic optimal transport) or ``mse``.
+        blur: geomloss ``blur`` of the sinkhorn loss.
+        base_weight: Weight of the set distance.
+        delta_mse_weight: Weight of the MSE between predicted and real mean deltas
+            (sentence mean minus control mean); 0 disables it.
+        delta_pearson_weight: Weight of ``1 - pearson`` between those deltas; 0 disables it.
+        decoder_weight: Weight of the all-gene loss when ``output_space`` is ``all``.
+    """
+
+    name: Literal["energy", "sinkhorn", "mse"]
+    blur: float
+    base_weight: float
+    delta_mse_weight: float
+    delta_pearson_weight: float
+    decoder_weight: float
+
+
+@dataclass(frozen=True, config=_STRICT)
+class OptimizerParams:
+    """AdamW with an optional linear warmup and cosine decay.
+
+    Attributes:
+        lr: Peak learning rate.
+        weight_decay: Decoupled weight decay (AdamW), not applied to biases and norms.
+        warmup_steps: Linear warmup steps (0: none).
+        schedule: ``constant`` or ``cosine`` (decay to ``min_lr_ratio * lr`` at max_steps).
+        min_lr_ratio: Final learning rate of the cosine schedule, relative to ``lr``.
+        gradient_clip_val: Gradient norm clipping (0 disables it).
+    """
+
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    schedule: Literal["constant", "cosine"]
+    min_lr_ratio: float
+    gradient_clip_val: float
+
+
+@dataclass(frozen=True, config=_STRICT)
+class TrainingParams:
+    """The ``training`` params group: one ST model per named split.
+
+    Attributes:
+        splits: Named splits to train a model for (each gets its own run directory).
+        runs_dir: Directory of the run directories (``<runs_dir>/<split>``).
+        model: Architecture.
+        loss: Loss.
+        optimizer: Optimiser and schedule.
+        max_steps: Optimiser steps.
+        val_every_n_steps: Validation (val pearson_delta) every N steps.
+        ckpt_every_n_steps: A checkpoint every N steps (plus ``last`` and ``best``).
+        accelerator: Lightning accelerator (``auto``: a GPU where present, else CPU).
+        devices: Lightning devices (``auto``, a count or a list as text).
+        strategy: Lightning strategy (``auto``, ``ddp``, ...).
+        num_nodes: Nodes for multi-node DDP.
+        precision: ``auto`` (bf16-mixed on a GPU that supports it, else 32) or a Lightning
+            precision string (``32``, ``16-mixed``, ``bf16-mixed``).
+        seed: Seed of the weights, dropout and the loader.
+        logger: ``csv`` or ``tensorboard`` (needs the tensorboard package).
+        progress_bar: Show Lightning's progress bar.
+        cpu_threads: Torch intra-op threads on the CPU (``None``: torch's default).
+        resume: Resume from ``checkpoints/last.ckpt`` when the run directory has one with
+            the same configuration; a finished run with the same configuration is reused.
+    """
+
+    splits: list[str]
+    runs_dir: str
+    model: STModelParams
+    loss: LossParams
+    optimizer: OptimizerParams
+    max_steps: int
+    val_every_n_steps: int
+    ckpt_every_n_steps: int
+    accelerator: str
+    devices: str | int
+    strategy: str
+    num_nodes: int
+    precision: str
+    seed: int
+    logger: Literal["csv", "tensorboard"]
+    progress_bar: bool
+    cpu_threads: int | None
+    resume: bool

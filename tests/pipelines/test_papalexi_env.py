@@ -17,7 +17,17 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 OUTPUT_ROOT = Path("data/runs/papalexi")
-PREDICTORS = ["control", "perturbation_mean", "context_mean", "linear", "ceiling"]
+PREDICTORS = ["control", "perturbation_mean", "context_mean", "linear", "st", "ceiling"]
+# a tiny ST model: this test checks the wiring, benchmarks/st_quality.py the quality
+TINY_TRAINING = {
+    "training": {
+        "max_steps": 6,
+        "val_every_n_steps": 3,
+        "ckpt_every_n_steps": 3,
+        "progress_bar": False,
+        "model": {"hidden_dim": 32, "n_layers": 1, "n_heads": 2},
+    }
+}
 WEAK_KNOCKDOWNS = {"STAT2", "STAT3", "IFNGR2", "CMTM6", "NFKBIA", "TNFRSF14", "UBE2L6"}
 TEST_TARGETS = {"JAK2", "IRF1", "MYC", "SMAD4", "POU2F2"}
 VAL_TARGETS = {"STAT1", "BRD4", "CUL3"}
@@ -27,7 +37,9 @@ VAL_TARGETS = {"STAT1", "BRD4", "CUL3"}
 def test_papalexi_env_runs_the_default_pipeline(project_copy: Path):
     root = project_copy
     bootstrap_project(root)
-    with KedroSession.create(project_path=root, env="papalexi") as session:
+    with KedroSession.create(
+        project_path=root, env="papalexi", runtime_params=TINY_TRAINING
+    ) as session:
         session.run(pipeline_name="__default__")
     reporting = root / OUTPUT_ROOT / "08_reporting"
 

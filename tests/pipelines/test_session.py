@@ -31,7 +31,20 @@ def test_default_pipeline_on_test_env(project_copy: Path):
         "perturbation_mean",
         "context_mean",
         "linear",
+        "st",
     ]
+    assert metrics.loc[metrics["predictor"] == "st", "pearson_delta"].notna().all()
+    runs = json.loads((project_copy / "data/06_models/st/runs.json").read_text())
+    assert set(runs) == {"fewshot", "zeroshot"}
+    assert all(r["status"] == "finished" and r["steps"] == 12 for r in runs.values())
+    assert (project_copy / "data/06_models/st/fewshot/model.pt").is_file()
+    st = ad.read_h5ad(project_copy / "data/07_model_output/model_predictions/fewshot/st.h5ad")
+    variability = pd.read_csv(reporting / "prediction_variability.csv")
+    assert set(variability["predictor"]) >= {"st", "linear"}
+    quality = json.loads((reporting / "st_quality.json").read_text())
+    assert set(quality) == {"fewshot", "zeroshot"}
+    sources = pd.read_csv(reporting / "st_prediction_sources.csv")
+    assert len(sources.query("split == 'fewshot'")) == 8
     for column in (
         "pearson_delta",
         "mse",
@@ -48,7 +61,13 @@ def test_default_pipeline_on_test_env(project_copy: Path):
         assert (reporting / name).stat().st_size > 0
     pred = ad.read_h5ad(project_copy / "data/07_model_output/predictions/fewshot/linear.h5ad")
     real = ad.read_h5ad(project_copy / "data/07_model_output/real/fewshot.h5ad")
-    assert list(pred.var_names) == list(real.var_names)
+    assert list(pred.var_names) == list(real.var_names) == list(st.var_names)
+    assert (
+        st.obs["condition"]
+        .value_counts()
+        .sort_index()
+        .equals(real.obs["condition"].value_counts().sort_index())
+    )
     assert (
         pred.obs["condition"]
         .value_counts()

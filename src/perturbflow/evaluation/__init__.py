@@ -25,6 +25,7 @@ from perturbflow.evaluation.scoring import (
     aggregate_metrics,
     score_predictions,
 )
+from perturbflow.evaluation.variability import std_ratio, variability_table
 
 __all__ = [
     "EvaluationData",
@@ -45,5 +46,7 @@ __all__ = [
     "score_predictions",
     "select_and_fit_linear",
     "split_names",
+    "std_ratio",
     "training_effects",
+    "variability_table",
 ]

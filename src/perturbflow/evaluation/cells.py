@@ -109,18 +109,47 @@ def predicted_adata(
         KeyError: If a held-out perturbation has no predicted effect.
     """
     rng = np.random.default_rng(seed)
-    blocks, perts, contexts, names = [], [], [], []
+    cells = {}
     for context in data.heldout_contexts(label):
+        ctrl = data.control_rows(context)
+        for pert in data.heldout_perturbations(context, label):
+            n = len(data.perturbation_rows(context, pert, label))
+            picked = rng.choice(ctrl, size=n, replace=n > len(ctrl))
+            delta = effects[(context, pert)].delta.astype(np.float32)
+            cells[(context, pert)] = np.clip(data.X[picked] + delta, 0.0, None)
+    return assemble_predictions(data, cells, columns)
+
+
+def assemble_predictions(
+    data: EvaluationData,
+    cells: Mapping[Key, np.ndarray],
+    columns: ColumnsParams,
+) -> ad.AnnData:
+    """Predicted cells in cell-eval's form: per context its real controls, then predictions.
+
+    Args:
+        data: Expression and labels (the contexts' control cells are copied from it).
+        cells: Predicted cells (``n x genes``) per ``(context, perturbation)``, in the
+            order they should appear within each context.
+        columns: Column names; the control cells carry ``columns.control_label``.
+
+    Returns:
+        The AnnData, genes as in ``data.genes``.
+    """
+    blocks, perts, contexts, names = [], [], [], []
+    by_context: dict[str, list[Key]] = {}
+    for key in cells:
+        by_context.setdefault(key[0], []).append(key)
+    for context in sorted(by_context):
         ctrl = data.control_rows(context)
         blocks.append(data.X[ctrl])
         perts += [columns.control_label] * len(ctrl)
         contexts += [context] * len(ctrl)
         names += [f"ctrl:{n}" for n in data.cells.index[ctrl]]
-        for pert in data.heldout_perturbations(context, label):
-            n = len(data.perturbation_rows(context, pert, label))
-            picked = rng.choice(ctrl, size=n, replace=n > len(ctrl))
-            delta = effects[(context, pert)].delta.astype(np.float32)
-            blocks.append(np.clip(data.X[picked] + delta, 0.0, None))
+        for key in by_context[context]:
+            pert = key[1]
+            n = len(cells[key])
+            blocks.append(np.asarray(cells[key], dtype=np.float32))
             perts += [pert] * n
             contexts += [context] * n
             names += [f"pred:{context}:{pert}:{i}" for i in range(n)]

@@ -64,7 +64,7 @@ def _centre(effects: TrainingEffects) -> np.ndarray:
 
 
 @dataclass
-class _Evidence:
+class Evidence:
     """Gene-space evidence vectors per source, computed once per split."""
 
     data: EvaluationData
@@ -128,7 +128,7 @@ class LinearModel:
     n_fit_columns: dict[str, int]
 
 
-def fit_linear(evidence: _Evidence, *, rank: int, ridge: float) -> LinearModel:
+def fit_linear(evidence: Evidence, *, rank: int, ridge: float) -> LinearModel:
     """Fit the gene basis and one ridge map per evidence source.
 
     Args:
@@ -166,7 +166,7 @@ def fit_linear(evidence: _Evidence, *, rank: int, ridge: float) -> LinearModel:
 
 
 def predict_linear_with(
-    model: LinearModel, evidence: _Evidence, keys: Sequence[Key]
+    model: LinearModel, evidence: Evidence, keys: Sequence[Key]
 ) -> dict[Key, PredictedEffect]:
     """Predict ``keys`` with a fitted model (the first available source wins)."""
     out = {}
@@ -207,7 +207,7 @@ def select_and_fit_linear(
     *,
     ranks: Sequence[int],
     ridge: float,
-) -> tuple[LinearModel, _Evidence, dict]:
+) -> tuple[LinearModel, Evidence, dict]:
     """Choose the rank on validation perturbations and return the fitted model.
 
     Args:
@@ -221,7 +221,7 @@ def select_and_fit_linear(
         selection report (validation pearson_delta per rank, the chosen rank, and how
         many training perturbations each source map was fitted on).
     """
-    evidence = _Evidence(data, effects)
+    evidence = Evidence(data, effects)
     val = real_deltas(data, "val")
     scores: dict[int, float] = {}
     for rank in sorted(set(ranks)):

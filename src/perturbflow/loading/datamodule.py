@@ -113,6 +113,8 @@ class SentenceDataset(Dataset):
         group_context: Context index of each group.
         batch_codes: Batch code of every cell (or ``None``).
         control_means: Mean control profiles when the pairing is ``control_mean``.
+        all_reader: A second reader (e.g. every gene of ``X``) whose rows of the same cells
+            are returned as ``pert_cell_all``/``ctrl_cell_all``, or ``None``.
     """
 
     def __init__(
@@ -123,8 +125,10 @@ class SentenceDataset(Dataset):
         group_context: np.ndarray,
         batch_codes: np.ndarray | None,
         control_means: np.ndarray | None,
+        all_reader: H5RowReader | None = None,
     ) -> None:
         self.reader = reader
+        self.all_reader = all_reader
         self.group_pert = group_pert
         self.group_context = group_context
         self.batch_codes = batch_codes
@@ -159,6 +163,11 @@ class SentenceDataset(Dataset):
         }
         if self.batch_codes is not None:
             out["batch_index"] = torch.from_numpy(self.batch_codes[pert])
+        if self.all_reader is not None:
+            values = self.all_reader.read(np.concatenate([pert.ravel(), ctrl.ravel()]))
+            n = pert.size
+            for name, part in (("pert_cell_all", values[:n]), ("ctrl_cell_all", values[n:])):
+                out[name] = torch.from_numpy(np.ascontiguousarray(part).reshape(shape))
         return out
 
 
@@ -193,6 +202,9 @@ class PerturbationDataModule(pl.LightningDataModule):
         split_name: Which named split to serve.
         columns: Column names of the design.
         params: Loader parameters (sentence length, batch size, workers, pairing, seed).
+        all_key: A second matrix (``"X"``: every gene) served beside the loader's space as
+            ``pert_cell_all``/``ctrl_cell_all`` (the ST model's ``all`` output space), or
+            ``None``. Not available with ``control_mean`` pairing.
     """
 
     def __init__(
@@ -203,8 +215,16 @@ class PerturbationDataModule(pl.LightningDataModule):
         split_name: str,
         columns: ColumnsParams,
         params: LoaderParams,
+        all_key: str | None = None,
     ) -> None:
         super().__init__()
+        if all_key is not None and params.pairing == "control_mean":
+            raise InputError(
+                "The all-gene output space needs control cells, not control means: "
+                "use another loader.pairing than 'control_mean'."
+            )
+        self.all_key = all_key
+        self.all_reader: H5RowReader | None = None
         if split_name not in split_table.columns:
             raise InputError(f"Split {split_name!r} is not in the split table.")
         missing = obs.index.difference(split_table.index)
@@ -243,6 +263,13 @@ class PerturbationDataModule(pl.LightningDataModule):
                 preload=self.params.preload,
                 memory_budget_mib=self.params.memory_budget_mib,
             )
+        if self.all_key is not None and self.all_reader is None:
+            self.all_reader = H5RowReader(
+                self.path,
+                key=self.all_key,
+                preload=self.params.preload,
+                memory_budget_mib=self.params.memory_budget_mib,
+            )
 
     def _loader(self, label: str, *, shuffle: bool) -> DataLoader:
         self.setup()
@@ -272,6 +299,7 @@ class PerturbationDataModule(pl.LightningDataModule):
             group_context=np.array([c_index[c] for c, _ in groups.keys], dtype=np.int64),
             batch_codes=None if self.design.batch is None else self.design.batch.astype(np.int64),
             control_means=self._control_means(sampler),
+            all_reader=self.all_reader,
         )
         workers = self.params.num_workers
         return DataLoader(

@@ -4,6 +4,7 @@ from kedro.pipeline import Pipeline, node
 
 from perturbflow.pipelines.evaluation.nodes import (
     format_metrics_table,
+    measure_variability,
     plot_metric_comparison,
     plot_predicted_vs_real,
     predict_baselines,
@@ -36,12 +37,24 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                 score_predictions,
                 inputs=[
                     "baseline_predictions",
+                    "model_predictions",
                     "heldout_real",
                     "params:columns",
                     "params:evaluation",
                 ],
                 outputs=["metrics", "per_perturbation_metrics"],
                 name="score_predictions",
+            ),
+            node(
+                measure_variability,
+                inputs=[
+                    "baseline_predictions",
+                    "model_predictions",
+                    "heldout_real",
+                    "params:columns",
+                ],
+                outputs="prediction_variability",
+                name="measure_variability",
             ),
             node(
                 format_metrics_table,
@@ -59,6 +72,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                 plot_predicted_vs_real,
                 inputs=[
                     "baseline_predictions",
+                    "model_predictions",
                     "heldout_real",
                     "params:columns",
                     "params:evaluation",

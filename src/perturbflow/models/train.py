@@ -1,0 +1,448 @@
+"""Train an ST model on one named split.
+
+The library function behind ``kedro run --pipeline training`` and ``perturbflow train``
+(multi-GPU / multi-node DDP).
+
+:func:`train_st` validates everything before the first step (columns, split, batch column,
+output space), writes the run directory (:mod:`perturbflow.models.run_dir`), trains with a
+Lightning ``Trainer`` (AdamW, warmup + cosine, gradient clipping, validation
+pearson_delta every N steps, checkpoints every N steps plus ``last`` and ``best``, mixed
+precision on GPUs that support it) and saves the weights used for inference.
+
+Rerunning with the same configuration reuses a finished run, and resumes an interrupted
+one from ``checkpoints/last.ckpt`` (Lightning restores weights, optimiser, schedule and
+step). A run directory that holds a run with another configuration is moved aside to
+``<run>.previous-<time>``, never overwritten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from perturbflow.evaluation.design import EvaluationData, evaluation_data, training_effects
+from perturbflow.exceptions import InputError
+from perturbflow.loading.categories import CategoryMap
+from perturbflow.loading.datamodule import PerturbationDataModule
+from perturbflow.loading.h5reader import h5ad_identity
+from perturbflow.models.components import Architecture, resolve_size
+from perturbflow.models.inputs import PerturbationInputs
+from perturbflow.models.run_dir import (
+    CHECKPOINTS,
+    CONFIG,
+    SUMMARY,
+    WEIGHTS,
+    config_digest,
+    read_json,
+    save_weights,
+    write_json,
+    write_yaml,
+)
+from perturbflow.models.st_module import STModule, architecture_dict
+from perturbflow.params import ColumnsParams, LoaderParams, TrainingParams
+
+logger = logging.getLogger(__name__)
+
+# Settings that change how a run is executed, not what it learns: a run that differs only
+# in these is the same run (it can be resumed or reused).
+EXECUTION_KEYS = ("splits", "runs_dir", "progress_bar", "cpu_threads", "resume", "logger")
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """The data of one named split, as training reads it.
+
+    Attributes:
+        path: The preprocessed h5ad (read lazily by the loader).
+        obs: Its ``obs``, in file order.
+        split_table: The per-cell split table.
+        split_name: Which named split.
+        genes: Names of the loader's expression space (``loader.obsm_key``, or ``X``).
+        all_genes: ``var_names`` of ``X`` (the ``all`` output space).
+        data: Dense expression + labels of the split (perturbation evidence is computed
+            from its training cells).
+    """
+
+    path: str
+    obs: pd.DataFrame
+    split_table: pd.DataFrame
+    split_name: str
+    genes: list[str]
+    all_genes: list[str]
+    data: EvaluationData
+
+
+def split_data(
+    adata_path: str,
+    obs: pd.DataFrame,
+    split_table: pd.DataFrame,
+    split_name: str,
+    *,
+    genes: list[str],
+    all_genes: list[str],
+    matrix: Any,
+    obsm_key: str | None,
+) -> SplitData:
+    """Assemble :class:`SplitData` (``matrix`` is the loader's space, in memory)."""
+    import anndata as ad  # local: only this helper builds an AnnData
+
+    holder = ad.AnnData(obs=obs[[]].copy())
+    if obsm_key is None:
+        holder = ad.AnnData(X=matrix, obs=obs[[]].copy())
+    else:
+        holder.obsm[obsm_key] = matrix
+    data = evaluation_data(holder, split_table, split_name, genes=genes, obsm_key=obsm_key)
+    return SplitData(adata_path, obs, split_table, split_name, genes, all_genes, data)
+
+
+class ThroughputMeter(Callback):
+    """Training throughput (perturbed cells predicted per second), after a warm-up."""
+
+    def __init__(self, warmup_steps: int = 5) -> None:
+        self.warmup_steps = warmup_steps
+        self.cells = 0
+        self.seconds = 0.0
+        self._started: float | None = None
+        self._seen = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: D102
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: D102
+        self._seen += 1
+        if self._started is not None and self._seen > self.warmup_steps:
+            self.seconds += time.perf_counter() - self._started
+            self.cells += int(batch["pert_rows"].numel())
+
+    @property
+    def cells_per_s(self) -> float | None:
+        """Cells per second over the measured steps, or ``None`` before any."""
+        return self.cells / self.seconds if self.seconds > 0 else None
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto``: bf16 mixed precision on a GPU that supports it, else full precision."""
+    if precision != "auto":
+        return precision
+    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def _check(split: SplitData, columns: ColumnsParams, training: TrainingParams) -> None:
+    model = training.model
+    if model.batch_encoder and columns.batch_col is None:
+        raise InputError(
+            "training.model.batch_encoder is true but columns.batch_col is null: name the "
+            "batch column (e.g. gem_group, plate) or switch the batch encoder off."
+        )
+    if model.batch_encoder and columns.batch_col not in split.obs.columns:
+        raise InputError(
+            f"Batch column {columns.batch_col!r} is not in obs of {split.path} "
+            f"(columns: {list(split.obs.columns)})."
+        )
+    if model.output_space == "embedding" and model.inputs.target_gene:
+        raise InputError(
+            "training.model.inputs.target_gene needs gene names, but output_space is "
+            "'embedding': set target_gene to false."
+        )
+    labels = split.split_table[split.split_name]
+    perturbed = ~split.split_table["is_control"].astype(bool)
+    if not ((labels == "train") & perturbed).any():
+        raise InputError(f"Split {split.split_name!r} has no perturbed training cells.")
+    if training.max_steps < 1 or training.val_every_n_steps < 1 or training.ckpt_every_n_steps < 1:
+        raise InputError(
+            "training.max_steps, val_every_n_steps and ckpt_every_n_steps must be >= 1."
+        )
+
+
+def _has_val(split: SplitData) -> bool:
+    table = split.split_table
+    return bool(((table[split.split_name] == "val") & ~table["is_control"].astype(bool)).any())
+
+
+def build_module(
+    split: SplitData,
+    dm: PerturbationDataModule,
+    training: TrainingParams,
+    columns: ColumnsParams,
+) -> tuple[STModule, PerturbationInputs, Architecture, pd.DataFrame]:
+    """The LightningModule, its perturbation inputs, architecture and key table."""
+    model = training.model
+    effects = training_effects(split.data)
+    inputs = PerturbationInputs.fit(
+        split.data, effects, model.inputs, control_label=columns.control_label
+    )
+    vocab = dm.vocabulary
+    pairs = dm.cells[["context", "perturbation"]].astype(str).drop_duplicates()
+    keys = [(c, p) for c, p in pairs.itertuples(index=False)]
+    encoded = inputs.encode(keys, split.data)
+    c_index = {c: i for i, c in enumerate(vocab.contexts)}
+    p_index = {p: i for i, p in enumerate(vocab.perturbations)}
+    key_index = np.full((len(vocab.contexts), len(vocab.perturbations)), -1, dtype=np.int64)
+    for row, (c, p) in enumerate(keys):
+        key_index[c_index[c], p_index[p]] = row
+    sizes = resolve_size(
+        model.size, hidden_dim=model.hidden_dim, n_layers=model.n_layers, n_heads=model.n_heads
+    )
+    n_batches = len(dm.design.batch_labels or []) if model.batch_encoder else 0
+    arch = Architecture(
+        input_dim=len(split.genes),
+        output_dim=len(split.genes),
+        decoder_dim=len(split.all_genes) if model.output_space == "all" else 0,
+        perturbation_dim=inputs.dim,
+        n_batches=n_batches,
+        dropout=model.dropout,
+        predict_residual=model.predict_residual,
+        **sizes,
+    )
+    module = STModule(
+        architecture_dict(arch),
+        dataclasses.asdict(training.loss),
+        dataclasses.asdict(training.optimizer),
+        training.max_steps,
+        identity_dropout=model.inputs.identity_dropout,
+        pert_table=encoded.vectors,
+        key_index=key_index,
+        identity_mask=encoded.identity_mask,
+    )
+    sources = pd.DataFrame(
+        {
+            "context": [c for c, _ in keys],
+            "perturbation": [p for _, p in keys],
+            "source": encoded.sources,
+            "unknown_components": ["+".join(u) for u in encoded.unknown_components],
+        }
+    )
+    return module, inputs, arch, sources
+
+
+def _resolved_config(
+    split: SplitData,
+    columns: ColumnsParams,
+    loader: LoaderParams,
+    training: TrainingParams,
+    arch: Architecture,
+) -> dict[str, Any]:
+    train = dataclasses.asdict(training)
+    learned = {k: v for k, v in train.items() if k not in EXECUTION_KEYS}
+    table = split.split_table[[split.split_name, "perturbation", "is_control"]]
+    table_sha = pd.util.hash_pandas_object(table.astype(str), index=True).sum()
+    return {
+        "format": "perturbflow.STRun",
+        "version": 1,
+        "split": split.split_name,
+        "columns": dataclasses.asdict(columns),
+        "loader": dataclasses.asdict(loader),
+        "training": learned,
+        "architecture": architecture_dict(arch),
+        "data": {
+            "path": str(split.path),
+            "identity": h5ad_identity(split.path),
+            "split_table_hash": str(int(table_sha) & (2**64 - 1)),
+            "n_cells": int(len(split.obs)),
+        },
+    }
+
+
+def _prepare_run_dir(run: Path, digest: str, resume: bool) -> Path | None:
+    """Return the checkpoint to resume from (or ``None``); move a different run aside."""
+    summary_path = run / SUMMARY
+    if not run.exists() or not any(run.iterdir()):
+        return None
+    old = read_json(summary_path) if summary_path.is_file() else {}
+    if old.get("config_sha256") == digest:
+        last = run / CHECKPOINTS / "last.ckpt"
+        return last if resume and last.is_file() else None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = run.with_name(f"{run.name}.previous-{stamp}")
+    logger.warning(
+        "%s holds a run with another configuration: moved to %s (nothing is deleted).", run, aside
+    )
+    shutil.move(str(run), str(aside))
+    return None
+
+
+def train_st(
+    split: SplitData,
+    *,
+    columns: ColumnsParams,
+    loader: LoaderParams,
+    training: TrainingParams,
+    run_dir: str | Path,
+) -> dict[str, Any]:
+    """Train (or resume, or reuse) the ST model of one split in ``run_dir``.
+
+    Args:
+        split: The split's data (:func:`split_data`).
+        columns: Column names of the design.
+        loader: Sentence length, batch size, pairing, workers.
+        training: Model, loss, optimiser and trainer settings.
+        run_dir: The run directory.
+
+    Returns:
+        The run summary (``run.json``): status, steps, wall time, throughput, best
+        validation pearson_delta, which weights ``model.pt`` holds.
+
+    Raises:
+        InputError: Bad configuration or data, found before the first step.
+        RuntimeError: The training was interrupted (rerun to resume it).
+    """
+    _check(split, columns, training)
+    run = Path(run_dir)
+    if training.cpu_threads:
+        torch.set_num_threads(training.cpu_threads)
+    pl.seed_everything(training.seed, workers=True, verbose=False)
+    all_key = "X" if training.model.output_space == "all" else None
+    dm = PerturbationDataModule(
+        split.path, split.obs, split.split_table, split.split_name, columns, loader, all_key=all_key
+    )
+    module, inputs, arch, sources = build_module(split, dm, training, columns)
+    config = _resolved_config(split, columns, loader, training, arch)
+    digest = config_digest(config)
+    summary_path = run / SUMMARY
+    if summary_path.is_file() and (run / WEIGHTS).is_file():
+        old = read_json(summary_path)
+        if old.get("config_sha256") == digest and old.get("status") == "finished":
+            logger.info("%s: finished run with this configuration found, reused.", run)
+            return old
+    resume_from = (
+        _prepare_run_dir(run, digest, training.resume) if rank_zero_only.rank == 0 else None
+    )
+    if rank_zero_only.rank == 0:
+        _write_run_files(run, config, digest, split, dm, inputs, sources, columns)
+    has_val = _has_val(split)
+    periodic = ModelCheckpoint(
+        dirpath=run / CHECKPOINTS,
+        filename="step={step}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=training.ckpt_every_n_steps,
+        save_top_k=-1,
+        save_last=True,
+    )
+    callbacks: list[Callback] = [periodic]
+    best = None
+    if has_val:
+        best = ModelCheckpoint(
+            dirpath=run / CHECKPOINTS,
+            filename="best",
+            monitor="val/pearson_delta",
+            mode="max",
+            save_top_k=1,
+            save_on_train_epoch_end=False,
+            enable_version_counter=False,
+        )
+        callbacks.append(best)
+    meter = ThroughputMeter()
+    callbacks.append(meter)
+    log_cls = TensorBoardLogger if training.logger == "tensorboard" else CSVLogger
+    precision = resolve_precision(training.precision, training.accelerator)
+    trainer = pl.Trainer(
+        max_steps=training.max_steps,
+        accelerator=training.accelerator,
+        devices=training.devices,
+        strategy=training.strategy,
+        num_nodes=training.num_nodes,
+        precision=precision,
+        gradient_clip_val=training.optimizer.gradient_clip_val or None,
+        val_check_interval=training.val_every_n_steps if has_val else None,
+        check_val_every_n_epoch=None if has_val else 1,
+        limit_val_batches=None if has_val else 0,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        logger=log_cls(save_dir=str(run), name="logs", version=""),
+        enable_progress_bar=training.progress_bar,
+        enable_model_summary=False,
+        log_every_n_steps=min(10, training.val_every_n_steps),
+        default_root_dir=str(run),
+    )
+    logger.info(
+        "Training ST (%s, hidden %d, %d layers) on split %s: %d steps, precision %s%s.",
+        training.model.size,
+        arch.hidden_dim,
+        arch.n_layers,
+        split.split_name,
+        training.max_steps,
+        precision,
+        f", resuming from {resume_from}" if resume_from else "",
+    )
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=resume_from, weights_only=True)
+    wall = time.perf_counter() - started
+    if trainer.interrupted or trainer.global_step < training.max_steps:
+        raise RuntimeError(
+            f"Training of {run} stopped at step {trainer.global_step} of {training.max_steps}; "
+            f"rerun to resume from {run / CHECKPOINTS / 'last.ckpt'}."
+        )
+    chosen = "last"
+    best_score = None
+    if best is not None and best.best_model_path:
+        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(state["state_dict"], strict=False)
+        chosen = f"best ({Path(best.best_model_path).name})"
+        best_score = float(best.best_model_score) if best.best_model_score is not None else None
+    summary = {
+        "status": "finished",
+        "config_sha256": digest,
+        "split": split.split_name,
+        "steps": int(trainer.global_step),
+        "resumed_from": str(resume_from) if resume_from else None,
+        "fit_wall_seconds": round(wall, 2),
+        "train_cells_per_s": round(meter.cells_per_s, 1) if meter.cells_per_s else None,
+        "best_val_pearson_delta": best_score,
+        "weights": chosen,
+        "precision": precision,
+        "n_parameters": int(sum(p.numel() for p in module.net.parameters())),
+    }
+    if rank_zero_only.rank == 0:
+        save_weights(module.net, run / WEIGHTS)
+        write_json(run / SUMMARY, summary)
+    logger.info(
+        "ST %s: %d steps in %.0f s (%s cells/s), weights %s, best val pearson_delta %s.",
+        split.split_name,
+        summary["steps"],
+        wall,
+        summary["train_cells_per_s"],
+        chosen,
+        best_score,
+    )
+    return summary
+
+
+def _write_run_files(
+    run: Path,
+    config: dict[str, Any],
+    digest: str,
+    split: SplitData,
+    dm: PerturbationDataModule,
+    inputs: PerturbationInputs,
+    sources: pd.DataFrame,
+    columns: ColumnsParams,
+) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    write_yaml(run / CONFIG, config)
+    write_json(run / "genes.json", split.genes)
+    if config["architecture"]["decoder_dim"]:
+        write_json(run / "all_genes.json", split.all_genes)
+    CategoryMap(dm.vocabulary.perturbations, name="perturbations").to_json(
+        run / "perturbation_map.json"
+    )
+    CategoryMap(dm.vocabulary.contexts, name="contexts").to_json(run / "context_map.json")
+    if columns.batch_col and dm.design.batch_labels is not None:
+        CategoryMap(dm.design.batch_labels, name="batches").to_json(run / "batch_map.json")
+    inputs.save(run)
+    with_sources = run / "perturbation_sources.csv"
+    sources.to_csv(with_sources, index=False)
+    write_json(run / SUMMARY, {"status": "running", "config_sha256": digest})

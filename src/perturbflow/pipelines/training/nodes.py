@@ -1,0 +1,147 @@
+"""Nodes of the ``training`` pipeline: thin wrappers over :mod:`perturbflow.models`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from perturbflow.evaluation.benchmark import PREDICTION_SEP, split_names
+from perturbflow.evaluation.cells import assemble_predictions
+from perturbflow.exceptions import InputError
+from perturbflow.models.inference import predict_cells
+from perturbflow.models.quality import control_offset
+from perturbflow.models.run_dir import load_run
+from perturbflow.models.train import SplitData, split_data, train_st
+from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "st"
+
+
+def _split(
+    adata: ad.AnnData, split_table: pd.DataFrame, name: str, genes: list[str], loader: LoaderParams
+) -> SplitData:
+    if adata.filename is None:
+        raise InputError("The training node reads the preprocessed h5ad from disk (backed).")
+    key = loader.obsm_key
+    matrix = adata.X if key is None else adata.obsm[key]
+    if key is not None and key not in adata.obsm:
+        raise InputError(
+            f"{adata.filename}: obsm[{key!r}] (loader.obsm_key) is missing; it has "
+            f"{list(adata.obsm)}."
+        )
+    genes = list(genes) if key is not None else list(adata.var_names)
+    if key is None:  # X is lazy in a backed AnnData: read it once here
+        matrix = adata.to_memory().X
+    return split_data(
+        str(adata.filename),
+        adata.obs,
+        split_table,
+        name,
+        genes=genes,
+        all_genes=list(map(str, adata.var_names)),
+        matrix=matrix,
+        obsm_key=key,
+    )
+
+
+def _check_splits(split_table: pd.DataFrame, training: TrainingParams) -> None:
+    known = split_names(split_table)
+    unknown = [s for s in training.splits if s not in known]
+    if unknown:
+        raise InputError(
+            f"training.splits names {unknown}, which are not splits of the split table "
+            f"({known}); see parameters_splits.yml."
+        )
+
+
+def train_models(
+    preprocessed_adata: ad.AnnData,
+    split_table: pd.DataFrame,
+    hvg_genes: list[str],
+    columns: ColumnsParams,
+    loader: LoaderParams,
+    training: TrainingParams,
+) -> dict:
+    """Train (resume, or reuse) one ST model per split in ``training.splits``.
+
+    Returns:
+        Per split its run directory and summary (``06_models/st/runs.json``).
+    """
+    _check_splits(split_table, training)
+    runs = {}
+    for name in training.splits:
+        split = _split(preprocessed_adata, split_table, name, hvg_genes, loader)
+        run_dir = Path(training.runs_dir) / name
+        summary = train_st(
+            split, columns=columns, loader=loader, training=training, run_dir=run_dir
+        )
+        runs[name] = {"run_dir": str(run_dir), **summary}
+    return runs
+
+
+def predict_heldout(
+    st_runs: dict,
+    preprocessed_adata: ad.AnnData,
+    split_table: pd.DataFrame,
+    hvg_genes: list[str],
+    columns: ColumnsParams,
+    loader: LoaderParams,
+    evaluation: EvaluationParams,
+) -> tuple[dict[str, ad.AnnData], pd.DataFrame, dict]:
+    """Predict every split's test perturbations from control cells with its ST model.
+
+    Returns:
+        Predictions keyed ``<split>/st`` (cell-eval's form), how each perturbation was
+        encoded (``st_prediction_sources.csv``) and, per split, the offset the model puts
+        on control cells given the control label (``st_quality.json``).
+    """
+    predictions, sources, quality = {}, [], {}
+    for name, info in st_runs.items():
+        run = load_run(info["run_dir"])
+        data = _split(preprocessed_adata, split_table, name, hvg_genes, loader).data
+        if list(data.genes) != run.genes:
+            raise InputError(
+                f"{info['run_dir']} was trained on other genes than {name!r} now has; "
+                "retrain it (kedro run --pipeline training)."
+            )
+        keys = {
+            (c, p): len(data.perturbation_rows(c, p, "test"))
+            for c in data.heldout_contexts("test")
+            for p in data.heldout_perturbations(c, "test")
+        }
+        result = predict_cells(run, data, keys, seed=evaluation.seed, allow_unknown=True)
+        predictions[f"{name}{PREDICTION_SEP}{MODEL_NAME}"] = assemble_predictions(
+            data, result.cells, columns
+        )
+        sources.append(result.sources().assign(split=name, predictor=MODEL_NAME))
+        contexts = sorted({c for c, _ in keys})
+        controls = predict_cells(
+            run,
+            data,
+            {(c, columns.control_label): len(data.control_rows(c)) for c in contexts},
+            seed=evaluation.seed,
+        )
+        offsets = control_offset(
+            {c: controls.cells[(c, columns.control_label)] for c in contexts}, data
+        )
+        quality[name] = {
+            "run_dir": info["run_dir"],
+            "control_offset": offsets,
+            "mean_relative_control_offset": float(
+                np.nanmean([o["relative"] for o in offsets.values()])
+            ),
+        }
+        logger.info(
+            "ST %s: predicted %d test perturbations; control offset %.3f of the real deltas",
+            name,
+            len(keys),
+            quality[name]["mean_relative_control_offset"],
+        )
+    table = pd.concat(sources, ignore_index=True) if sources else pd.DataFrame()
+    return predictions, table, quality

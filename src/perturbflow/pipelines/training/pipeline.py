@@ -1,0 +1,40 @@
+"""``training`` pipeline definition."""
+
+from kedro.pipeline import Pipeline, node
+
+from perturbflow.pipelines.training.nodes import predict_heldout, train_models
+
+
+def create_pipeline(**kwargs: object) -> Pipeline:
+    """Preprocessed screen + split table -> ST run directories -> test predictions."""
+    return Pipeline(
+        [
+            node(
+                train_models,
+                inputs=[
+                    "preprocessed_adata@backed",
+                    "split_table",
+                    "hvg_genes",
+                    "params:columns",
+                    "params:loader",
+                    "params:training",
+                ],
+                outputs="st_runs",
+                name="train_st_models",
+            ),
+            node(
+                predict_heldout,
+                inputs=[
+                    "st_runs",
+                    "preprocessed_adata@backed",
+                    "split_table",
+                    "hvg_genes",
+                    "params:columns",
+                    "params:loader",
+                    "params:evaluation",
+                ],
+                outputs=["model_predictions", "st_prediction_sources", "st_quality"],
+                name="predict_st",
+            ),
+        ]
+    )

@@ -1,0 +1,142 @@
+"""Inference from control cells: gene alignment, errors, reload, the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from perturbflow.exceptions import InputError
+from perturbflow.models.inference import infer_adata
+from perturbflow.models.run_dir import load_run
+from tests.synthetic import COLUMNS
+
+
+def _test_input(adata: ad.AnnData) -> ad.AnnData:
+    """Context C: its controls and its p3 cells (the held-out key)."""
+    obs = adata.obs
+    keep = (obs["celltype"] == "C") & obs["pert"].isin(["ctrl", "p3"])
+    return adata[keep.to_numpy()].copy()
+
+
+def test_prediction_is_from_controls_and_cell_eval_shaped(trained_run):
+    run = load_run(trained_run["run_dir"])
+    data_in = _test_input(trained_run["adata"])
+    out, sources = infer_adata(run, data_in, COLUMNS, seed=0)
+    n_ctrl = int((data_in.obs["pert"] == "ctrl").sum())
+    n_p3 = int((data_in.obs["pert"] == "p3").sum())
+    assert out.n_obs == n_ctrl + n_p3
+    assert list(out.var_names) == run.genes
+    assert set(out.obs["pert"]) == {"ctrl", "p3"}
+    assert sources["source"].tolist() == ["identity+evidence:other_contexts"]
+    # the perturbed cells are never read: changing them leaves the prediction unchanged
+    changed = data_in.copy()
+    changed.X[(changed.obs["pert"] == "p3").to_numpy()] += 5.0
+    out2, _ = infer_adata(run, changed, COLUMNS, seed=0)
+    np.testing.assert_allclose(out.X, out2.X)
+
+
+def test_gene_reordered_input_gives_the_same_output(trained_run):
+    run = load_run(trained_run["run_dir"])
+    data_in = _test_input(trained_run["adata"])
+    out, _ = infer_adata(run, data_in, COLUMNS, seed=0)
+    rng = np.random.default_rng(0)
+    shuffled = data_in[:, rng.permutation(data_in.n_vars)].copy()
+    extra = ad.AnnData(
+        X=np.hstack([shuffled.X, np.ones((shuffled.n_obs, 2), np.float32)]),
+        obs=shuffled.obs,
+    )
+    extra.var_names = list(shuffled.var_names) + ["extra1", "extra2"]
+    out2, _ = infer_adata(run, extra, COLUMNS, seed=0)
+    assert list(out2.var_names) == run.genes
+    np.testing.assert_allclose(out.X, out2.X, rtol=1e-6)
+
+
+def test_missing_genes_are_listed(trained_run):
+    run = load_run(trained_run["run_dir"])
+    data_in = _test_input(trained_run["adata"])[:, 3:].copy()
+    with pytest.raises(InputError, match=r"3 of the model's 24 genes are missing.*g0"):
+        infer_adata(run, data_in, COLUMNS, source="in.h5ad")
+
+
+def test_unknown_perturbation_is_an_error_unless_allowed(trained_run):
+    run = load_run(trained_run["run_dir"])
+    data_in = _test_input(trained_run["adata"])
+    with pytest.raises(InputError, match=r"unknown to the model.*NOVEL"):
+        infer_adata(run, data_in, COLUMNS, perturbations=["NOVEL"])
+    out, sources = infer_adata(
+        run,
+        data_in,
+        COLUMNS,
+        perturbations=["NOVEL"],
+        allow_unknown=True,
+        cells_per_perturbation=20,
+    )
+    assert sources["source"].tolist() == ["none"]
+    assert int((out.obs["pert"] == "NOVEL").sum()) == 20
+
+
+def test_context_without_controls_is_an_error(trained_run):
+    run = load_run(trained_run["run_dir"])
+    adata = trained_run["adata"]
+    no_ctrl = adata[((adata.obs["celltype"] == "C") & (adata.obs["pert"] == "p3")).to_numpy()]
+    mixed = ad.concat([_test_input(adata)[:10], no_ctrl.copy()])
+    mixed.obs_names_make_unique()
+    mixed.obs["celltype"] = mixed.obs["celltype"].astype(str)
+    mixed.obs.loc[mixed.obs["pert"] == "p3", "celltype"] = "D"
+    with pytest.raises(InputError, match=r"ds\.D.*no control cells"):
+        infer_adata(run, mixed, COLUMNS, source="in.h5ad")
+
+
+def test_raw_counts_are_refused(trained_run):
+    run = load_run(trained_run["run_dir"])
+    data_in = _test_input(trained_run["adata"])
+    data_in.X = np.round(np.expm1(data_in.X) * 10).astype(np.float32)
+    with pytest.raises(InputError, match="raw counts"):
+        infer_adata(run, data_in, COLUMNS)
+
+
+def test_control_mean_inputs(trained_run):
+    run = load_run(trained_run["run_dir"])
+    out, _ = infer_adata(run, _test_input(trained_run["adata"]), COLUMNS, control_mean=True)
+    pred = out.X[(out.obs["pert"] == "p3").to_numpy()]
+    assert np.allclose(pred, pred[0], atol=1e-5)  # identical inputs: identical cells
+
+
+def test_cli_infer_writes_predictions_and_sources(trained_run, tmp_path):
+    src = tmp_path / "in.h5ad"
+    _test_input(trained_run["adata"]).write_h5ad(src)
+    out = tmp_path / "pred.h5ad"
+    cmd = [
+        sys.executable,
+        "-m",
+        "perturbflow",
+        "infer",
+        "--run",
+        str(trained_run["run_dir"]),
+        "--adata",
+        str(src),
+        "--pert-col",
+        "pert",
+        "--control",
+        "ctrl",
+        "--celltype-col",
+        "celltype",
+        "--output",
+        str(out),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    pred = ad.read_h5ad(out)
+    assert set(pred.obs["pert"]) == {"ctrl", "p3"}
+    assert out.with_suffix(".sources.csv").is_file()
+    bad = subprocess.run(
+        cmd[:-1] + [str(tmp_path / "x.h5ad")] + ["--perturbations", str(tmp_path / "none.txt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "none.txt: no such file" in bad.stderr

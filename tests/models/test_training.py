@@ -1,0 +1,175 @@
+"""Training: a planted effect is learned, run directories, resume after a kill, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from perturbflow.exceptions import InputError
+from perturbflow.models.inference import predict_cells
+from perturbflow.models.run_dir import load_run
+from perturbflow.models.train import train_st
+from tests.models.conftest import loader_params, make_split, training_params, with_training
+from tests.synthetic import COLUMNS
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def test_planted_effect_is_learned(trained_run):
+    run_dir = trained_run["run_dir"]
+    summary = trained_run["summary"]
+    assert summary["status"] == "finished" and summary["steps"] == 150
+    metrics = pd.read_csv(run_dir / "logs" / "metrics.csv")
+    losses = metrics["train/loss"].dropna().to_numpy()
+    assert losses[-5:].mean() < 0.5 * losses[:5].mean()  # the loss falls
+    run = load_run(run_dir)
+    data = trained_run["split"].data
+    key = ("ds.C", "p3")  # held out: p3 was trained in A and B only
+    pred = predict_cells(run, data, {key: 60}, seed=0)
+    ctrl = data.X[data.control_rows("ds.C")].mean(axis=0)
+    real = data.X[data.perturbation_rows("ds.C", "p3", "test")].mean(axis=0) - ctrl
+    assert _pearson(pred.cells[key].mean(axis=0) - ctrl, real) > 0.9
+    assert pred.encoded.sources == ["identity+evidence:other_contexts"]
+
+
+def test_run_directory_contents(trained_run):
+    run_dir: Path = trained_run["run_dir"]
+    for name in (
+        "config.yaml",
+        "genes.json",
+        "perturbation_map.json",
+        "context_map.json",
+        "perturbation_inputs.json",
+        "training_effects.npz",
+        "model.pt",
+        "run.json",
+        "checkpoints/last.ckpt",
+        "checkpoints/best.ckpt",
+        "checkpoints/step=50.ckpt",
+    ):
+        assert (run_dir / name).is_file(), name
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["split"] == "zs" and config["loader"]["cell_set_len"] == 16
+    assert config["architecture"]["hidden_dim"] == 32
+    genes = json.loads((run_dir / "genes.json").read_text())
+    assert genes == list(trained_run["adata"].var_names)
+    # weights and checkpoints load without running code
+    state = torch.load(run_dir / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 150
+    summary = json.loads((run_dir / "run.json").read_text())
+    assert summary["weights"].startswith("best") and summary["best_val_pearson_delta"] > 0.5
+
+
+def test_rerun_reuses_a_finished_run(trained_run):
+    split = trained_run["split"]
+    started = time.perf_counter()
+    summary = train_st(
+        split,
+        columns=COLUMNS,
+        loader=loader_params(),
+        training=training_params(trained_run["root"]),
+        run_dir=trained_run["run_dir"],
+    )
+    assert summary == trained_run["summary"]
+    assert time.perf_counter() - started < 60  # reused, not retrained (a loose bound)
+
+
+def test_changed_config_moves_the_old_run_aside(planted, tmp_path):
+    split = make_split(planted["adata"], planted["path"], planted["table"], "zs")
+    run_dir = tmp_path / "run"
+    params = training_params(tmp_path, max_steps=4, val_every_n_steps=2, ckpt_every_n_steps=2)
+    train_st(split, columns=COLUMNS, loader=loader_params(), training=params, run_dir=run_dir)
+    changed = with_training(params, max_steps=6)
+    summary = train_st(
+        split, columns=COLUMNS, loader=loader_params(), training=changed, run_dir=run_dir
+    )
+    assert summary["steps"] == 6
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.previous-")]
+    assert len(aside) == 1 and (aside[0] / "model.pt").is_file()
+
+
+RESUME_SCRIPT = """
+import sys
+from tests.models.conftest import loader_params, make_split, training_params
+from tests.synthetic import COLUMNS, make_screen, split_table
+from tests.models.conftest import planted_effects, N_GENES, CONTEXTS
+import anndata as ad
+from perturbflow.models.train import train_st
+root = sys.argv[1]
+adata = ad.read_h5ad(root + "/screen.h5ad")
+table = split_table(adata, {"zs": {("C", "p3"): "test", ("B", "p2"): "val"}})
+split = make_split(adata, root + "/screen.h5ad", table, "zs")
+params = training_params(root, max_steps=int(sys.argv[2]), val_every_n_steps=20,
+                         ckpt_every_n_steps=10)
+print(train_st(split, columns=COLUMNS, loader=loader_params(), training=params,
+               run_dir=root + "/run"))
+"""
+
+
+def test_killed_training_resumes_from_last(planted, tmp_path):
+    (tmp_path / "screen.h5ad").write_bytes(Path(planted["path"]).read_bytes())
+    script = tmp_path / "train.py"
+    script.write_text(RESUME_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    cmd = [sys.executable, str(script), str(tmp_path), "200"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while (
+        time.time() < deadline and not (tmp_path / "run" / "checkpoints" / "step=20.ckpt").exists()
+    ):
+        time.sleep(0.2)
+        assert proc.poll() is None, proc.stdout.read().decode()
+    proc.send_signal(signal.SIGKILL)  # a hard kill: no chance to clean up
+    proc.wait()
+    assert last.is_file() and not (tmp_path / "run" / "model.pt").exists()
+    killed_at = torch.load(last, weights_only=True)["global_step"]
+    assert 20 <= killed_at < 200
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    summary = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert summary["steps"] == 200
+    assert summary["resumed_from"].endswith("last.ckpt")
+    metrics = pd.read_csv(tmp_path / "run" / "logs" / "metrics.csv")
+    assert metrics["step"].max() >= 190
+
+
+def test_bad_configuration_fails_before_training(planted, tmp_path):
+    split = make_split(planted["adata"], planted["path"], planted["table"], "zs")
+    model = training_params(tmp_path).model
+    import dataclasses
+
+    batch = with_training(
+        training_params(tmp_path), model=dataclasses.replace(model, batch_encoder=True)
+    )
+    with pytest.raises(InputError, match="batch_col is null"):
+        train_st(
+            split, columns=COLUMNS, loader=loader_params(), training=batch, run_dir=tmp_path / "r"
+        )
+    assert not (tmp_path / "r").exists()
+    table = planted["table"].copy()
+    table["zs"] = table["zs"].astype(str).where(table["is_control"], "test")
+    no_train = make_split(planted["adata"], planted["path"], table, "zs")
+    with pytest.raises(InputError, match="no perturbed training cells"):
+        train_st(
+            no_train,
+            columns=COLUMNS,
+            loader=loader_params(),
+            training=training_params(tmp_path),
+            run_dir=tmp_path / "r",
+        )
