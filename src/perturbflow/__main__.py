@@ -1,7 +1,7 @@
 """``python -m perturbflow`` / ``perturbflow``.
 
 ``perturbflow train ...`` and ``perturbflow infer ...`` run the library outside a Kedro
-session (:mod:`perturbflow.cli`: multi-GPU training, inference on any AnnData); every other
+session (:mod:`perturbflow.commands`: multi-GPU training, inference on any AnnData); every other
 command is the project's Kedro CLI (``perturbflow run`` is ``kedro run``).
 """
 
@@ -12,10 +12,10 @@ from pathlib import Path
 
 
 def main(*args: str, **kwargs: object) -> object:
-    """Dispatch to :mod:`perturbflow.cli` or the Kedro CLI of this package."""
+    """Dispatch to :mod:`perturbflow.commands` or the Kedro CLI of this package."""
     argv = list(args) if args else sys.argv[1:]
     if argv and argv[0] in ("train", "infer"):
-        from perturbflow.cli import run_cli
+        from perturbflow.commands import run_cli
 
         sys.exit(run_cli(argv))
     from kedro.framework.cli.utils import find_run_command

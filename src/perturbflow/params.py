@@ -261,6 +261,8 @@ class STModelParams:
             ``embedding`` (the loader's ``obsm_key`` is an embedding, not genes).
         batch_encoder: Add a learned batch embedding (needs ``columns.batch_col``).
         predict_residual: Predict the perturbed cells as their control cells plus a delta.
+        direct_path: A linear map from the perturbation vector to the delta beside the
+            transformer (combinations then add their components' shifts exactly).
         inputs: What the perturbation encoder reads.
     """
 
@@ -272,6 +274,7 @@ class STModelParams:
     output_space: Literal["gene", "all", "embedding"]
     batch_encoder: bool
     predict_residual: bool
+    direct_path: bool
     inputs: PerturbationInputParams
 
 

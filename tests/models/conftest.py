@@ -62,6 +62,7 @@ def training_params(tmp: Path | str = "runs", **overrides) -> TrainingParams:
         output_space="gene",
         batch_encoder=False,
         predict_residual=True,
+        direct_path=True,
         inputs=PerturbationInputParams(
             identity=True,
             evidence=True,

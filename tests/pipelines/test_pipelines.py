@@ -39,12 +39,20 @@ def _catalog(datasets: dict) -> DataCatalog:
     )
 
 
-def test_registry_has_every_pipeline_and_default_chains_three():
+def test_registry_has_every_pipeline_and_default_chains_four():
     configure_project("perturbflow")
     pipelines = register_pipelines()
-    assert {"preprocessing", "splits", "evaluation", "merge", "__default__"} <= set(pipelines)
+    names = {"preprocessing", "splits", "training", "evaluation", "merge", "__default__"}
+    assert names <= set(pipelines)
     default = {n.name for n in pipelines["__default__"].nodes}
-    assert {"preprocess", "build_split_table", "predict_baselines", "score_predictions"} <= default
+    assert {
+        "preprocess",
+        "build_split_table",
+        "train_st_models",
+        "predict_st",
+        "predict_baselines",
+        "score_predictions",
+    } <= default
     assert "merge_screens" not in default
 
 
@@ -77,6 +85,7 @@ def test_evaluation_pipeline_on_generated_screen():
             "hvg_genes": list(adata.var_names),
             "params:columns": COLUMNS,
             "params:evaluation": _evaluation_params(),
+            "model_predictions": {},  # no model trained: the baselines alone are scored
         }
     )
     pipeline = evaluation_pipeline()

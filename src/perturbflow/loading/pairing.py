@@ -287,7 +287,8 @@ class _LevelStrategy:
             },
             "groups_without_control": ["|".join(b) for b in first.labels(design, missing)],
         }
-        logger.info(
+        # debug: the loader pairs every epoch; the pairing pipeline logs and saves its stats
+        logger.debug(
             "Paired %d cells (%s %s): by level %s; groups without control: %d",
             *(stats[k] for k in ("n_pairs", "strategy", "params", "n_by_level")),
             len(missing),

@@ -38,6 +38,10 @@ class Architecture:
         n_heads: Attention heads.
         dropout: Dropout probability.
         predict_residual: Output = control input + predicted delta.
+        direct_path: Add a linear map from the perturbation vector straight to the output
+            delta, beside the transformer. With the identity part a multi-hot of the
+            components, it makes ``A+B`` exactly the sum of ``A``'s and ``B``'s shifts (the
+            additive model); the transformer adds what depends on the cells.
     """
 
     input_dim: int
@@ -50,6 +54,7 @@ class Architecture:
     n_heads: int
     dropout: float
     predict_residual: bool
+    direct_path: bool = False
 
 
 def resolve_size(
@@ -139,6 +144,14 @@ class StateTransitionNet(nn.Module):
         self.transformer = SetTransformer(h, arch.n_layers, arch.n_heads, p)
         self.output_head = mlp(h, h, arch.output_dim, dropout=p)
         self.decoder = mlp(h, h, arch.decoder_dim, dropout=p) if arch.decoder_dim else None
+        self.direct = None
+        self.direct_all = None
+        if arch.direct_path:
+            self.direct = nn.Linear(arch.perturbation_dim, arch.output_dim, bias=False)
+            nn.init.zeros_(self.direct.weight)
+            if arch.decoder_dim:
+                self.direct_all = nn.Linear(arch.perturbation_dim, arch.decoder_dim, bias=False)
+                nn.init.zeros_(self.direct_all.weight)
         # Start from "no effect": zero last layers give pred == control at step 0.
         for head in (self.output_head, self.decoder):
             if head is not None:
@@ -177,11 +190,15 @@ class StateTransitionNet(nn.Module):
         """
         z = self.latent(ctrl, pert, batch)
         out = self.output_head(z)
+        if self.direct is not None:
+            out = out + self.direct(pert).unsqueeze(1)
         if self.arch.predict_residual:
             out = ctrl + out
         decoded = None
         if self.decoder is not None:
             decoded = self.decoder(z)
+            if self.direct_all is not None:
+                decoded = decoded + self.direct_all(pert).unsqueeze(1)
             if self.arch.predict_residual and ctrl_all is not None:
                 decoded = ctrl_all + decoded
         return out, decoded

@@ -20,6 +20,10 @@ a ``(context, perturbation)`` key concatenates parts that each generalise in the
 ``features``
     a user's per-component feature table (ESM2, GenePT, ...), combinations summed.
 
+A last column marks every non-control perturbation with 1: the control is the all-zero
+vector (no effect) and a perturbation the model knows nothing about is ``[0, ..., 0, 1]``
+("some perturbation"), so the two are never confused.
+
 During training a sentence's identity part is hidden with probability ``identity_dropout``,
 so the model also learns to predict from the other parts, and from nothing at all (then it
 predicts the average training response, like ``perturbation_mean``): that is what it does
@@ -137,7 +141,8 @@ class PerturbationInputs:
         width = len(self.vocabulary) if p.identity else 0
         width += g if p.evidence else 0
         width += g if p.target_gene else 0
-        return width + (self.features.dim if self.features is not None else 0)
+        width += self.features.dim if self.features is not None else 0
+        return width + 1  # the "is perturbed" column
 
     def identity_mask(self) -> np.ndarray:
         """The identity columns of an input vector."""
@@ -201,9 +206,10 @@ class PerturbationInputs:
             if self.features is not None and parts:
                 vector, absent = self._features(perturbation)
                 if vector is not None:
-                    out[row, col:] = vector / self.feature_scale
+                    out[row, col : col + self.features.dim] = vector / self.feature_scale
                     used.append("features")
                 missing = sorted(set(missing) & set(absent))
+            out[row, -1] = 1.0 if parts else 0.0
             sources.append("+".join(used) if parts else "control")
             if parts and not used:
                 sources[-1] = "none"

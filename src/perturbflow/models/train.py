@@ -206,6 +206,7 @@ def build_module(
         n_batches=n_batches,
         dropout=model.dropout,
         predict_residual=model.predict_residual,
+        direct_path=model.direct_path,
         **sizes,
     )
     module = STModule(

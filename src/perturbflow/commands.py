@@ -1,5 +1,7 @@
 """``perturbflow train`` and ``perturbflow infer``: the library outside a Kedro session.
 
+(Not named ``cli.py``: Kedro loads ``<package>.cli`` as the project's own kedro commands.)
+
 ``train`` is how multi-GPU and multi-node training is launched: Lightning's DDP starts one
 process per device by re-running this command, which a Kedro node could not survive (each
 process would re-run ``kedro run``). It reads the same configuration as the pipeline

@@ -1,0 +1,150 @@
+"""ST model vs the baselines on held-out real perturbations, over several seeds.
+
+Usage (from the project root, after `kedro run --pipeline preprocessing` and `--pipeline
+splits` for each environment used):
+    python benchmarks/st_quality.py --out docs/results/st_quality.json \
+        [--splits base:fewshot base:zeroshot papalexi:fewshot] [--seeds 0 1 2] \
+        [--params training.max_steps=1000 ...]
+
+For each split: trains one ST model per seed with the project's configuration (conf/base,
+plus conf/<env> for the environment), predicts the test perturbations from control cells,
+and scores everything with the evaluation pipeline's own code (cell-eval), beside the
+baselines and the ceiling. Writes per-seed and mean/sd figures as JSON and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from perturbflow.commands import load_params
+from perturbflow.evaluation.benchmark import build_baseline_predictions, evaluate_predictions
+from perturbflow.evaluation.cells import assemble_predictions
+from perturbflow.evaluation.variability import variability_table
+from perturbflow.models.inference import predict_cells
+from perturbflow.models.run_dir import load_run
+from perturbflow.models.train import split_data, train_st
+from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams
+
+METRICS = ["pearson_delta", "discrimination_score_l1", "overlap_at_N", "mse"]
+
+
+def run_split(env: str, split: str, seeds: list[int], overrides: list[str], work: Path) -> dict:
+    params = load_params("conf", env, overrides)
+    columns = ColumnsParams(**params["columns"])
+    loader = LoaderParams(**params["loader"])
+    evaluation = EvaluationParams(**{**params["evaluation"], "ceiling": True})
+    root = Path("data") if env in ("base", "local") else Path("data/runs") / env
+    path = root / "02_intermediate/preprocessed.h5ad"
+    adata = ad.read_h5ad(path)
+    table = pd.read_parquet(root / "03_primary/splits.parquet")
+    genes = json.loads((root / "02_intermediate/hvg_genes.json").read_text())
+    sub = table[[split, "dataset", "context", "perturbation", "is_control"]]
+    data = split_data(
+        str(path),
+        adata.obs,
+        table,
+        split,
+        genes=genes,
+        all_genes=list(adata.var_names),
+        matrix=adata.obsm["X_hvg"],
+        obsm_key="X_hvg",
+    )
+    preds, reals, _, _ = build_baseline_predictions(adata, sub, genes, columns, evaluation)
+    keys = {
+        (c, p): len(data.data.perturbation_rows(c, p, "test"))
+        for c in data.data.heldout_contexts("test")
+        for p in data.data.heldout_perturbations(c, "test")
+    }
+    trainings = {}
+    for seed in seeds:
+        training = TrainingParams(**{**params["training"], "seed": seed, "progress_bar": False})
+        run_dir = work / f"{env}_{split}_seed{seed}"
+        started = time.perf_counter()
+        summary = train_st(data, columns=columns, loader=loader, training=training, run_dir=run_dir)
+        summary["wall_seconds_incl_setup"] = round(time.perf_counter() - started, 1)
+        trainings[seed] = summary
+        result = predict_cells(load_run(run_dir), data.data, keys, seed=seed, allow_unknown=True)
+        preds[f"{split}/st_seed{seed}"] = assemble_predictions(data.data, result.cells, columns)
+    agg, per = evaluate_predictions(preds, reals, columns, evaluation)
+    variability = variability_table(preds, reals, columns).set_index("predictor")
+    rows = {}
+    for _, row in agg.iterrows():
+        rows[row["predictor"]] = {m: float(row[m]) for m in METRICS if m in row}
+        if row["predictor"] in variability.index:
+            rows[row["predictor"]]["std_ratio"] = float(
+                variability.loc[row["predictor"], "std_ratio_mean"]
+            )
+    st = [rows[f"st_seed{s}"] for s in seeds]
+    summary = {
+        m: {
+            "mean": float(np.mean([r[m] for r in st])),
+            "sd": float(np.std([r[m] for r in st], ddof=1)) if len(st) > 1 else 0.0,
+        }
+        for m in [*METRICS, "std_ratio"]
+    }
+    ceiling = rows.get("ceiling", {}).get("pearson_delta")
+    summary["share_of_ceiling_pearson_delta"] = (
+        summary["pearson_delta"]["mean"] / ceiling if ceiling else None
+    )
+    per_pert = per.pivot_table(index="perturbation", columns="predictor", values="pearson_delta")
+    return {
+        "env": env,
+        "split": split,
+        "predictors": rows,
+        "st_summary": summary,
+        "trainings": trainings,
+        "per_perturbation_pearson_delta": per_pert.round(4).to_dict(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--splits", nargs="+", default=["base:fewshot", "base:zeroshot", "papalexi:fewshot"]
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--params", action="append", default=[])
+    parser.add_argument("--work-dir", type=Path, default=Path("data/06_models/st_quality"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    results = []
+    for item in args.splits:
+        env, split = item.split(":")
+        results.append(run_split(env, split, args.seeds, args.params, args.work_dir))
+        r = results[-1]
+        print(f"\n{env}:{split}")
+        for name, row in r["predictors"].items():
+            print(f"  {name:18s} " + "  ".join(f"{k}={v:.3f}" for k, v in row.items()))
+        print(
+            "  st mean/sd: "
+            + "  ".join(
+                f"{m}={v['mean']:.3f}±{v['sd']:.3f}"
+                for m, v in r["st_summary"].items()
+                if isinstance(v, dict)
+            )
+        )
+    out = {
+        "command": "python benchmarks/st_quality.py "
+        + " ".join(
+            ["--splits", *args.splits, "--seeds", *map(str, args.seeds)]
+            + [f"--params {p}" for p in args.params]
+        ),
+        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
