@@ -52,6 +52,19 @@ def loader_params(**overrides) -> LoaderParams:
     return LoaderParams(**values)
 
 
+def loss_params(**overrides) -> LossParams:
+    values = dict(
+        name="energy",
+        blur=0.05,
+        base_weight=1.0,
+        delta_mse_weight=0.0,
+        delta_pearson_weight=0.0,
+        decoder_weight=1.0,
+    )
+    values.update(overrides)
+    return LossParams(**values)
+
+
 def training_params(tmp: Path | str = "runs", **overrides) -> TrainingParams:
     model = dict(
         size="cpu",
@@ -72,20 +85,12 @@ def training_params(tmp: Path | str = "runs", **overrides) -> TrainingParams:
         ),
     )
     model.update(overrides.pop("model", {}))
-    loss = dict(
-        name="energy",
-        blur=0.05,
-        base_weight=1.0,
-        delta_mse_weight=0.0,
-        delta_pearson_weight=0.0,
-        decoder_weight=1.0,
-    )
-    loss.update(overrides.pop("loss", {}))
+    loss = loss_params(**overrides.pop("loss", {}))
     values = dict(
         splits=["zs"],
         runs_dir=str(tmp),
         model=STModelParams(**model),
-        loss=LossParams(**loss),
+        loss=loss,
         optimizer=OptimizerParams(
             lr=3e-3,
             weight_decay=0.01,

@@ -13,7 +13,7 @@ from perturbflow.models.components import (
     resolve_size,
 )
 from perturbflow.models.losses import STLoss, pearson_rows, sentence_deltas
-from perturbflow.params import LossParams
+from tests.models.conftest import loss_params
 
 
 def _arch(**overrides) -> Architecture:
@@ -31,19 +31,6 @@ def _arch(**overrides) -> Architecture:
     )
     values.update(overrides)
     return Architecture(**values)
-
-
-def _loss(**overrides) -> LossParams:
-    values = dict(
-        name="energy",
-        blur=0.05,
-        base_weight=1.0,
-        delta_mse_weight=0.0,
-        delta_pearson_weight=0.0,
-        decoder_weight=1.0,
-    )
-    values.update(overrides)
-    return LossParams(**values)
 
 
 def test_shapes_with_batch_encoder_and_decoder():
@@ -96,7 +83,7 @@ def test_sizes_and_overrides():
 
 @pytest.mark.parametrize("name", ["energy", "sinkhorn", "mse"])
 def test_set_distance_is_zero_for_identical_sets_and_grows_with_a_shift(name):
-    loss = STLoss(_loss(name=name))
+    loss = STLoss(loss_params(name=name))
     x = torch.rand(3, 10, 6)
     same = loss.set_distance(x, x.clone()).item()
     shifted = loss.set_distance(x, x + 1.0).item()
@@ -105,7 +92,7 @@ def test_set_distance_is_zero_for_identical_sets_and_grows_with_a_shift(name):
 
 
 def test_energy_distance_ignores_cell_order():
-    loss = STLoss(_loss())
+    loss = STLoss(loss_params())
     x, y = torch.rand(2, 12, 5), torch.rand(2, 12, 5)
     perm = torch.randperm(12)
     assert torch.isclose(loss.set_distance(x, y), loss.set_distance(x[:, perm], y))
@@ -116,7 +103,7 @@ def test_delta_terms():
     real = torch.rand(2, 4, 6)
     d_pred, d_real = sentence_deltas(real * 2, real, ctrl)
     assert torch.allclose(pearson_rows(d_pred, d_real), torch.ones(2), atol=1e-5)
-    loss = STLoss(_loss(base_weight=0.0, delta_mse_weight=1.0, delta_pearson_weight=0.5))
+    loss = STLoss(loss_params(base_weight=0.0, delta_mse_weight=1.0, delta_pearson_weight=0.5))
     terms = loss(real * 2, real, ctrl)
     assert terms.base.item() == 0.0
     assert terms.delta_pearson.item() == pytest.approx(0.0, abs=1e-5)

@@ -173,3 +173,18 @@ def test_bad_configuration_fails_before_training(planted, tmp_path):
             training=training_params(tmp_path),
             run_dir=tmp_path / "r",
         )
+
+
+def test_rewritten_input_file_with_the_same_content_reuses_the_run(trained_run, tmp_path):
+    # `kedro run` rewrites preprocessed.h5ad every time: same bytes, new mtime and path
+    copy = tmp_path / "screen.h5ad"
+    copy.write_bytes(Path(trained_run["path"]).read_bytes())
+    split = make_split(trained_run["adata"], copy, trained_run["table"], "zs")
+    summary = train_st(
+        split,
+        columns=COLUMNS,
+        loader=loader_params(),
+        training=training_params(trained_run["root"]),
+        run_dir=trained_run["run_dir"],
+    )
+    assert summary == trained_run["summary"]

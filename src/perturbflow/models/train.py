@@ -18,6 +18,7 @@ step). A run directory that holds a run with another configuration is moved asid
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import shutil
 import time
@@ -37,7 +38,6 @@ from perturbflow.evaluation.design import EvaluationData, evaluation_data, train
 from perturbflow.exceptions import InputError
 from perturbflow.loading.categories import CategoryMap
 from perturbflow.loading.datamodule import PerturbationDataModule
-from perturbflow.loading.h5reader import h5ad_identity
 from perturbflow.models.components import Architecture, resolve_size
 from perturbflow.models.inputs import PerturbationInputs
 from perturbflow.models.run_dir import (
@@ -241,6 +241,10 @@ def _resolved_config(
     learned = {k: v for k, v in train.items() if k not in EXECUTION_KEYS}
     table = split.split_table[[split.split_name, "perturbation", "is_control"]]
     table_sha = pd.util.hash_pandas_object(table.astype(str), index=True).sum()
+    # the content the model learns from, not the file's mtime: the preprocessing pipeline
+    # rewrites the same bytes on every `kedro run`, and that must not force a retraining
+    matrix = hashlib.sha256(np.ascontiguousarray(split.data.X).tobytes())
+    matrix.update("\n".join(split.genes).encode())
     return {
         "format": "perturbflow.STRun",
         "version": 1,
@@ -251,7 +255,7 @@ def _resolved_config(
         "architecture": architecture_dict(arch),
         "data": {
             "path": str(split.path),
-            "identity": h5ad_identity(split.path),
+            "matrix_sha256": matrix.hexdigest(),
             "split_table_hash": str(int(table_sha) & (2**64 - 1)),
             "n_cells": int(len(split.obs)),
         },
@@ -312,7 +316,10 @@ def train_st(
     )
     module, inputs, arch, sources = build_module(split, dm, training, columns)
     config = _resolved_config(split, columns, loader, training, arch)
-    digest = config_digest(config)
+    # where the file lives is not what the model learns: a moved project reuses its runs
+    digest = config_digest(
+        {**config, "data": {k: v for k, v in config["data"].items() if k != "path"}}
+    )
     summary_path = run / SUMMARY
     if summary_path.is_file() and (run / WEIGHTS).is_file():
         old = read_json(summary_path)
