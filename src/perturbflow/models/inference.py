@@ -30,6 +30,7 @@ from perturbflow.evaluation.cells import assemble_predictions
 from perturbflow.evaluation.design import CONTEXT_SEP, EvaluationData
 from perturbflow.exceptions import InputError
 from perturbflow.loading._messages import listed
+from perturbflow.loading.categories import CategoryMap
 from perturbflow.models.inputs import EncodedPerturbations
 from perturbflow.models.run_dir import TrainedRun
 from perturbflow.params import ColumnsParams
@@ -106,11 +107,7 @@ def _control_inputs(
     batch: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``n`` control inputs of ``context`` (cells, or their batch's mean) and batch codes."""
-    ctrl = data.control_rows(context)
-    if not len(ctrl):
-        raise InputError(
-            f"Context {context!r} has no control cells: a prediction starts from them."
-        )
+    ctrl = data.control_rows(context)  # not empty: predict_cells checked every context
     picked = rng.choice(ctrl, size=n, replace=n > len(ctrl))
     X = data.X[picked]
     codes = None if batch is None else batch[picked]
@@ -168,12 +165,11 @@ def predict_cells(
     keys = list(n_cells)
     encoded = run.inputs.encode(keys, data)
     check_known(encoded, allow_unknown=allow_unknown)
-    for context in sorted({c for c, _ in keys}):
-        if not len(data.control_rows(context)):
-            raise InputError(
-                f"Context {context!r} has no control cells "
-                f"({data.cells['perturbation'].iloc[0]!r}...): a prediction starts from them."
-            )
+    without = [c for c in sorted({c for c, _ in keys}) if not len(data.control_rows(c))]
+    if without:
+        raise InputError(
+            f"Context(s) {listed(without)} have no control cells: a prediction starts from them."
+        )
     if run.net.batch_encoder is not None and batch is None:
         raise InputError("The model has a batch encoder: give each cell's batch.")
     rng = np.random.default_rng(seed)
@@ -398,8 +394,6 @@ def infer_adata(
 def _batch_codes(
     run: TrainedRun, obs: pd.DataFrame, columns: ColumnsParams, source: str
 ) -> np.ndarray:
-    from perturbflow.loading.categories import CategoryMap
-
     if not columns.batch_col:
         raise InputError(f"{run.path} has a batch encoder: name the batch column (--batch-col).")
     batches = CategoryMap.from_json(run.path / "batch_map.json")

@@ -123,8 +123,12 @@ class STModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Loss, and per-(context, perturbation) sums for the epoch's pearson_delta."""
         _, pred = self._loss(batch, "val")
+        # control sentences (the all-zero vector) have no effect to correlate
+        perturbed = self.perturbation_vectors(batch).any(dim=1).tolist()
         keys = torch.stack([batch["context_index"], batch["pert_index"]], dim=1).tolist()
         for i, key in enumerate(map(tuple, keys)):
+            if not perturbed[i]:
+                continue
             sums = torch.stack(
                 [
                     pred[i].sum(0),
@@ -143,7 +147,6 @@ class STModule(pl.LightningModule):
         if not self._val:
             return
         sums = torch.stack([v[0] / v[1] for v in self._val.values()])  # [K, 3, G]
-        # control groups (perturbation == control) have no delta to correlate
         delta_pred = sums[:, 0] - sums[:, 2]
         delta_real = sums[:, 1] - sums[:, 2]
         informative = delta_real.abs().sum(dim=1) > 0

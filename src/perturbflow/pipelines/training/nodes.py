@@ -29,15 +29,14 @@ def _split(
     if adata.filename is None:
         raise InputError("The training node reads the preprocessed h5ad from disk (backed).")
     key = loader.obsm_key
-    matrix = adata.X if key is None else adata.obsm[key]
     if key is not None and key not in adata.obsm:
         raise InputError(
             f"{adata.filename}: obsm[{key!r}] (loader.obsm_key) is missing; it has "
             f"{list(adata.obsm)}."
         )
-    genes = list(genes) if key is not None else list(adata.var_names)
-    if key is None:  # X is lazy in a backed AnnData: read it once here
-        matrix = adata.to_memory().X
+    # X is lazy in a backed AnnData: read it once here; obsm is already in memory
+    matrix = adata.to_memory().X if key is None else adata.obsm[key]
+    genes = list(genes) if key is not None else list(map(str, adata.var_names))
     return split_data(
         str(adata.filename),
         adata.obs,
