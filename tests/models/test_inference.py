@@ -140,3 +140,34 @@ def test_cli_infer_writes_predictions_and_sources(trained_run, tmp_path):
         timeout=300,
     )
     assert bad.returncode == 2 and "none.txt: no such file" in bad.stderr
+
+
+def test_batch_encoder_trains_and_infers_with_batch_codes(planted, tmp_path):
+    import dataclasses
+
+    from perturbflow.models.train import train_st
+    from tests.models.conftest import loader_params, make_split, training_params
+
+    adata = planted["adata"].copy()
+    adata.obs["batch"] = np.where(np.arange(adata.n_obs) % 2, "b1", "b2")
+    path = tmp_path / "screen.h5ad"
+    adata.write_h5ad(path)
+    columns = dataclasses.replace(COLUMNS, batch_col="batch")
+    params = training_params(tmp_path, max_steps=6, val_every_n_steps=3, ckpt_every_n_steps=3)
+    params = dataclasses.replace(
+        params, model=dataclasses.replace(params.model, batch_encoder=True)
+    )
+    split = make_split(adata, path, planted["table"], "zs")
+    train_st(
+        split, columns=columns, loader=loader_params(), training=params, run_dir=tmp_path / "r"
+    )
+    run = load_run(tmp_path / "r")
+    assert run.net.batch_encoder is not None and (tmp_path / "r" / "batch_map.json").is_file()
+    data_in = _test_input(adata)
+    out, _ = infer_adata(run, data_in, columns)
+    assert int((out.obs["pert"] == "p3").sum()) == int((data_in.obs["pert"] == "p3").sum())
+    with pytest.raises(InputError, match="name the batch column"):
+        infer_adata(run, data_in, COLUMNS)
+    data_in.obs["batch"] = "b9"
+    with pytest.raises(InputError, match="b9"):
+        infer_adata(run, data_in, columns, source="in.h5ad")
