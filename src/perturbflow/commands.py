@@ -65,29 +65,16 @@ def load_params(conf: str, env: str, overrides: list[str]) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train the ST model of one split (DDP when ``training.strategy`` says so)."""
-    from perturbflow.models.train import split_data, train_st
+    from perturbflow.models.train import split_data_from_file, train_st
 
     params = load_params(args.conf, args.env, args.params)
     columns = ColumnsParams(**params["columns"])
     loader = LoaderParams(**params["loader"])
     training = TrainingParams(**params["training"])
     adata = ad.read_h5ad(args.adata, backed="r")
-    key = loader.obsm_key
-    if key is not None and key not in adata.obsm:
-        raise InputError(f"{args.adata}: obsm[{key!r}] (loader.obsm_key) is missing.")
     table = pd.read_parquet(args.split_table)
-    genes = json.loads(Path(args.genes).read_text()) if key else list(adata.var_names)
-    matrix = adata.obsm[key] if key else adata.to_memory().X
-    split = split_data(
-        args.adata,
-        adata.obs,
-        table,
-        args.split,
-        genes=genes,
-        all_genes=list(map(str, adata.var_names)),
-        matrix=matrix,
-        obsm_key=key,
-    )
+    genes = json.loads(Path(args.genes).read_text()) if loader.obsm_key else []
+    split = split_data_from_file(adata, table, args.split, genes=genes, obsm_key=loader.obsm_key)
     run_dir = args.run or str(Path(training.runs_dir) / args.split)
     summary = train_st(split, columns=columns, loader=loader, training=training, run_dir=run_dir)
     print(json.dumps(summary, indent=1))

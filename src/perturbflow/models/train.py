@@ -99,13 +99,56 @@ def split_data(
     """Assemble :class:`SplitData` (``matrix`` is the loader's space, in memory)."""
     import anndata as ad  # local: only this helper builds an AnnData
 
-    holder = ad.AnnData(obs=obs[[]].copy())
     if obsm_key is None:
         holder = ad.AnnData(X=matrix, obs=obs[[]].copy())
     else:
+        holder = ad.AnnData(obs=obs[[]].copy())
         holder.obsm[obsm_key] = matrix
     data = evaluation_data(holder, split_table, split_name, genes=genes, obsm_key=obsm_key)
     return SplitData(adata_path, obs, split_table, split_name, genes, all_genes, data)
+
+
+def split_data_from_file(
+    adata: Any,
+    split_table: pd.DataFrame,
+    split_name: str,
+    *,
+    genes: list[str],
+    obsm_key: str | None,
+) -> SplitData:
+    """:class:`SplitData` from an AnnData opened backed on its h5ad file.
+
+    Args:
+        adata: The preprocessed AnnData, opened with ``backed="r"`` (the loader re-reads
+            its file lazily; the path comes from ``adata.filename``).
+        split_table: The per-cell split table.
+        split_name: Which named split.
+        genes: Names of the ``obsm_key`` columns (ignored for ``X``: ``var_names``).
+        obsm_key: The loader's expression space, or ``None`` for ``X``.
+
+    Raises:
+        InputError: The AnnData is not backed, or ``obsm_key`` is missing.
+    """
+    if adata.filename is None:
+        raise InputError("Training reads the preprocessed h5ad from disk: open it backed.")
+    if obsm_key is not None and obsm_key not in adata.obsm:
+        raise InputError(
+            f"{adata.filename}: obsm[{obsm_key!r}] (loader.obsm_key) is missing; it has "
+            f"{list(adata.obsm)}."
+        )
+    var_names = list(map(str, adata.var_names))
+    # X is lazy in a backed AnnData: read it once here; obsm is already in memory
+    matrix = adata.to_memory().X if obsm_key is None else adata.obsm[obsm_key]
+    return split_data(
+        str(adata.filename),
+        adata.obs,
+        split_table,
+        split_name,
+        genes=list(genes) if obsm_key is not None else var_names,
+        all_genes=var_names,
+        matrix=matrix,
+        obsm_key=obsm_key,
+    )
 
 
 class ThroughputMeter(Callback):

@@ -15,7 +15,7 @@ from perturbflow.exceptions import InputError
 from perturbflow.models.inference import predict_cells
 from perturbflow.models.quality import control_offset
 from perturbflow.models.run_dir import load_run
-from perturbflow.models.train import SplitData, split_data, train_st
+from perturbflow.models.train import SplitData, split_data_from_file, train_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams
 
 logger = logging.getLogger(__name__)
@@ -26,27 +26,7 @@ MODEL_NAME = "st"
 def _split(
     adata: ad.AnnData, split_table: pd.DataFrame, name: str, genes: list[str], loader: LoaderParams
 ) -> SplitData:
-    if adata.filename is None:
-        raise InputError("The training node reads the preprocessed h5ad from disk (backed).")
-    key = loader.obsm_key
-    if key is not None and key not in adata.obsm:
-        raise InputError(
-            f"{adata.filename}: obsm[{key!r}] (loader.obsm_key) is missing; it has "
-            f"{list(adata.obsm)}."
-        )
-    # X is lazy in a backed AnnData: read it once here; obsm is already in memory
-    matrix = adata.to_memory().X if key is None else adata.obsm[key]
-    genes = list(genes) if key is not None else list(map(str, adata.var_names))
-    return split_data(
-        str(adata.filename),
-        adata.obs,
-        split_table,
-        name,
-        genes=genes,
-        all_genes=list(map(str, adata.var_names)),
-        matrix=matrix,
-        obsm_key=key,
-    )
+    return split_data_from_file(adata, split_table, name, genes=genes, obsm_key=loader.obsm_key)
 
 
 def _check_splits(split_table: pd.DataFrame, training: TrainingParams) -> None:
