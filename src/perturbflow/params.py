@@ -236,6 +236,13 @@ class PerturbationInputParams:
         identity_dropout: Training probability of hiding a sentence's identity vector, so
             that the model also learns to predict from evidence alone (how it predicts a
             perturbation it has not seen).
+        dose: How doses in the labels (``drug@10nM``) are read
+            (:mod:`perturbflow.models.dose`): ``log`` (one slot per drug plus a log-dose
+            channel, so an unseen dose of a trained drug is interpolated), ``none`` (doses
+            dropped), ``label`` (each drug-dose label its own identity) or ``auto``
+            (``log`` when the training doses vary, else ``label``).
+        dose_interpolation: Training probability of an intermediate-dose sentence between
+            two adjacent observed doses of a drug (needs ``dose: log``; 0 disables it).
     """
 
     identity: bool
@@ -243,6 +250,8 @@ class PerturbationInputParams:
     target_gene: bool
     features_file: str | None
     identity_dropout: float
+    dose: Literal["auto", "log", "none", "label"]
+    dose_interpolation: float
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -263,6 +272,10 @@ class STModelParams:
         predict_residual: Predict the perturbed cells as their control cells plus a delta.
         direct_path: A linear map from the perturbation vector to the delta beside the
             transformer (combinations then add their components' shifts exactly).
+        response_prior: ``context_mean`` adds the context's mean training response (the
+            ``perturbation_mean`` effect) to every perturbed sentence's predicted delta,
+            so the network learns each perturbation's departure from it and predicts a
+            perturbation it knows nothing about as ``perturbation_mean``; ``none`` does not.
         inputs: What the perturbation encoder reads.
     """
 
@@ -275,6 +288,7 @@ class STModelParams:
     batch_encoder: bool
     predict_residual: bool
     direct_path: bool
+    response_prior: Literal["none", "context_mean"]
     inputs: PerturbationInputParams
 
 

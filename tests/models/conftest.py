@@ -76,12 +76,15 @@ def training_params(tmp: Path | str = "runs", **overrides) -> TrainingParams:
         batch_encoder=False,
         predict_residual=True,
         direct_path=True,
+        response_prior="none",
         inputs=PerturbationInputParams(
             identity=True,
             evidence=True,
             target_gene=False,
             features_file=None,
             identity_dropout=0.2,
+            dose="auto",
+            dose_interpolation=0.0,
         ),
     )
     model.update(overrides.pop("model", {}))

@@ -24,6 +24,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from perturbflow.exceptions import InputError
 from perturbflow.loading.control_inputs import control_means
+from perturbflow.loading.dose_interpolation import (
+    DoseInterpolation,
+    dose_neighbours,
+    group_deltas,
+)
 from perturbflow.loading.h5reader import H5RowReader
 from perturbflow.loading.pairing import PairingDesign, get_pairing_strategy
 from perturbflow.loading.sentences import CellGroups, cut_sentences, group_cells
@@ -32,6 +37,7 @@ from perturbflow.params import ColumnsParams, LoaderParams
 logger = logging.getLogger(__name__)
 
 SentenceSpec = tuple[np.ndarray, np.ndarray, int]  # perturbed rows, control rows/means, group
+# with dose interpolation the specs carry two more entries: partner group (-1: none), weight
 
 
 class SentenceBatchSampler(Sampler[list[SentenceSpec]]):
@@ -46,6 +52,8 @@ class SentenceBatchSampler(Sampler[list[SentenceSpec]]):
         batch_size: Sentences per batch.
         shuffle: Training mode (random sentences, shuffled order) or deterministic.
         seed: Base seed.
+        interpolation: Dose-interpolation augmentation
+            (:mod:`perturbflow.loading.dose_interpolation`), or ``None``.
     """
 
     def __init__(
@@ -59,8 +67,10 @@ class SentenceBatchSampler(Sampler[list[SentenceSpec]]):
         batch_size: int,
         shuffle: bool,
         seed: int,
+        interpolation: DoseInterpolation | None = None,
     ) -> None:
         self.groups = groups
+        self.interpolation = interpolation
         self.design = design
         self.strategy = get_pairing_strategy(pairing, **pairing_kwargs)
         self.cell_set_len = cell_set_len
@@ -96,12 +106,20 @@ class SentenceBatchSampler(Sampler[list[SentenceSpec]]):
 
     def __iter__(self) -> Iterator[list[SentenceSpec]]:
         sentences, controls, group_of = self.draw()
+        mix = weight = None
+        if self.interpolation is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, 2])
+            mix, weight = self.interpolation.draw(group_of, rng)
         for start in range(0, len(sentences), self.batch_size):
             stop = start + self.batch_size
-            yield [
-                (sentences[i], controls[i], int(group_of[i]))
-                for i in range(start, min(stop, len(sentences)))
-            ]
+            span = range(start, min(stop, len(sentences)))
+            if mix is None:
+                yield [(sentences[i], controls[i], int(group_of[i])) for i in span]
+            else:
+                yield [
+                    (sentences[i], controls[i], int(group_of[i]), int(mix[i]), float(weight[i]))
+                    for i in span
+                ]
 
 
 class SentenceDataset(Dataset):
@@ -115,6 +133,8 @@ class SentenceDataset(Dataset):
         control_means: Mean control profiles when the pairing is ``control_mean``.
         all_reader: A second reader (e.g. every gene of ``X``) whose rows of the same cells
             are returned as ``pert_cell_all``/``ctrl_cell_all``, or ``None``.
+        group_deltas: Mean response per group, for dose-interpolated specs (their cells
+            are shifted by ``t * (delta_partner - delta_own)``), or ``None``.
     """
 
     def __init__(
@@ -126,8 +146,10 @@ class SentenceDataset(Dataset):
         batch_codes: np.ndarray | None,
         control_means: np.ndarray | None,
         all_reader: H5RowReader | None = None,
+        group_deltas: np.ndarray | None = None,
     ) -> None:
         self.reader = reader
+        self.group_deltas = group_deltas
         self.all_reader = all_reader
         self.group_pert = group_pert
         self.group_context = group_context
@@ -163,12 +185,34 @@ class SentenceDataset(Dataset):
         }
         if self.batch_codes is not None:
             out["batch_index"] = torch.from_numpy(self.batch_codes[pert])
+        if specs and len(specs[0]) == 5:
+            _interpolation_fields(self, out, specs, groups)
         if self.all_reader is not None:
             values = self.all_reader.read(np.concatenate([pert.ravel(), ctrl.ravel()]))
             n = pert.size
             for name, part in (("pert_cell_all", values[:n]), ("ctrl_cell_all", values[n:])):
                 out[name] = torch.from_numpy(np.ascontiguousarray(part).reshape(shape))
         return out
+
+
+def _interpolation_fields(
+    dataset: SentenceDataset,
+    out: dict[str, torch.Tensor],
+    specs: Sequence[tuple],
+    groups: np.ndarray,
+) -> None:
+    """Shift interpolated sentences' cells; add ``mix_pert_index`` and ``mix_weight``."""
+    mix = np.array([s[3] for s in specs], dtype=np.int64)
+    weight = np.array([s[4] for s in specs], dtype=np.float32)
+    partner = np.where(mix >= 0, mix, groups)
+    if (mix >= 0).any():
+        if dataset.group_deltas is None:
+            raise InputError("Dose-interpolated sentences need the groups' mean responses.")
+        shift = weight[:, None] * (dataset.group_deltas[partner] - dataset.group_deltas[groups])
+        cells = out["pert_cell_emb"]
+        out["pert_cell_emb"] = cells + torch.from_numpy(shift).to(cells.dtype).unsqueeze(1)
+    out["mix_pert_index"] = torch.from_numpy(dataset.group_pert[partner])
+    out["mix_weight"] = torch.from_numpy(weight)
 
 
 def _context_labels(dataset: pd.Series, celltype: pd.Series) -> pd.Categorical:
@@ -205,6 +249,9 @@ class PerturbationDataModule(pl.LightningDataModule):
         all_key: A second matrix (``"X"``: every gene) served beside the loader's space as
             ``pert_cell_all``/``ctrl_cell_all`` (the ST model's ``all`` output space), or
             ``None``. Not available with ``control_mean`` pairing.
+        dose_interpolation: Probability that a training sentence of a dosed drug becomes
+            an intermediate-dose sentence (:mod:`perturbflow.loading.dose_interpolation`);
+            0 (the default) switches the augmentation off.
     """
 
     def __init__(
@@ -216,8 +263,15 @@ class PerturbationDataModule(pl.LightningDataModule):
         columns: ColumnsParams,
         params: LoaderParams,
         all_key: str | None = None,
+        dose_interpolation: float = 0.0,
     ) -> None:
         super().__init__()
+        if dose_interpolation and all_key is not None:
+            raise InputError(
+                "Dose interpolation shifts the cells of the loader's space only: it is not "
+                "available with the all-gene output space."
+            )
+        self.dose_interpolation = float(dose_interpolation)
         if all_key is not None and params.pairing == "control_mean":
             raise InputError(
                 "The all-gene output space needs control cells, not control means: "
@@ -247,6 +301,7 @@ class PerturbationDataModule(pl.LightningDataModule):
             index=obs.index,
         )
         self.design = PairingDesign.from_obs(obs, columns)
+        self._control_label = columns.control_label
         self.vocabulary = Vocabulary(
             perturbations=sorted(map(str, self.cells["perturbation"].unique())),
             contexts=sorted(map(str, self.cells["context"].unique())),
@@ -293,6 +348,20 @@ class PerturbationDataModule(pl.LightningDataModule):
             shuffle=shuffle,
             seed=self.params.seed,
         )
+        deltas = None
+        if shuffle and self.dose_interpolation > 0:
+            neighbours = dose_neighbours(groups.keys, control_label=self._control_label)
+            if not neighbours.n_interpolable:
+                logger.warning("Dose interpolation is on but no drug has two training doses.")
+            which = np.flatnonzero([len(p) > 0 for p in neighbours.partners])
+            deltas = group_deltas(self.reader.read, self.design, groups.rows, which)
+            sampler.interpolation = DoseInterpolation(neighbours, self.dose_interpolation)
+            logger.info(
+                "Dose interpolation (rate %.2f): %d of %d training groups have adjacent doses.",
+                self.dose_interpolation,
+                neighbours.n_interpolable,
+                len(groups.keys),
+            )
         dataset = SentenceDataset(
             self.reader,
             group_pert=np.array([p_index[p] for _, p in groups.keys], dtype=np.int64),
@@ -300,6 +369,7 @@ class PerturbationDataModule(pl.LightningDataModule):
             batch_codes=None if self.design.batch is None else self.design.batch.astype(np.int64),
             control_means=self._control_means(sampler),
             all_reader=self.all_reader,
+            group_deltas=deltas,
         )
         workers = self.params.num_workers
         return DataLoader(

@@ -176,6 +176,7 @@ class StateTransitionNet(nn.Module):
         pert: torch.Tensor,
         batch: torch.Tensor | None = None,
         ctrl_all: torch.Tensor | None = None,
+        prior: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Predicted perturbed cells, and the all-gene prediction when there is a decoder.
 
@@ -184,6 +185,8 @@ class StateTransitionNet(nn.Module):
             pert: Perturbation vectors ``[B, P]``.
             batch: Batch code per cell ``[B, S]`` or ``None``.
             ctrl_all: The control cells in the all-gene space (decoder residual), or ``None``.
+            prior: A prior delta per sentence ``[B, G]`` added to the predicted delta (the
+                network then learns the departure from it), or ``None``.
 
         Returns:
             ``(pred [B, S, G], pred_all [B, S, G_all] or None)``.
@@ -192,6 +195,8 @@ class StateTransitionNet(nn.Module):
         out = self.output_head(z)
         if self.direct is not None:
             out = out + self.direct(pert).unsqueeze(1)
+        if prior is not None:
+            out = out + prior.unsqueeze(1)
         if self.arch.predict_residual:
             out = ctrl + out
         decoded = None

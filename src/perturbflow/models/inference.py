@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,6 +32,7 @@ from perturbflow.exceptions import InputError
 from perturbflow.loading._messages import listed
 from perturbflow.loading.categories import CategoryMap
 from perturbflow.models.inputs import EncodedPerturbations
+from perturbflow.models.prior import prior_deltas
 from perturbflow.models.run_dir import TrainedRun
 from perturbflow.params import ColumnsParams
 from perturbflow.perturbations import components
@@ -105,19 +106,24 @@ def _control_inputs(
     *,
     control_mean: bool,
     batch: np.ndarray | None,
+    inputs: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """``n`` control inputs of ``context`` (cells, or their batch's mean) and batch codes."""
+    """``n`` control inputs of ``context`` (cells, or their batch's mean) and batch codes.
+
+    ``inputs`` (rows like ``data.X``) replaces ``data.X`` as what the model reads.
+    """
+    M = data.X if inputs is None else inputs
     ctrl = data.control_rows(context)  # not empty: predict_cells checked every context
     picked = rng.choice(ctrl, size=n, replace=n > len(ctrl))
-    X = data.X[picked]
+    X = M[picked]
     codes = None if batch is None else batch[picked]
     if control_mean:
         if codes is None:
-            X = np.broadcast_to(data.X[ctrl].mean(axis=0), X.shape).copy()
+            X = np.broadcast_to(M[ctrl].mean(axis=0), X.shape).copy()
         else:
             X = X.copy()
             for code in np.unique(codes):
-                X[codes == code] = data.X[ctrl[batch[ctrl] == code]].mean(axis=0)
+                X[codes == code] = M[ctrl[batch[ctrl] == code]].mean(axis=0)
     return X, codes
 
 
@@ -133,6 +139,8 @@ def predict_cells(
     allow_unknown: bool = False,
     combine: Literal["additive", "joint"] = "joint",
     sentences_per_batch: int = 64,
+    control_inputs: np.ndarray | None = None,
+    output_map: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> CellPredictions:
     """Predict ``n_cells[key]`` cells for every ``(context, perturbation)`` key.
 
@@ -152,6 +160,11 @@ def predict_cells(
             double perturbations, with the model's own single predictions); ``joint``
             encodes ``A+B`` as the sum of the components' vectors in one forward pass.
         sentences_per_batch: Sentences per forward pass.
+        control_inputs: What the model reads for each row of ``data.X`` (same shape), e.g.
+            control cells moved by a domain adapter (:mod:`perturbflow.adaptation`);
+            default ``data.X``. Only control rows are read.
+        output_map: Applied to each key's predicted cells before clipping at zero, e.g.
+            an adapter's inverse that maps predictions back to the data's space.
 
     Returns:
         The predicted cells and the perturbation encodings.
@@ -172,17 +185,32 @@ def predict_cells(
         )
     if run.net.batch_encoder is not None and batch is None:
         raise InputError("The model has a batch encoder: give each cell's batch.")
+    if control_inputs is not None and control_inputs.shape != data.X.shape:
+        raise InputError(
+            f"control_inputs has shape {control_inputs.shape}, the data {data.X.shape}."
+        )
     rng = np.random.default_rng(seed)
     S = run.cell_set_len
     clip = run.config["training"]["model"]["output_space"] != "embedding"
     additive = _additive_plan(run, keys, data) if combine == "additive" else {}
     sources = list(encoded.sources)
+    kind = run.config["training"]["model"].get("response_prior", "none")  # older runs: none
+    priors = prior_deltas(
+        run.inputs.effects, keys, control_label=run.inputs.control_label, kind=kind
+    )
+    priors = [None] * len(keys) if priors is None else priors
     out: dict[Key, np.ndarray] = {}
     for row, key in enumerate(keys):
         n = int(n_cells[key])
         n_sent = max(1, -(-n // S))
         X, codes = _control_inputs(
-            data, key[0], n_sent * S, rng, control_mean=control_mean, batch=batch
+            data,
+            key[0],
+            n_sent * S,
+            rng,
+            control_mean=control_mean,
+            batch=batch,
+            inputs=control_inputs,
         )
         ctrl = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).view(n_sent, S, -1)
         codes_t = None if codes is None else torch.from_numpy(codes.astype(np.int64))
@@ -192,8 +220,10 @@ def predict_cells(
             sources[row] = "additive:" + sources[row]
         else:
             vectors = encoded.vectors[row : row + 1]
-        pred = _forward(run, ctrl, vectors, codes_t, sentences_per_batch)
+        pred = _forward(run, ctrl, vectors, codes_t, sentences_per_batch, priors[row])
         cells = pred.reshape(n_sent * S, -1)[:n].numpy()
+        if output_map is not None:
+            cells = np.asarray(output_map(cells), dtype=np.float32)
         out[key] = np.clip(cells, 0.0, None) if clip else cells
     encoded = dataclasses.replace(encoded, sources=sources)
     return CellPredictions(out, encoded)
@@ -218,8 +248,12 @@ def _forward(
     vectors: np.ndarray,
     codes: torch.Tensor | None,
     sentences_per_batch: int,
+    prior: np.ndarray | None = None,
 ) -> torch.Tensor:
-    """Predicted sentences; several vectors (components) add their predicted deltas."""
+    """Predicted sentences; several vectors (components) add their predicted deltas.
+
+    ``prior`` is the key's prior delta (:mod:`perturbflow.models.prior`), or ``None``.
+    """
     device = next(run.net.parameters()).device
     preds = []
     for start in range(0, len(ctrl), sentences_per_batch):
@@ -228,7 +262,10 @@ def _forward(
         total = chunk.clone()
         for vector in vectors:
             pert = torch.from_numpy(vector).to(device).expand(len(chunk), -1)
-            pred, _ = run.net(chunk, pert, b)
+            prior_t = None
+            if prior is not None:
+                prior_t = torch.from_numpy(prior).to(device).expand(len(chunk), -1)
+            pred, _ = run.net(chunk, pert, b, prior=prior_t)
             total = total + (pred - chunk) if len(vectors) > 1 else pred
         preds.append(total.float().cpu())
     return torch.cat(preds)
@@ -296,6 +333,8 @@ def infer_adata(
     allow_unknown: bool = False,
     seed: int = 0,
     source: str = "input",
+    input_map: Callable[[np.ndarray], np.ndarray] | None = None,
+    output_map: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[ad.AnnData, pd.DataFrame]:
     """Predict perturbations in every context of a user's AnnData.
 
@@ -311,6 +350,10 @@ def infer_adata(
         allow_unknown: Predict perturbations the model knows nothing about.
         seed: Seed of the control sampling.
         source: How to name the input in messages (its path).
+        input_map: Maps the aligned expression (cells x the model's genes) to what the
+            model reads, e.g. a domain adapter; the output's control cells stay the
+            input's own.
+        output_map: Maps predicted cells back before clipping (the adapter's inverse).
 
     Returns:
         The predictions (cell-eval's form: each context's control cells, then the predicted
@@ -383,6 +426,8 @@ def infer_adata(
         control_mean=control_mean,
         batch=batch,
         allow_unknown=allow_unknown,
+        control_inputs=None if input_map is None else input_map(X),
+        output_map=output_map,
     )
     out = assemble_predictions(data, predicted.cells, columns)
     if columns.batch_col:

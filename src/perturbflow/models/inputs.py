@@ -19,6 +19,10 @@ a ``(context, perturbation)`` key concatenates parts that each generalise in the
     the target gene(s) marked in gene space when measured (which gene is hit, not how).
 ``features``
     a user's per-component feature table (ESM2, GenePT, ...), combinations summed.
+``dose`` (drug screens, :mod:`perturbflow.models.dose`)
+    with ``dose: log`` the identity slots are per drug *name* and a dose block of the same
+    width holds ``x(dose) * e`` (a log-dose coordinate), so an unseen dose of a trained
+    drug is encoded between its neighbours instead of being unknown.
 
 A last column marks every non-control perturbation with 1: the control is the all-zero
 vector (no effect) and a perturbation the model knows nothing about is ``[0, ..., 0, 1]``
@@ -45,8 +49,13 @@ from perturbflow.evaluation.linear import SOURCES, Evidence
 from perturbflow.exceptions import InputError
 from perturbflow.io_utils import atomic_path
 from perturbflow.loading.features import FeatureTable
+from perturbflow.models.dose import (
+    DoseEncoding,
+    dose_param_values,
+    fit_dose_encoding,
+    params_for_class,
+)
 from perturbflow.params import PerturbationInputParams
-from perturbflow.perturbations import components
 
 Key = tuple[str, str]
 
@@ -86,6 +95,7 @@ class PerturbationInputs:
         evidence_scale: Global scale dividing the evidence vectors.
         features: The user's feature table, or ``None``.
         feature_scale: Global scale dividing the feature vectors.
+        dose: How doses are read (``None``: ``label``, as runs saved before doses).
     """
 
     params: PerturbationInputParams
@@ -96,12 +106,15 @@ class PerturbationInputs:
     evidence_scale: float = 1.0
     features: FeatureTable | None = None
     feature_scale: float = 1.0
+    dose: DoseEncoding | None = None
     _slot: dict[str, int] = field(init=False, repr=False)
     _gene_index: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._slot = {c: i for i, c in enumerate(self.vocabulary)}
         self._gene_index = {g: i for i, g in enumerate(self.genes)}
+        if self.dose is None:
+            self.dose = DoseEncoding("label", self.control_label)
 
     @classmethod
     def fit(
@@ -122,15 +135,24 @@ class PerturbationInputs:
                 "training.model.inputs: enable at least one of identity, evidence, "
                 "target_gene or features_file."
             )
-        vocab = sorted({c for _, p in effects.keys for c in components(p)} - {control_label})
+        dose = fit_dose_encoding(
+            [p for _, p in effects.keys],
+            control_label=control_label,
+            # the field is read with a fallback until PerturbationInputParams declares it
+            mode=params.dose,
+            identity=params.identity,
+        )
+        vocab = sorted({n for _, p in effects.keys for n, _ in dose.parts(p)})
         features = FeatureTable.load(params.features_file) if params.features_file else None
-        inputs = cls(params, vocab, list(data.genes), control_label, effects, features=features)
+        inputs = cls(
+            params, vocab, list(data.genes), control_label, effects, features=features, dose=dose
+        )
         evidence = Evidence(data, effects)
         if params.evidence:
             vecs = [inputs._evidence(evidence, k)[0] for k in effects.keys]
             inputs.evidence_scale = _rms([v for v in vecs if v is not None])
         if features is not None:
-            vecs = [inputs._features(p)[0] for _, p in effects.keys]
+            vecs = [inputs._features([n for n, _ in dose.parts(p)])[0] for _, p in effects.keys]
             inputs.feature_scale = _rms([v for v in vecs if v is not None])
         return inputs
 
@@ -142,13 +164,28 @@ class PerturbationInputs:
         width += g if p.evidence else 0
         width += g if p.target_gene else 0
         width += self.features.dim if self.features is not None else 0
+        width += len(self.vocabulary) if self._dosed else 0  # the dose block
         return width + 1  # the "is perturbed" column
+
+    @property
+    def _dosed(self) -> bool:
+        return self.params.identity and self.dose is not None and self.dose.uses_dose
+
+    def component_names(self, perturbation: str) -> list[str]:
+        """Names of a label's non-control components as the identity slots know them.
+
+        The component labels themselves in ``label`` mode; the drug names (doses parsed
+        off) with the ``log`` and ``none`` dose modes.
+        """
+        return [name for name, _ in self.dose.parts(perturbation)]  # type: ignore[union-attr]
 
     def identity_mask(self) -> np.ndarray:
         """The identity columns of an input vector."""
         mask = np.zeros(self.dim, dtype=bool)
         if self.params.identity:
             mask[: len(self.vocabulary)] = True
+        if self._dosed:  # x * e reveals the identity too: hidden with it
+            mask[-1 - len(self.vocabulary) : -1] = True
         return mask
 
     def _evidence(self, evidence: Evidence, key: Key) -> tuple[np.ndarray | None, str]:
@@ -158,8 +195,7 @@ class PerturbationInputs:
                 return vector, source
         return None, ""
 
-    def _features(self, perturbation: str) -> tuple[np.ndarray | None, list[str]]:
-        names = [c for c in components(perturbation) if c != self.control_label]
+    def _features(self, names: list[str]) -> tuple[np.ndarray | None, list[str]]:
         assert self.features is not None
         known = [c for c in names if c in self.features]
         if not known:
@@ -182,7 +218,8 @@ class PerturbationInputs:
         out = np.zeros((len(keys), self.dim), dtype=np.float32)
         sources, unknown = [], []
         for row, (context, perturbation) in enumerate(keys):
-            parts = [c for c in components(perturbation) if c != self.control_label]
+            named = self.dose.parts(perturbation)  # type: ignore[union-attr]
+            parts = [name for name, _ in named]
             used, col = [], 0
             missing = [c for c in parts if c not in self._slot]
             if p.identity:
@@ -204,11 +241,18 @@ class PerturbationInputs:
                     used.append("target_gene")
                 col += g
             if self.features is not None and parts:
-                vector, absent = self._features(perturbation)
+                vector, absent = self._features(parts)
                 if vector is not None:
                     out[row, col : col + self.features.dim] = vector / self.feature_scale
                     used.append("features")
                 missing = sorted(set(missing) & set(absent))
+            if self._dosed:
+                start = self.dim - 1 - n_vocab
+                for name, x in named:
+                    if name in self._slot and x is not None:
+                        out[row, start + self._slot[name]] += x
+                        if "dose" not in used:
+                            used.append("dose")
             out[row, -1] = 1.0 if parts else 0.0
             sources.append("+".join(used) if parts else "control")
             if parts and not used:
@@ -222,13 +266,14 @@ class PerturbationInputs:
         directory = os.fspath(directory)
         meta = {
             "format": "perturbflow.PerturbationInputs",
-            "version": 1,
+            "version": 2,
             "params": {
                 "identity": self.params.identity,
                 "evidence": self.params.evidence,
                 "target_gene": self.params.target_gene,
                 "features_file": self.params.features_file,
                 "identity_dropout": self.params.identity_dropout,
+                **dose_param_values(self.params),
             },
             "vocabulary": self.vocabulary,
             "genes": self.genes,
@@ -238,6 +283,7 @@ class PerturbationInputs:
             "features": None if self.features is None else self.features.identity(),
             "effect_keys": [list(k) for k in self.effects.keys],
             "control_contexts": sorted(self.effects.control_means),
+            "dose": self.dose.to_dict() if self.dose is not None else None,
         }
         with atomic_path(os.path.join(directory, "perturbation_inputs.json")) as tmp:
             tmp.write_text(json.dumps(meta, indent=1))
@@ -271,7 +317,9 @@ class PerturbationInputs:
                     zip(meta["control_contexts"], arrays["control_means"], strict=True)
                 ),
             )
-            params = PerturbationInputParams(**meta["params"])
+            params = PerturbationInputParams(
+                **params_for_class(meta["params"], PerturbationInputParams)
+            )
         except (OSError, KeyError, ValueError, TypeError) as err:
             raise InputError(f"{directory}: unreadable perturbation inputs ({err}).") from err
         features = None
@@ -291,6 +339,8 @@ class PerturbationInputs:
             evidence_scale=float(meta["evidence_scale"]),
             features=features,
             feature_scale=float(meta["feature_scale"]),
+            # runs saved before doses were read have no "dose": every label its own slot
+            dose=DoseEncoding.from_dict(meta.get("dose"), control_label=str(meta["control_label"])),
         )
 
 

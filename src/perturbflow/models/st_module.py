@@ -40,6 +40,8 @@ class STModule(pl.LightningModule):
         key_index: ``[n_contexts, n_perturbations]`` row of each key in ``pert_table``
             (``-1``: not a key of this split, encoded as zeros).
         identity_mask: ``[P]`` identity columns of a perturbation vector.
+        prior_table: ``[n_keys, G]`` prior delta of each key (its context's mean training
+            response; zeros for the control), aligned with ``pert_table``, or ``None``.
     """
 
     def __init__(
@@ -52,10 +54,13 @@ class STModule(pl.LightningModule):
         pert_table: np.ndarray | None = None,
         key_index: np.ndarray | None = None,
         identity_mask: np.ndarray | None = None,
+        prior_table: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         # plain dicts and numbers only: a checkpoint then loads with weights_only=True
-        self.save_hyperparameters(ignore=["pert_table", "key_index", "identity_mask"])
+        self.save_hyperparameters(
+            ignore=["pert_table", "key_index", "identity_mask", "prior_table"]
+        )
         self.arch = Architecture(**arch)
         self.net = StateTransitionNet(self.arch)
         self.loss_params = LossParams(**loss)
@@ -72,14 +77,31 @@ class STModule(pl.LightningModule):
         )
         mask = np.zeros(p, bool) if identity_mask is None else np.asarray(identity_mask, bool)
         self.register_buffer("identity_mask", torch.from_numpy(mask), persistent=False)
+        if prior_table is None:
+            self.prior_table = None
+        else:  # the same extra zero row as pert_table
+            g = np.asarray(prior_table, np.float32)
+            g = np.vstack([g, np.zeros((1, g.shape[1]), np.float32)])
+            self.register_buffer("prior_table", torch.from_numpy(g), persistent=False)
         self._val: dict[tuple[int, int], list[torch.Tensor]] = {}
 
     # ---- inputs ---------------------------------------------------------------------
+    def _rows(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Row of each sentence's key in ``pert_table`` (the zero row for unknown keys)."""
+        rows = self.key_index[batch["context_index"], batch["pert_index"]]
+        return torch.where(rows < 0, self.pert_table.shape[0] - 1, rows)
+
+    def prior_deltas(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """``[B, G]`` prior deltas of a batch's sentences, or ``None`` without a prior."""
+        return None if self.prior_table is None else self.prior_table[self._rows(batch)]
+
     def perturbation_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``[B, P]`` perturbation vectors of a batch's sentences (identity dropout in training)."""
-        rows = self.key_index[batch["context_index"], batch["pert_index"]]
-        rows = torch.where(rows < 0, self.pert_table.shape[0] - 1, rows)
-        vectors = self.pert_table[rows]
+        vectors = self.pert_table[self._rows(batch)]
+        if "mix_weight" in batch:  # dose interpolation: blend with the adjacent dose's vector
+            partner = self.pert_table[self._rows({**batch, "pert_index": batch["mix_pert_index"]})]
+            weight = batch["mix_weight"].to(vectors.dtype).unsqueeze(1)
+            vectors = (1 - weight) * vectors + weight * partner
         rate = self.hparams["identity_dropout"]
         if self.training and rate > 0 and bool(self.identity_mask.any()):
             hide = torch.rand(vectors.shape[0], 1, device=vectors.device) < rate
@@ -93,6 +115,7 @@ class STModule(pl.LightningModule):
             self.perturbation_vectors(batch),
             batch.get("batch_index"),
             batch.get("ctrl_cell_all"),
+            self.prior_deltas(batch),
         )
 
     def _loss(

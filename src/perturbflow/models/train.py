@@ -39,7 +39,9 @@ from perturbflow.exceptions import InputError
 from perturbflow.loading.categories import CategoryMap
 from perturbflow.loading.datamodule import PerturbationDataModule
 from perturbflow.models.components import Architecture, resolve_size
+from perturbflow.models.dose import check_interpolation, interpolation_rate
 from perturbflow.models.inputs import PerturbationInputs
+from perturbflow.models.prior import prior_deltas
 from perturbflow.models.run_dir import (
     CHECKPOINTS,
     CONFIG,
@@ -228,6 +230,7 @@ def build_module(
     inputs = PerturbationInputs.fit(
         split.data, effects, model.inputs, control_label=columns.control_label
     )
+    check_interpolation(interpolation_rate(model.inputs), inputs.dose)
     vocab = dm.vocabulary
     pairs = dm.cells[["context", "perturbation"]].astype(str).drop_duplicates()
     keys = [(c, p) for c, p in pairs.itertuples(index=False)]
@@ -261,6 +264,9 @@ def build_module(
         pert_table=encoded.vectors,
         key_index=key_index,
         identity_mask=encoded.identity_mask,
+        prior_table=prior_deltas(
+            effects, keys, control_label=columns.control_label, kind=model.response_prior
+        ),
     )
     sources = pd.DataFrame(
         {
@@ -355,7 +361,14 @@ def train_st(
     pl.seed_everything(training.seed, workers=True, verbose=False)
     all_key = "X" if training.model.output_space == "all" else None
     dm = PerturbationDataModule(
-        split.path, split.obs, split.split_table, split.split_name, columns, loader, all_key=all_key
+        split.path,
+        split.obs,
+        split.split_table,
+        split.split_name,
+        columns,
+        loader,
+        all_key=all_key,
+        dose_interpolation=interpolation_rate(training.model.inputs),
     )
     module, inputs, arch, sources = build_module(split, dm, training, columns)
     config = _resolved_config(split, columns, loader, training, arch)

@@ -1,0 +1,555 @@
+"""Finetune a trained ST run on a new context: LoRA through peft, or full finetuning.
+
+The library function behind ``kedro run --pipeline finetuning`` (and the ``tune``
+pipeline's objective). :func:`finetune_st` starts from a finished run (``init_from``),
+extends its perturbation encoder with new identity slots for components the base never
+trained (zero-initialised, always trained), adapts the network with LoRA on the chosen
+target groups (:mod:`perturbflow.models.lora`) or trains every weight, and saves only
+what was trained (:mod:`perturbflow.models.adapter`) with the identity of the base run.
+
+It reuses the training machinery of :mod:`perturbflow.models.train`: the same data module
+(control pairing, sentences), :class:`~perturbflow.models.st_module.STModule` (losses
+including the delta-aware terms, AdamW with warmup + cosine, validation
+``val/pearson_delta``), checkpoints every N steps plus ``last`` and ``best``, resuming an
+interrupted finetuning from ``checkpoints/last.ckpt`` and reusing a finished one with the
+same configuration.
+
+Seed 004's mistakes and what is done instead: predictions start from control cells (the
+inference code); the loss can be delta-aware on sentence means (``loss``); the output
+head is not adapted by default; the finetuning learning rate is its own parameter
+(default an order of magnitude below training); validation pearson_delta picks the
+weights kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass
+
+from perturbflow.evaluation.design import CONTEXT_SEP, TrainingEffects, training_effects
+from perturbflow.exceptions import InputError
+from perturbflow.loading._messages import listed
+from perturbflow.loading.categories import CategoryMap
+from perturbflow.loading.datamodule import PerturbationDataModule
+from perturbflow.models.adapter import ADAPTER_FORMAT, FINETUNE_CONFIG, save_adapter
+from perturbflow.models.components import Architecture
+from perturbflow.models.inputs import PerturbationInputs
+from perturbflow.models.lora import add_lora, check_targets, lora_config, with_slots
+from perturbflow.models.prior import prior_deltas
+from perturbflow.models.run_dir import (
+    CHECKPOINTS,
+    SUMMARY,
+    TrainedRun,
+    config_digest,
+    load_run,
+    read_json,
+    write_json,
+    write_yaml,
+)
+from perturbflow.models.st_module import STModule, architecture_dict
+from perturbflow.models.train import (
+    SplitData,
+    ThroughputMeter,
+    _has_val,
+    _prepare_run_dir,
+    resolve_precision,
+)
+from perturbflow.params import ColumnsParams, LoaderParams, LossParams, OptimizerParams
+from perturbflow.perturbations import components
+
+logger = logging.getLogger(__name__)
+
+_STRICT = ConfigDict(extra="forbid")
+
+# how a finetuning is executed, not what it learns (a run differing only here is reused)
+EXECUTION_KEYS = (
+    "init_from",
+    "split",
+    "run_dir",
+    "predictor",
+    "progress_bar",
+    "cpu_threads",
+    "resume",
+    "logger",
+)
+
+
+@dataclass(frozen=True, config=_STRICT)
+class LoraParams:
+    """LoRA settings (peft).
+
+    Attributes:
+        rank: Rank of the adapters.
+        alpha: LoRA alpha (the update is scaled by ``alpha / rank``).
+        dropout: Dropout on the adapters' input.
+        targets: Module groups to adapt: ``attention`` (q/k/v/o of every layer), ``mlp``
+            (feed-forward layers), ``perturbation_encoder``, ``basal_encoder``,
+            ``output_head``, ``decoder``, ``direct_path``. Unknown names fail, listing the
+            valid ones.
+        basal_rank: Rank of the basal encoder's adapters (same ``alpha / rank`` scaling),
+            or ``None`` for ``rank``.
+    """
+
+    rank: int
+    alpha: float
+    dropout: float
+    targets: list[str]
+    basal_rank: int | None
+
+
+@dataclass(frozen=True, config=_STRICT)
+class FinetuningParams:
+    """The ``finetuning`` params group (trainer fields as in ``TrainingParams``).
+
+    Attributes:
+        init_from: The base run directory (a finished ``training`` run).
+        method: ``lora`` (adapters only, base weights frozen) or ``full`` (every weight).
+        lora: LoRA settings (read when ``method`` is ``lora``).
+        new_identity_slots: Give components the base never trained a new, zero-initialised
+            identity slot (trained in both methods); ``False`` leaves them to the base's
+            other inputs (evidence, features) or to "some perturbation".
+        contexts: ``dataset.celltype`` contexts whose training cells are finetuned on;
+            empty: every training cell of the split.
+        identity_dropout: Probability of hiding a sentence's identity part.
+        loss: Loss (set distance + the delta-aware terms).
+        optimizer: Optimiser and schedule.
+        max_steps: Optimiser steps.
+        val_every_n_steps: Validation pearson_delta every N steps (``val/pearson_delta``).
+        ckpt_every_n_steps: A checkpoint every N steps (plus ``last`` and ``best``).
+        accelerator: Lightning accelerator.
+        devices: Lightning devices.
+        strategy: Lightning strategy.
+        num_nodes: Nodes.
+        precision: ``auto`` or a Lightning precision string.
+        seed: Seed of the adapters, dropout and the loader.
+        logger: ``csv`` or ``tensorboard``.
+        progress_bar: Show Lightning's progress bar.
+        cpu_threads: Torch intra-op threads on the CPU (``None``: torch's default).
+        resume: Resume from ``checkpoints/last.ckpt`` of a run with the same configuration.
+        split: The named split to finetune on (the pipeline's; the library takes SplitData).
+        run_dir: The finetuned run directory (the pipeline's).
+        predictor: Name of the finetuned model's predictions (``<split>/<predictor>``).
+    """
+
+    init_from: str
+    method: Literal["lora", "full"]
+    lora: LoraParams
+    new_identity_slots: bool
+    contexts: list[str]
+    identity_dropout: float
+    loss: LossParams
+    optimizer: OptimizerParams
+    max_steps: int
+    val_every_n_steps: int
+    ckpt_every_n_steps: int
+    accelerator: str
+    devices: str | int
+    strategy: str
+    num_nodes: int
+    precision: str
+    seed: int
+    logger: Literal["csv", "tensorboard"]
+    progress_bar: bool
+    cpu_threads: int | None
+    resume: bool
+    split: str
+    run_dir: str
+    predictor: str
+
+
+def restrict_contexts(split: SplitData, contexts: Sequence[str]) -> SplitData:
+    """The split with training cells outside ``contexts`` relabelled ``unused``.
+
+    Raises:
+        InputError: A context that has no cell in the split.
+    """
+    if not contexts:
+        return split
+    cells = split.data.cells
+    known = sorted(cells["context"].unique())
+    unknown = [c for c in contexts if c not in known]
+    if unknown:
+        raise InputError(
+            f"finetuning.contexts names {unknown}, not contexts of {split.path} "
+            f"(dataset{CONTEXT_SEP}celltype: {listed(known)})."
+        )
+    outside = ~cells["context"].isin(list(contexts)).to_numpy()
+    labels = cells["split"].astype(object).to_numpy().copy()
+    labels[outside & (labels == "train")] = "unused"
+    table = split.split_table.copy()
+    column = table[split.split_name].astype(object).to_numpy().copy()
+    # split_table and data.cells share the index (both come from the same obs)
+    position = table.index.get_indexer(cells.index)
+    column[position] = labels
+    table[split.split_name] = column
+    data = dataclasses.replace(split.data, cells=cells.assign(split=labels))
+    return dataclasses.replace(split, split_table=table, data=data)
+
+
+def merge_effects(base: TrainingEffects, new: TrainingEffects) -> TrainingEffects:
+    """The base's training effects plus the finetuning's (its keys win)."""
+    index = new.index()
+    rows = [i for i, k in enumerate(base.keys) if k not in index]
+    keys = [base.keys[i] for i in rows] + list(new.keys)
+    deltas = np.vstack([base.deltas[rows], new.deltas]).astype(base.deltas.dtype)
+    n_cells = np.concatenate([base.n_cells[rows], new.n_cells])
+    return TrainingEffects(keys, deltas, n_cells, {**base.control_means, **new.control_means})
+
+
+def extend_inputs(
+    base: PerturbationInputs, effects: TrainingEffects, *, new_slots: bool
+) -> tuple[PerturbationInputs, list[str]]:
+    """The base's perturbation inputs with the finetuning's effects and new identity slots.
+
+    New components (in the finetuning's training keys, not in the base vocabulary) are
+    appended after the base vocabulary, so the base columns keep their meaning.
+    """
+    merged = merge_effects(base.effects, effects)
+    new: list[str] = []
+    if new_slots and base.params.identity:
+        seen = {c for _, p in effects.keys for c in components(p)} - {base.control_label}
+        new = sorted(seen - set(base.vocabulary))
+    inputs = dataclasses.replace(base, vocabulary=list(base.vocabulary) + new, effects=merged)
+    return inputs, new
+
+
+def _check(split: SplitData, base: TrainedRun, finetuning: FinetuningParams) -> None:
+    if finetuning.method == "lora":
+        check_targets(finetuning.lora.targets)
+    if min(finetuning.max_steps, finetuning.val_every_n_steps, finetuning.ckpt_every_n_steps) < 1:
+        raise InputError(
+            "finetuning.max_steps, val_every_n_steps and ckpt_every_n_steps must be >= 1."
+        )
+    if list(split.genes) != list(base.genes):
+        raise InputError(
+            f"The base run {base.path} was trained on other genes (genes.json, "
+            f"{len(base.genes)}) than split {split.split_name!r} has ({len(split.genes)})."
+        )
+    labels = split.split_table[split.split_name]
+    perturbed = ~split.split_table["is_control"].astype(bool)
+    if not ((labels == "train") & perturbed).any():
+        raise InputError(
+            f"Split {split.split_name!r} has no perturbed training cells to finetune on "
+            f"(finetuning.contexts: {finetuning.contexts})."
+        )
+
+
+def _data_identity(split: SplitData) -> dict[str, Any]:
+    table = split.split_table[[split.split_name, "perturbation", "is_control"]]
+    table_sha = pd.util.hash_pandas_object(table.astype(str), index=True).sum()
+    matrix = hashlib.sha256(np.ascontiguousarray(split.data.X).tobytes())
+    matrix.update("\n".join(split.genes).encode())
+    return {
+        "matrix_sha256": matrix.hexdigest(),
+        "split_table_hash": str(int(table_sha) & (2**64 - 1)),
+        "n_cells": int(len(split.obs)),
+    }
+
+
+def build_finetune_module(
+    split: SplitData,
+    dm: PerturbationDataModule,
+    base: TrainedRun,
+    finetuning: FinetuningParams,
+    columns: ColumnsParams,
+):
+    """The module to finetune, its inputs, architecture, key table, LoRA model and meta.
+
+    Returns:
+        ``(module, inputs, arch, sources, lora_model_or_None, new_vocabulary)``.
+    """
+    inputs, new = extend_inputs(
+        base.inputs, training_effects(split.data), new_slots=finetuning.new_identity_slots
+    )
+    pairs = dm.cells[["context", "perturbation"]].astype(str).drop_duplicates()
+    keys = [(c, p) for c, p in pairs.itertuples(index=False)]
+    encoded = inputs.encode(keys, split.data)
+    vocab = dm.vocabulary
+    c_index = {c: i for i, c in enumerate(vocab.contexts)}
+    p_index = {p: i for i, p in enumerate(vocab.perturbations)}
+    key_index = np.full((len(vocab.contexts), len(vocab.perturbations)), -1, dtype=np.int64)
+    for row, (c, p) in enumerate(keys):
+        key_index[c_index[c], p_index[p]] = row
+    arch = dataclasses.replace(base.net.arch, perturbation_dim=inputs.dim)
+    kind = base.config["training"]["model"].get("response_prior", "none")
+    module = STModule(
+        architecture_dict(arch),
+        dataclasses.asdict(finetuning.loss),
+        dataclasses.asdict(finetuning.optimizer),
+        finetuning.max_steps,
+        identity_dropout=finetuning.identity_dropout,
+        pert_table=encoded.vectors,
+        key_index=key_index,
+        identity_mask=encoded.identity_mask,
+        prior_table=prior_deltas(
+            inputs.effects, keys, control_label=columns.control_label, kind=kind
+        ),
+    )
+    n_base_identity = len(base.inputs.vocabulary) if base.inputs.params.identity else 0
+    net = with_slots(base.net, n_base_identity, len(new))
+    net.arch = arch
+    lora = None
+    if finetuning.method == "lora":
+        lora = add_lora(net, _lora_config(net, finetuning))
+    else:
+        net.requires_grad_(True)
+    module.net = net.train()
+    sources = pd.DataFrame(
+        {
+            "context": [c for c, _ in keys],
+            "perturbation": [p for _, p in keys],
+            "source": encoded.sources,
+            "unknown_components": ["+".join(u) for u in encoded.unknown_components],
+        }
+    )
+    return module, inputs, arch, sources, lora, new
+
+
+def _lora_config(net, finetuning: FinetuningParams):
+    lp = finetuning.lora
+    return lora_config(
+        net,
+        targets=lp.targets,
+        rank=lp.rank,
+        alpha=lp.alpha,
+        dropout=lp.dropout,
+        basal_rank=lp.basal_rank,
+    )
+
+
+def _resolved_config(
+    split: SplitData,
+    base: TrainedRun,
+    columns: ColumnsParams,
+    loader: LoaderParams,
+    finetuning: FinetuningParams,
+    arch: Architecture,
+    new: list[str],
+) -> dict[str, Any]:
+    learned = {k: v for k, v in dataclasses.asdict(finetuning).items() if k not in EXECUTION_KEYS}
+    if finetuning.method != "lora":
+        learned.pop("lora")
+    return {
+        "format": "perturbflow.STFinetune",
+        "version": 1,
+        "split": split.split_name,
+        "base": {"path": str(finetuning.init_from), "digest": base.digest},
+        "columns": dataclasses.asdict(columns),
+        "loader": dataclasses.asdict(loader),
+        "finetuning": learned,
+        "architecture": architecture_dict(arch),
+        "new_vocabulary": new,
+        "data": _data_identity(split),
+    }
+
+
+def finetune_st(
+    split: SplitData,
+    *,
+    columns: ColumnsParams,
+    loader: LoaderParams,
+    finetuning: FinetuningParams,
+    run_dir: str | Path,
+    callbacks: Sequence[Callback] = (),
+) -> dict[str, Any]:
+    """Finetune (or resume, or reuse) the base run ``finetuning.init_from`` on ``split``.
+
+    Args:
+        split: The split's data (:func:`perturbflow.models.train.split_data_from_file`);
+            its training cells (within ``finetuning.contexts``) are finetuned on, its
+            validation perturbations pick the weights kept.
+        columns: Column names of the design.
+        loader: Sentence length, batch size, pairing, workers.
+        finetuning: Base run, method, LoRA, loss, optimiser and trainer settings.
+        run_dir: The finetuned run directory.
+        callbacks: Extra Lightning callbacks (e.g. an Optuna pruning callback monitoring
+            ``val/pearson_delta``).
+
+    Returns:
+        The run summary (``run.json``): status, steps, wall time, throughput,
+        ``best_val_pearson_delta`` (``None`` without validation perturbations), trainable
+        and total parameter counts, the base run's digest.
+
+    Raises:
+        InputError: Bad configuration, base run or data, found before the first step.
+        RuntimeError: The finetuning was interrupted (rerun to resume it).
+    """
+    base = load_run(finetuning.init_from)
+    split = restrict_contexts(split, finetuning.contexts)
+    _check(split, base, finetuning)
+    run = Path(run_dir)
+    if finetuning.cpu_threads:
+        torch.set_num_threads(finetuning.cpu_threads)
+    pl.seed_everything(finetuning.seed, workers=True, verbose=False)
+    space = base.config["training"]["model"]["output_space"]
+    dm = PerturbationDataModule(
+        split.path,
+        split.obs,
+        split.split_table,
+        split.split_name,
+        columns,
+        loader,
+        all_key="X" if space == "all" else None,
+    )
+    module, inputs, arch, sources, lora, new = build_finetune_module(
+        split, dm, base, finetuning, columns
+    )
+    config = _resolved_config(split, base, columns, loader, finetuning, arch, new)
+    digest = config_digest(config | {"base": {"digest": base.digest}})
+    if (run / SUMMARY).is_file() and (run / "adapter.pt").is_file():
+        old = read_json(run / SUMMARY)
+        if old.get("config_sha256") == digest and old.get("status") == "finished":
+            logger.info("%s: finished finetuning with this configuration found, reused.", run)
+            return old
+    resume_from = _prepare_run_dir(run, digest, finetuning.resume)
+    _write_run_files(run, config, digest, split, dm, inputs, sources)
+    has_val = _has_val(split)
+    periodic = ModelCheckpoint(
+        dirpath=run / CHECKPOINTS,
+        filename="step={step}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=finetuning.ckpt_every_n_steps,
+        save_top_k=-1,
+        save_last=True,
+    )
+    all_callbacks: list[Callback] = [periodic]
+    best = None
+    if has_val:
+        best = ModelCheckpoint(
+            dirpath=run / CHECKPOINTS,
+            filename="best",
+            monitor="val/pearson_delta",
+            mode="max",
+            save_top_k=1,
+            save_on_train_epoch_end=False,
+            enable_version_counter=False,
+        )
+        all_callbacks.append(best)
+    meter = ThroughputMeter()
+    all_callbacks += [meter, *callbacks]
+    log_cls = TensorBoardLogger if finetuning.logger == "tensorboard" else CSVLogger
+    precision = resolve_precision(finetuning.precision, finetuning.accelerator)
+    trainer = pl.Trainer(
+        max_steps=finetuning.max_steps,
+        accelerator=finetuning.accelerator,
+        devices=finetuning.devices,
+        strategy=finetuning.strategy,
+        num_nodes=finetuning.num_nodes,
+        precision=precision,
+        gradient_clip_val=finetuning.optimizer.gradient_clip_val or None,
+        val_check_interval=finetuning.val_every_n_steps if has_val else None,
+        check_val_every_n_epoch=None if has_val else 1,
+        limit_val_batches=None if has_val else 0,
+        num_sanity_val_steps=0,
+        callbacks=all_callbacks,
+        logger=log_cls(save_dir=str(run), name="logs", version=""),
+        enable_progress_bar=finetuning.progress_bar,
+        enable_model_summary=False,
+        log_every_n_steps=min(10, finetuning.val_every_n_steps),
+        default_root_dir=str(run),
+    )
+    n_trainable = sum(p.numel() for p in module.net.parameters() if p.requires_grad)
+    logger.info(
+        "Finetuning %s (%s, %d trainable parameters, %d new identity slots) on split %s: "
+        "%d steps%s.",
+        base.path,
+        finetuning.method,
+        n_trainable,
+        len(new),
+        split.split_name,
+        finetuning.max_steps,
+        f", resuming from {resume_from}" if resume_from else "",
+    )
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=resume_from, weights_only=True)
+    wall = time.perf_counter() - started
+    if trainer.interrupted or trainer.global_step < finetuning.max_steps:
+        raise RuntimeError(
+            f"Finetuning of {run} stopped at step {trainer.global_step} of "
+            f"{finetuning.max_steps}; rerun to resume from {run / CHECKPOINTS / 'last.ckpt'}."
+        )
+    chosen, best_score = "last", None
+    if best is not None and best.best_model_path:
+        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(state["state_dict"], strict=False)
+        chosen = f"best ({Path(best.best_model_path).name})"
+        best_score = float(best.best_model_score) if best.best_model_score is not None else None
+    state = {
+        n: p.detach().cpu().clone() for n, p in module.net.named_parameters() if p.requires_grad
+    }
+    meta = {
+        "format": ADAPTER_FORMAT,
+        "version": 1,
+        "method": finetuning.method,
+        "lora": dataclasses.asdict(finetuning.lora) if finetuning.method == "lora" else None,
+        "target_modules": sorted(lora.peft_config["default"].target_modules) if lora else None,
+        "new_vocabulary": new,
+        "n_base_identity": len(base.inputs.vocabulary) if base.inputs.params.identity else 0,
+        "architecture": architecture_dict(arch),
+        "base": {"path": str(finetuning.init_from), "digest": base.digest},
+        "config_sha256": digest,
+    }
+    save_adapter(run, state, meta)
+    summary = {
+        "status": "finished",
+        "config_sha256": digest,
+        "split": split.split_name,
+        "method": finetuning.method,
+        "base_run": str(finetuning.init_from),
+        "base_digest": base.digest,
+        "steps": int(trainer.global_step),
+        "resumed_from": str(resume_from) if resume_from else None,
+        "fit_wall_seconds": round(wall, 2),
+        "train_cells_per_s": round(meter.cells_per_s, 1) if meter.cells_per_s else None,
+        "best_val_pearson_delta": best_score,
+        "weights": chosen,
+        "precision": precision,
+        "new_identity_slots": new,
+        "n_trainable_parameters": int(n_trainable),
+        "n_parameters": int(sum(p.numel() for p in module.net.parameters())),
+    }
+    write_json(run / SUMMARY, summary)
+    logger.info(
+        "Finetuned %s: %d steps in %.0f s, weights %s, best val pearson_delta %s.",
+        run,
+        summary["steps"],
+        wall,
+        chosen,
+        best_score,
+    )
+    return summary
+
+
+def _write_run_files(
+    run: Path,
+    config: dict[str, Any],
+    digest: str,
+    split: SplitData,
+    dm: PerturbationDataModule,
+    inputs: PerturbationInputs,
+    sources: pd.DataFrame,
+) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    write_yaml(run / FINETUNE_CONFIG, config)
+    write_json(run / "genes.json", split.genes)
+    CategoryMap(dm.vocabulary.perturbations, name="perturbations").to_json(
+        run / "perturbation_map.json"
+    )
+    CategoryMap(dm.vocabulary.contexts, name="contexts").to_json(run / "context_map.json")
+    inputs.save(run)
+    sources.to_csv(run / "perturbation_sources.csv", index=False)
+    write_json(run / SUMMARY, {"status": "running", "config_sha256": digest})

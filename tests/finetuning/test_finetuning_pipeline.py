@@ -1,0 +1,64 @@
+"""``kedro run --pipeline finetuning`` on a copy of the project, then the evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anndata as ad
+import pandas as pd
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+
+from tests.pipelines.conftest import project_copy  # noqa: F401  (the fixture)
+
+# the scenario's splits (conf/base/splits/*.toml), registered as parameters_splits.yml would
+SCENARIO = {
+    "splits": {
+        "splits": {
+            "fewshot": None,
+            "zeroshot": None,
+            **{
+                name: {
+                    "toml": f"conf/base/splits/{name}.toml",
+                    "training": {},
+                    "zeroshot": {},
+                    "fewshot": {},
+                }
+                for name in ("pretrain_k562", "finetune_a172")
+            },
+        }
+    },
+    "training": {"splits": ["pretrain_k562"]},
+}
+
+
+def _run(root: Path, pipeline: str, params: dict) -> None:
+    bootstrap_project(root)
+    with KedroSession.create(project_path=root, env="test", runtime_params=params) as session:
+        session.run(pipeline_name=pipeline)
+
+
+def test_finetuning_then_evaluation_scores_st_lora(project_copy: Path):  # noqa: F811
+    for pipeline in ("preprocessing", "splits", "training", "finetuning", "evaluation"):
+        _run(project_copy, pipeline, SCENARIO)
+    data = project_copy / "data"
+    run = json.loads((data / "06_models/finetuned/runs.json").read_text())
+    assert run["status"] == "finished" and run["steps"] == 8 and run["method"] == "lora"
+    run_dir = data / "06_models/finetuned/finetune_a172-lora"
+    assert (run_dir / "adapter.pt").is_file() and not (run_dir / "model.pt").exists()
+    meta = json.loads((run_dir / "adapter_config.json").read_text())
+    assert meta["base"]["path"].endswith("06_models/st/pretrain_k562")
+    assert not any(t.startswith("output_head") for t in meta["target_modules"])
+    predictions = data / "07_model_output/model_predictions"
+    assert (predictions / "pretrain_k562/st.h5ad").is_file()  # the training's are kept
+    pred = ad.read_h5ad(predictions / "finetune_a172/st_lora.h5ad")
+    real = ad.read_h5ad(data / "07_model_output/real/finetune_a172.h5ad")
+    assert list(pred.var_names) == list(real.var_names)
+    assert set(pred.obs["condition"]) == {"control", "MAP4K3", "MAP2K6", "MAP4K5", "PLK4"}
+    metrics = pd.read_csv(data / "08_reporting/metrics.csv")
+    scored = metrics.query("split == 'finetune_a172'").set_index("predictor")
+    assert {"perturbation_mean", "linear", "st_lora"} <= set(scored.index)
+    assert scored.loc["st_lora", ["pearson_delta", "mse"]].notna().all()
+    sources = pd.read_csv(data / "08_reporting/finetuned_prediction_sources.csv")
+    assert set(sources["source"]) == {"identity"}  # all four were trained in K562
