@@ -69,7 +69,6 @@ from perturbflow.models.train import (
     resolve_precision,
 )
 from perturbflow.params import ColumnsParams, LoaderParams, LossParams, OptimizerParams
-from perturbflow.perturbations import components
 
 logger = logging.getLogger(__name__)
 
@@ -221,8 +220,16 @@ def extend_inputs(
     merged = merge_effects(base.effects, effects)
     new: list[str] = []
     if new_slots and base.params.identity:
-        seen = {c for _, p in effects.keys for c in components(p)} - {base.control_label}
-        new = sorted(seen - set(base.vocabulary))
+        # the names the identity slots know: drug names without their doses in a dosed run
+        seen = {c for _, p in effects.keys for c in base.component_names(p)}
+        new = sorted(seen - set(base.vocabulary) - {base.control_label})
+        if new and base.dose is not None and base.dose.uses_dose:
+            raise InputError(
+                f"The base run encodes doses (dose {base.dose.mode!r}); finetuning on drugs it "
+                f"never saw ({', '.join(new)}) would need new dose columns as well, which is "
+                "not supported: train a base run that includes them, or set "
+                "finetuning.new_identity_slots: false (they are then predicted as unknown)."
+            )
     inputs = dataclasses.replace(base, vocabulary=list(base.vocabulary) + new, effects=merged)
     return inputs, new
 
