@@ -99,10 +99,16 @@ def _perturbation_list(path: str, pert_col: str, control: str) -> list[str]:
 
 def cmd_infer(args: argparse.Namespace) -> int:
     """Predict perturbations from the control cells of an AnnData."""
+    from perturbflow.models.adapter import ADAPTER_CONFIG, load_finetuned
     from perturbflow.models.inference import infer_adata
     from perturbflow.models.run_dir import load_run
 
-    run = load_run(args.run)
+    if (Path(args.run) / ADAPTER_CONFIG).is_file():  # a finetuned run: adapter + its base
+        run = load_finetuned(args.run, base=args.base)
+    else:
+        if args.base is not None:
+            raise InputError(f"--base is for finetuned runs; {args.run} has no {ADAPTER_CONFIG}.")
+        run = load_run(args.run)
     trained = run.config["columns"]
     source = str(args.adata)
     adata = ad.read_h5ad(args.adata)
@@ -156,7 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--run", default=None, help="run directory (default runs_dir/<split>)")
     train.set_defaults(func=cmd_train)
     infer = sub.add_parser("infer", help="predict perturbations from control cells")
-    infer.add_argument("--run", required=True, help="a finished run directory")
+    infer.add_argument(
+        "--run", required=True, help="a finished run directory, or a finetuned (adapter) run"
+    )
+    infer.add_argument(
+        "--base", default=None, help="a finetuned run's base run (default: the path it recorded)"
+    )
     infer.add_argument("--adata", required=True, help="input h5ad (log1p, with controls)")
     infer.add_argument("--pert-col", required=True)
     infer.add_argument("--control", required=True, help="control label of --pert-col")

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 from pathlib import Path
 
+import anndata as ad
 import numpy as np
 import pytest
 import torch
@@ -243,3 +244,21 @@ def test_contexts_must_exist(base_run, ft_split, tmp_path):
 def test_lora_params_are_typed():
     with pytest.raises(ValueError):
         LoraParams(rank=4, alpha=8.0, dropout=0.0, targets=["mlp"], basal_rank=None, r=2)
+
+
+def test_cli_infer_reads_a_finetuned_run_like_load_finetuned(lora_run, screen, tmp_path):
+    from perturbflow.commands import run_cli
+    from perturbflow.models.inference import infer_adata
+
+    obs = screen["adata"].obs
+    keep = (obs["celltype"] == "D") & obs["pert"].isin(["ctrl", "p3"])
+    data_in = screen["adata"][keep.to_numpy()].copy()
+    src, out = tmp_path / "in.h5ad", tmp_path / "pred.h5ad"
+    data_in.write_h5ad(src)
+    args = ["infer", "--run", str(lora_run["run_dir"]), "--adata", str(src), "--pert-col"]
+    args += ["pert", "--control", "ctrl", "--celltype-col", "celltype", "--output", str(out)]
+    assert run_cli(args) == 0
+    expected, _ = infer_adata(load_finetuned(lora_run["run_dir"]), data_in, COLUMNS, seed=0)
+    np.testing.assert_allclose(ad.read_h5ad(out).X, expected.X, rtol=1e-6, atol=1e-6)
+    base = str(lora_run["run_dir"].parent.parent)  # not a run: refused with the reason
+    assert run_cli(args[:-1] + [str(tmp_path / "x.h5ad"), "--base", base]) == 2
