@@ -35,8 +35,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.callbacks import Callback
 from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass
 
@@ -63,9 +62,9 @@ from perturbflow.models.run_dir import (
 from perturbflow.models.st_module import STModule, architecture_dict
 from perturbflow.models.train import (
     SplitData,
-    ThroughputMeter,
     _has_val,
     _prepare_run_dir,
+    build_trainer,
     resolve_precision,
 )
 from perturbflow.params import ColumnsParams, LoaderParams, LossParams, OptimizerParams
@@ -425,50 +424,8 @@ def finetune_st(
     resume_from = _prepare_run_dir(run, digest, finetuning.resume)
     _write_run_files(run, config, digest, split, dm, inputs, sources)
     has_val = _has_val(split)
-    periodic = ModelCheckpoint(
-        dirpath=run / CHECKPOINTS,
-        filename="step={step}",
-        auto_insert_metric_name=False,
-        every_n_train_steps=finetuning.ckpt_every_n_steps,
-        save_top_k=-1,
-        save_last=True,
-    )
-    all_callbacks: list[Callback] = [periodic]
-    best = None
-    if has_val:
-        best = ModelCheckpoint(
-            dirpath=run / CHECKPOINTS,
-            filename="best",
-            monitor="val/pearson_delta",
-            mode="max",
-            save_top_k=1,
-            save_on_train_epoch_end=False,
-            enable_version_counter=False,
-        )
-        all_callbacks.append(best)
-    meter = ThroughputMeter()
-    all_callbacks += [meter, *callbacks]
-    log_cls = TensorBoardLogger if finetuning.logger == "tensorboard" else CSVLogger
+    trainer, best, meter = build_trainer(run, finetuning, has_val=has_val, callbacks=callbacks)
     precision = resolve_precision(finetuning.precision, finetuning.accelerator)
-    trainer = pl.Trainer(
-        max_steps=finetuning.max_steps,
-        accelerator=finetuning.accelerator,
-        devices=finetuning.devices,
-        strategy=finetuning.strategy,
-        num_nodes=finetuning.num_nodes,
-        precision=precision,
-        gradient_clip_val=finetuning.optimizer.gradient_clip_val or None,
-        val_check_interval=finetuning.val_every_n_steps if has_val else None,
-        check_val_every_n_epoch=None if has_val else 1,
-        limit_val_batches=None if has_val else 0,
-        num_sanity_val_steps=0,
-        callbacks=all_callbacks,
-        logger=log_cls(save_dir=str(run), name="logs", version=""),
-        enable_progress_bar=finetuning.progress_bar,
-        enable_model_summary=False,
-        log_every_n_steps=min(10, finetuning.val_every_n_steps),
-        default_root_dir=str(run),
-    )
     n_trainable = sum(p.numel() for p in module.net.parameters() if p.requires_grad)
     logger.info(
         "Finetuning %s (%s, %d trainable parameters, %d new identity slots) on split %s: "

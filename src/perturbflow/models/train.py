@@ -22,6 +22,7 @@ import hashlib
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -329,6 +330,66 @@ def _prepare_run_dir(run: Path, digest: str, resume: bool) -> Path | None:
     return None
 
 
+def build_trainer(
+    run: Path, settings: Any, *, has_val: bool, callbacks: Sequence[Callback] = ()
+) -> tuple[pl.Trainer, ModelCheckpoint | None, ThroughputMeter]:
+    """The Lightning trainer of a training or finetuning run, with its checkpoints.
+
+    Args:
+        run: The run directory (checkpoints and logs go under it).
+        settings: ``TrainingParams`` or ``FinetuningParams``: max_steps, accelerator,
+            devices, strategy, num_nodes, precision, optimizer.gradient_clip_val,
+            val_every_n_steps, ckpt_every_n_steps, logger and progress_bar.
+        has_val: Whether the split has validation perturbations (``best`` checkpoint).
+        callbacks: Extra callbacks (e.g. an Optuna pruning callback).
+
+    Returns:
+        ``(trainer, best checkpoint callback or None, throughput meter)``.
+    """
+    periodic = ModelCheckpoint(
+        dirpath=run / CHECKPOINTS,
+        filename="step={step}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=settings.ckpt_every_n_steps,
+        save_top_k=-1,
+        save_last=True,
+    )
+    best = None
+    if has_val:
+        best = ModelCheckpoint(
+            dirpath=run / CHECKPOINTS,
+            filename="best",
+            monitor="val/pearson_delta",
+            mode="max",
+            save_top_k=1,
+            save_on_train_epoch_end=False,
+            enable_version_counter=False,
+        )
+    meter = ThroughputMeter()
+    all_callbacks: list[Callback] = [periodic, *([best] if best else []), meter, *callbacks]
+    log_cls = TensorBoardLogger if settings.logger == "tensorboard" else CSVLogger
+    trainer = pl.Trainer(
+        max_steps=settings.max_steps,
+        accelerator=settings.accelerator,
+        devices=settings.devices,
+        strategy=settings.strategy,
+        num_nodes=settings.num_nodes,
+        precision=resolve_precision(settings.precision, settings.accelerator),
+        gradient_clip_val=settings.optimizer.gradient_clip_val or None,
+        val_check_interval=settings.val_every_n_steps if has_val else None,
+        check_val_every_n_epoch=None if has_val else 1,
+        limit_val_batches=None if has_val else 0,
+        num_sanity_val_steps=0,
+        callbacks=all_callbacks,
+        logger=log_cls(save_dir=str(run), name="logs", version=""),
+        enable_progress_bar=settings.progress_bar,
+        enable_model_summary=False,
+        log_every_n_steps=min(10, settings.val_every_n_steps),
+        default_root_dir=str(run),
+    )
+    return trainer, best, meter
+
+
 def train_st(
     split: SplitData,
     *,
@@ -388,50 +449,8 @@ def train_st(
     if rank_zero_only.rank == 0:
         _write_run_files(run, config, digest, split, dm, inputs, sources, columns)
     has_val = _has_val(split)
-    periodic = ModelCheckpoint(
-        dirpath=run / CHECKPOINTS,
-        filename="step={step}",
-        auto_insert_metric_name=False,
-        every_n_train_steps=training.ckpt_every_n_steps,
-        save_top_k=-1,
-        save_last=True,
-    )
-    callbacks: list[Callback] = [periodic]
-    best = None
-    if has_val:
-        best = ModelCheckpoint(
-            dirpath=run / CHECKPOINTS,
-            filename="best",
-            monitor="val/pearson_delta",
-            mode="max",
-            save_top_k=1,
-            save_on_train_epoch_end=False,
-            enable_version_counter=False,
-        )
-        callbacks.append(best)
-    meter = ThroughputMeter()
-    callbacks.append(meter)
-    log_cls = TensorBoardLogger if training.logger == "tensorboard" else CSVLogger
+    trainer, best, meter = build_trainer(run, training, has_val=has_val)
     precision = resolve_precision(training.precision, training.accelerator)
-    trainer = pl.Trainer(
-        max_steps=training.max_steps,
-        accelerator=training.accelerator,
-        devices=training.devices,
-        strategy=training.strategy,
-        num_nodes=training.num_nodes,
-        precision=precision,
-        gradient_clip_val=training.optimizer.gradient_clip_val or None,
-        val_check_interval=training.val_every_n_steps if has_val else None,
-        check_val_every_n_epoch=None if has_val else 1,
-        limit_val_batches=None if has_val else 0,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-        logger=log_cls(save_dir=str(run), name="logs", version=""),
-        enable_progress_bar=training.progress_bar,
-        enable_model_summary=False,
-        log_every_n_steps=min(10, training.val_every_n_steps),
-        default_root_dir=str(run),
-    )
     logger.info(
         "Training ST (%s, hidden %d, %d layers) on split %s: %d steps, precision %s%s.",
         training.model.size,
