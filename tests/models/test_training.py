@@ -121,6 +121,14 @@ print(train_st(split, columns=COLUMNS, loader=loader_params(), training=params,
 """
 
 
+def _saved_step(checkpoint: Path) -> int:
+    """The global step a checkpoint holds; -1 while it is missing or being written."""
+    try:
+        return int(torch.load(checkpoint, weights_only=True)["global_step"])
+    except Exception:  # absent, or half-written by the running training
+        return -1
+
+
 def test_killed_training_resumes_from_last(planted, tmp_path):
     (tmp_path / "screen.h5ad").write_bytes(Path(planted["path"]).read_bytes())
     script = tmp_path / "train.py"
@@ -130,9 +138,9 @@ def test_killed_training_resumes_from_last(planted, tmp_path):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
-    while (
-        time.time() < deadline and not (tmp_path / "run" / "checkpoints" / "step=20.ckpt").exists()
-    ):
+    # wait until last.ckpt holds step 20 or later (it is written just after step=20.ckpt,
+    # so waiting for that file alone races with its write on a loaded machine)
+    while time.time() < deadline and _saved_step(last) < 20:
         time.sleep(0.2)
         assert proc.poll() is None, proc.stdout.read().decode()
     proc.send_signal(signal.SIGKILL)  # a hard kill: no chance to clean up
