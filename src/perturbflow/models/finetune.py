@@ -42,7 +42,6 @@ from pydantic.dataclasses import dataclass
 from perturbflow.evaluation.design import CONTEXT_SEP, TrainingEffects, training_effects
 from perturbflow.exceptions import InputError
 from perturbflow.loading._messages import listed
-from perturbflow.loading.categories import CategoryMap
 from perturbflow.loading.datamodule import PerturbationDataModule
 from perturbflow.models.adapter import ADAPTER_FORMAT, FINETUNE_CONFIG, save_adapter
 from perturbflow.models.components import Architecture
@@ -57,7 +56,6 @@ from perturbflow.models.run_dir import (
     load_run,
     read_json,
     write_json,
-    write_yaml,
 )
 from perturbflow.models.st_module import STModule, architecture_dict
 from perturbflow.models.train import (
@@ -66,6 +64,7 @@ from perturbflow.models.train import (
     _prepare_run_dir,
     build_trainer,
     resolve_precision,
+    write_run_files,
 )
 from perturbflow.params import ColumnsParams, LoaderParams, LossParams, OptimizerParams
 
@@ -422,7 +421,9 @@ def finetune_st(
             logger.info("%s: finished finetuning with this configuration found, reused.", run)
             return old
     resume_from = _prepare_run_dir(run, digest, finetuning.resume)
-    _write_run_files(run, config, digest, split, dm, inputs, sources)
+    write_run_files(
+        run, config, digest, split, dm, inputs, sources, columns, config_name=FINETUNE_CONFIG
+    )
     has_val = _has_val(split)
     trainer, best, meter = build_trainer(run, finetuning, has_val=has_val, callbacks=callbacks)
     precision = resolve_precision(finetuning.precision, finetuning.accelerator)
@@ -496,24 +497,3 @@ def finetune_st(
         best_score,
     )
     return summary
-
-
-def _write_run_files(
-    run: Path,
-    config: dict[str, Any],
-    digest: str,
-    split: SplitData,
-    dm: PerturbationDataModule,
-    inputs: PerturbationInputs,
-    sources: pd.DataFrame,
-) -> None:
-    run.mkdir(parents=True, exist_ok=True)
-    write_yaml(run / FINETUNE_CONFIG, config)
-    write_json(run / "genes.json", split.genes)
-    CategoryMap(dm.vocabulary.perturbations, name="perturbations").to_json(
-        run / "perturbation_map.json"
-    )
-    CategoryMap(dm.vocabulary.contexts, name="contexts").to_json(run / "context_map.json")
-    inputs.save(run)
-    sources.to_csv(run / "perturbation_sources.csv", index=False)
-    write_json(run / SUMMARY, {"status": "running", "config_sha256": digest})

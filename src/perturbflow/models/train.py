@@ -447,7 +447,7 @@ def train_st(
         _prepare_run_dir(run, digest, training.resume) if rank_zero_only.rank == 0 else None
     )
     if rank_zero_only.rank == 0:
-        _write_run_files(run, config, digest, split, dm, inputs, sources, columns)
+        write_run_files(run, config, digest, split, dm, inputs, sources, columns)
     has_val = _has_val(split)
     trainer, best, meter = build_trainer(run, training, has_val=has_val)
     precision = resolve_precision(training.precision, training.accelerator)
@@ -504,7 +504,7 @@ def train_st(
     return summary
 
 
-def _write_run_files(
+def write_run_files(
     run: Path,
     config: dict[str, Any],
     digest: str,
@@ -513,9 +513,16 @@ def _write_run_files(
     inputs: PerturbationInputs,
     sources: pd.DataFrame,
     columns: ColumnsParams,
+    *,
+    config_name: str = CONFIG,
 ) -> None:
+    """Write a (training or finetuning) run's configuration, gene list, maps and inputs.
+
+    The summary is marked ``running`` with the configuration's digest; ``config_name`` is
+    ``config.yaml`` for a training run (a finetuning writes its own file name).
+    """
     run.mkdir(parents=True, exist_ok=True)
-    write_yaml(run / CONFIG, config)
+    write_yaml(run / config_name, config)
     write_json(run / "genes.json", split.genes)
     if config["architecture"]["decoder_dim"]:
         write_json(run / "all_genes.json", split.all_genes)
