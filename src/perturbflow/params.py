@@ -361,6 +361,8 @@ class TrainingParams:
         cpu_threads: Torch intra-op threads on the CPU (``None``: torch's default).
         resume: Resume from ``checkpoints/last.ckpt`` when the run directory has one with
             the same configuration; a finished run with the same configuration is reused.
+        ema_decay: Keep an exponential moving average of the weights with this decay per
+            step (``None``: off); validation, checkpoints and the saved weights use it.
     """
 
     splits: list[str]
@@ -381,3 +383,4 @@ class TrainingParams:
     progress_bar: bool
     cpu_threads: int | None
     resume: bool
+    ema_decay: float | None

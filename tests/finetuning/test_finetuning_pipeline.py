@@ -62,3 +62,6 @@ def test_finetuning_then_evaluation_scores_st_lora(project_copy: Path):  # noqa:
     assert scored.loc["st_lora", ["pearson_delta", "mse"]].notna().all()
     sources = pd.read_csv(data / "08_reporting/finetuned_prediction_sources.csv")
     assert set(sources["source"]) == {"identity"}  # all four were trained in K562
+    _run(project_copy, "training", SCENARIO)  # a training rerun keeps the finetuned predictions
+    assert (predictions / "finetune_a172/st_lora.h5ad").is_file()
+    assert (predictions / "pretrain_k562/st.h5ad").is_file()

@@ -115,6 +115,7 @@ def training_params(tmp: Path | str = "runs", **overrides) -> TrainingParams:
         progress_bar=False,
         cpu_threads=None,
         resume=True,
+        ema_decay=None,
     )
     values.update(overrides)
     return TrainingParams(**values)

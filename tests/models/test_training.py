@@ -196,3 +196,36 @@ def test_rewritten_input_file_with_the_same_content_reuses_the_run(trained_run, 
         run_dir=trained_run["run_dir"],
     )
     assert summary == trained_run["summary"]
+
+
+def test_ema_weights_are_validated_checkpointed_and_saved(planted, tmp_path):
+    split = make_split(planted["adata"], planted["path"], planted["table"], "zs")
+    with pytest.raises(InputError, match="ema_decay is 1.5"):
+        train_st(
+            split,
+            columns=COLUMNS,
+            loader=loader_params(),
+            training=training_params(tmp_path, ema_decay=1.5),
+            run_dir=tmp_path / "bad",
+        )
+    assert not (tmp_path / "bad").exists()
+    run_dir = tmp_path / "ema"
+    summary = train_st(
+        split,
+        columns=COLUMNS,
+        loader=loader_params(),
+        training=training_params(tmp_path, ema_decay=0.9),
+        run_dir=run_dir,
+    )
+    assert summary["status"] == "finished"
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    averaged, raw = last["state_dict"], last["current_model_state"]
+    name = next(k for k in averaged if k.endswith("weight") and averaged[k].ndim == 2)
+    assert not torch.equal(averaged[name], raw[name])  # the checkpoint holds the average
+    run = load_run(run_dir)
+    data = split.data
+    key = ("ds.C", "p3")
+    pred = predict_cells(run, data, {key: 60}, seed=0)
+    ctrl = data.X[data.control_rows("ds.C")].mean(axis=0)
+    real = data.X[data.perturbation_rows("ds.C", "p3", "test")].mean(axis=0) - ctrl
+    assert _pearson(pred.cells[key].mean(axis=0) - ctrl, real) > 0.9

@@ -31,14 +31,16 @@ import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, WeightAveraging
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from torch.optim.swa_utils import get_ema_avg_fn
 
 from perturbflow.evaluation.design import EvaluationData, evaluation_data, training_effects
 from perturbflow.exceptions import InputError
 from perturbflow.loading.categories import CategoryMap
 from perturbflow.loading.datamodule import PerturbationDataModule
+from perturbflow.models.checkpoint_io import AtomicCheckpointIO
 from perturbflow.models.components import Architecture, resolve_size
 from perturbflow.models.dose import check_interpolation, interpolation_rate
 from perturbflow.models.inputs import PerturbationInputs
@@ -189,6 +191,8 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 def _check(split: SplitData, columns: ColumnsParams, training: TrainingParams) -> None:
     model = training.model
+    if training.ema_decay is not None:
+        ema_callback(training.ema_decay)  # raises on a decay outside (0, 1)
     if model.batch_encoder and columns.batch_col is None:
         raise InputError(
             "training.model.batch_encoder is true but columns.batch_col is null: name the "
@@ -289,6 +293,9 @@ def _resolved_config(
 ) -> dict[str, Any]:
     train = dataclasses.asdict(training)
     learned = {k: v for k, v in train.items() if k not in EXECUTION_KEYS}
+    if learned.get("ema_decay") is None:
+        # recorded only when set: runs from before the option keep their digest (reused)
+        learned.pop("ema_decay", None)
     table = split.split_table[[split.split_name, "perturbation", "is_control"]]
     table_sha = pd.util.hash_pandas_object(table.astype(str), index=True).sum()
     # the content the model learns from, not the file's mtime: the preprocessing pipeline
@@ -330,6 +337,21 @@ def _prepare_run_dir(run: Path, digest: str, resume: bool) -> Path | None:
     return None
 
 
+def ema_callback(decay: float) -> Callback:
+    """Lightning's weight averaging as an exponential moving average of the weights.
+
+    Validation, the checkpoints' ``state_dict`` (hence ``best`` and the saved weights) and
+    the model at the end of training use the averaged weights; the raw weights travel in
+    the checkpoint too, so a resumed run continues both.
+
+    Raises:
+        InputError: A decay outside ``(0, 1)``.
+    """
+    if not 0.0 < decay < 1.0:
+        raise InputError(f"training.ema_decay is {decay}; expected a number in (0, 1) or null.")
+    return WeightAveraging(avg_fn=get_ema_avg_fn(decay))
+
+
 def build_trainer(
     run: Path, settings: Any, *, has_val: bool, callbacks: Sequence[Callback] = ()
 ) -> tuple[pl.Trainer, ModelCheckpoint | None, ThroughputMeter]:
@@ -367,6 +389,9 @@ def build_trainer(
         )
     meter = ThroughputMeter()
     all_callbacks: list[Callback] = [periodic, *([best] if best else []), meter, *callbacks]
+    decay = getattr(settings, "ema_decay", None)
+    if decay is not None:
+        all_callbacks.append(ema_callback(decay))
     log_cls = TensorBoardLogger if settings.logger == "tensorboard" else CSVLogger
     trainer = pl.Trainer(
         max_steps=settings.max_steps,
@@ -386,6 +411,7 @@ def build_trainer(
         enable_model_summary=False,
         log_every_n_steps=min(10, settings.val_every_n_steps),
         default_root_dir=str(run),
+        plugins=[AtomicCheckpointIO()],
     )
     return trainer, best, meter
 

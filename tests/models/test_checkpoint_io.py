@@ -1,0 +1,32 @@
+"""Atomic checkpoints: a write that dies half-way leaves the previous checkpoint intact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from perturbflow.models import checkpoint_io
+from perturbflow.models.checkpoint_io import AtomicCheckpointIO
+
+
+def test_checkpoint_is_replaced_only_when_complete(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"global_step": 10, "w": torch.ones(3)}, target)
+    assert torch.load(target, weights_only=True)["global_step"] == 10
+
+    def dying_save(obj, path):  # writes part of the file, then the process "dies"
+        with open(path, "wb") as handle:
+            handle.write(b"PK\x03\x04 truncated")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 20}, target)
+    assert torch.load(target, weights_only=True)["global_step"] == 10
+    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # no temporary left
+
+
+def test_storage_options_are_refused(tmp_path):
+    with pytest.raises(TypeError, match="storage_options"):
+        AtomicCheckpointIO().save_checkpoint({}, tmp_path / "x.ckpt", storage_options={"a": 1})
