@@ -37,7 +37,18 @@ from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, Tr
 METRICS = ["pearson_delta", "discrimination_score_l1", "overlap_at_N", "mse"]
 
 
-def run_split(env: str, split: str, seeds: list[int], overrides: list[str], work: Path) -> dict:
+def run_split(
+    env: str,
+    split: str,
+    seeds: list[int],
+    overrides: list[str],
+    work: Path,
+    table: pd.DataFrame | None = None,
+) -> dict:
+    """Train one model per seed on ``split`` and score it beside the baselines on its test set.
+
+    ``table`` replaces the environment's split table (``benchmarks/st_kfold.py``'s folds).
+    """
     params = load_params("conf", env, overrides)
     columns = ColumnsParams(**params["columns"])
     loader = LoaderParams(**params["loader"])
@@ -45,7 +56,8 @@ def run_split(env: str, split: str, seeds: list[int], overrides: list[str], work
     root = Path("data") if env in ("base", "local") else Path("data/runs") / env
     path = root / "02_intermediate/preprocessed.h5ad"
     adata = ad.read_h5ad(path)
-    table = pd.read_parquet(root / "03_primary/splits.parquet")
+    if table is None:
+        table = pd.read_parquet(root / "03_primary/splits.parquet")
     genes = json.loads((root / "02_intermediate/hvg_genes.json").read_text())
     sub = table[[split, "dataset", "context", "perturbation", "is_control"]]
     data = split_data(

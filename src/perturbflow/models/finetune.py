@@ -58,14 +58,8 @@ from perturbflow.models.run_dir import (
     write_json,
 )
 from perturbflow.models.st_module import STModule, architecture_dict
-from perturbflow.models.train import (
-    SplitData,
-    _has_val,
-    _prepare_run_dir,
-    build_trainer,
-    resolve_precision,
-    write_run_files,
-)
+from perturbflow.models.train import SplitData, _has_val, _prepare_run_dir, write_run_files
+from perturbflow.models.trainer import build_trainer, resolve_precision
 from perturbflow.params import ColumnsParams, LoaderParams, LossParams, OptimizerParams
 
 logger = logging.getLogger(__name__)

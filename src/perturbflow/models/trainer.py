@@ -1,0 +1,137 @@
+"""The Lightning trainer of training and finetuning runs: checkpoints, logger, precision.
+
+One builder serves :func:`perturbflow.models.train.train_st` and
+:func:`perturbflow.models.finetune.finetune_st`: periodic, ``last`` and ``best`` checkpoints
+(written atomically, :mod:`perturbflow.models.checkpoint_io`), a CSV or TensorBoard logger,
+mixed precision where the device supports it, an optional moving average of the weights and
+a throughput meter.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, WeightAveraging
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.optim.swa_utils import get_ema_avg_fn
+
+from perturbflow.exceptions import InputError
+from perturbflow.models.checkpoint_io import AtomicCheckpointIO
+from perturbflow.models.run_dir import CHECKPOINTS
+
+
+class ThroughputMeter(Callback):
+    """Training throughput (perturbed cells predicted per second), after a warm-up."""
+
+    def __init__(self, warmup_steps: int = 5) -> None:
+        self.warmup_steps = warmup_steps
+        self.cells = 0
+        self.seconds = 0.0
+        self._started: float | None = None
+        self._seen = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: D102
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: D102
+        self._seen += 1
+        if self._started is not None and self._seen > self.warmup_steps:
+            self.seconds += time.perf_counter() - self._started
+            self.cells += int(batch["pert_rows"].numel())
+
+    @property
+    def cells_per_s(self) -> float | None:
+        """Cells per second over the measured steps, or ``None`` before any."""
+        return self.cells / self.seconds if self.seconds > 0 else None
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto``: bf16 mixed precision on a GPU that supports it, else full precision."""
+    if precision != "auto":
+        return precision
+    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def ema_callback(decay: float) -> Callback:
+    """Lightning's weight averaging as an exponential moving average of the weights.
+
+    Validation, the checkpoints' ``state_dict`` (hence ``best`` and the saved weights) and
+    the model at the end of training use the averaged weights; the raw weights travel in
+    the checkpoint too, so a resumed run continues both.
+
+    Raises:
+        InputError: A decay outside ``(0, 1)``.
+    """
+    if not 0.0 < decay < 1.0:
+        raise InputError(f"training.ema_decay is {decay}; expected a number in (0, 1) or null.")
+    return WeightAveraging(avg_fn=get_ema_avg_fn(decay))
+
+
+def build_trainer(
+    run: Path, settings: Any, *, has_val: bool, callbacks: Sequence[Callback] = ()
+) -> tuple[pl.Trainer, ModelCheckpoint | None, ThroughputMeter]:
+    """The Lightning trainer of a training or finetuning run, with its checkpoints.
+
+    Args:
+        run: The run directory (checkpoints and logs go under it).
+        settings: ``TrainingParams`` or ``FinetuningParams``: max_steps, accelerator,
+            devices, strategy, num_nodes, precision, optimizer.gradient_clip_val,
+            val_every_n_steps, ckpt_every_n_steps, logger and progress_bar.
+        has_val: Whether the split has validation perturbations (``best`` checkpoint).
+        callbacks: Extra callbacks (e.g. an Optuna pruning callback).
+
+    Returns:
+        ``(trainer, best checkpoint callback or None, throughput meter)``.
+    """
+    periodic = ModelCheckpoint(
+        dirpath=run / CHECKPOINTS,
+        filename="step={step}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=settings.ckpt_every_n_steps,
+        save_top_k=-1,
+        save_last=True,
+    )
+    best = None
+    if has_val:
+        best = ModelCheckpoint(
+            dirpath=run / CHECKPOINTS,
+            filename="best",
+            monitor="val/pearson_delta",
+            mode="max",
+            save_top_k=1,
+            save_on_train_epoch_end=False,
+            enable_version_counter=False,
+        )
+    meter = ThroughputMeter()
+    all_callbacks: list[Callback] = [periodic, *([best] if best else []), meter, *callbacks]
+    decay = getattr(settings, "ema_decay", None)
+    if decay is not None:
+        all_callbacks.append(ema_callback(decay))
+    log_cls = TensorBoardLogger if settings.logger == "tensorboard" else CSVLogger
+    trainer = pl.Trainer(
+        max_steps=settings.max_steps,
+        accelerator=settings.accelerator,
+        devices=settings.devices,
+        strategy=settings.strategy,
+        num_nodes=settings.num_nodes,
+        precision=resolve_precision(settings.precision, settings.accelerator),
+        gradient_clip_val=settings.optimizer.gradient_clip_val or None,
+        val_check_interval=settings.val_every_n_steps if has_val else None,
+        check_val_every_n_epoch=None if has_val else 1,
+        limit_val_batches=None if has_val else 0,
+        num_sanity_val_steps=0,
+        callbacks=all_callbacks,
+        logger=log_cls(save_dir=str(run), name="logs", version=""),
+        enable_progress_bar=settings.progress_bar,
+        enable_model_summary=False,
+        log_every_n_steps=min(10, settings.val_every_n_steps),
+        default_root_dir=str(run),
+        plugins=[AtomicCheckpointIO()],
+    )
+    return trainer, best, meter
