@@ -9,7 +9,10 @@ configuration and scores it beside the baselines with the evaluation code
 (:func:`st_quality.run_split`). Prints and writes per-fold and pooled figures.
 
 Usage (from the project root, after the preprocessing and splits pipelines):
-    python benchmarks/st_kfold.py --out docs/results/st_kfold.json [--folds 0 1 2 3]
+    python benchmarks/st_kfold.py --out folds_seed0.json [--folds 0 1 2 3] [--seed 0]
+    python benchmarks/st_kfold.py --summarise folds_*.json --out docs/results/st_kfold.json
+(two processes on one thread each, e.g. folds 0 1 and 2 3 with ``--params
+training.cpu_threads=1``, take about 8 minutes per seed here.)
 """
 
 from __future__ import annotations
@@ -47,6 +50,60 @@ def fold_table(table: pd.DataFrame, fold: int, n_folds: int, seed: int) -> pd.Da
     return out
 
 
+METRICS = ("pearson_delta", "discrimination_score_l1")
+
+
+def _flat(frame: pd.DataFrame) -> pd.DataFrame:
+    """Columns ``(metric, name)`` joined as ``metric/name`` (JSON keys are strings)."""
+    out = frame.copy()
+    out.columns = ["/".join(map(str, c)) for c in frame.columns]
+    return out
+
+
+def summarise(paths: list[Path]) -> dict:
+    """Merge per-run JSONs: per fold and predictor, the figures (ST: mean/sd over seeds)."""
+    rows = []
+    for path in paths:
+        for result in json.loads(path.read_text())["results"]:
+            for name, row in result["predictors"].items():
+                seed = name.removeprefix("st_seed") if name.startswith("st_seed") else None
+                rows.append(
+                    {
+                        "fold": result["fold"],
+                        "predictor": "st" if seed else name,
+                        "seed": int(seed) if seed else None,
+                        **{m: row.get(m) for m in METRICS},
+                    }
+                )
+    frame = pd.DataFrame(rows)
+    frame["seed"] = frame["seed"].astype("Int64")
+    st = frame[frame["predictor"] == "st"]
+    baselines = frame[frame["predictor"] != "st"].drop_duplicates(["fold", "predictor"])
+    per_fold = baselines.pivot_table(index="fold", columns="predictor", values=list(METRICS))
+    st_fold = st.groupby("fold")[list(METRICS)].agg(["mean", "std"])
+    st_seed = st.groupby("seed")[list(METRICS)].mean()  # mean over folds, per seed
+    st_seed.index = [f"seed{seed}" for seed in st_seed.index]
+    table = {
+        "per_fold_baselines": _flat(per_fold).round(4).to_dict(),
+        "per_fold_st_over_seeds": _flat(st_fold).round(4).to_dict(),
+        "st_mean_over_folds_per_seed": st_seed.round(4).to_dict(),
+        "baselines_mean_over_folds": baselines.groupby("predictor")[list(METRICS)]
+        .mean()
+        .round(4)
+        .to_dict(),
+        "runs": rows,
+    }
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(per_fold.round(3))
+        print(st_fold.round(3))
+        print("ST, mean over folds, per seed:\n", st_seed.round(3))
+        print(
+            "baselines, mean over folds:\n",
+            baselines.groupby("predictor")[list(METRICS)].mean().round(3),
+        )
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -56,7 +113,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the ST model's seed")
     parser.add_argument("--params", action="append", default=[])
     parser.add_argument("--work-dir", type=Path, default=Path("data/06_models/st_kfold"))
+    parser.add_argument("--summarise", nargs="+", type=Path, help="merge these run JSONs")
     args = parser.parse_args()
+    if args.summarise:
+        out = summarise(args.summarise)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=1, default=str))
+        return
     table = pd.read_parquet("data/03_primary/splits.parquet")
     results = []
     for fold in args.folds if args.folds is not None else range(args.n_folds):
