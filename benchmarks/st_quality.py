@@ -37,6 +37,22 @@ from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, Tr
 METRICS = ["pearson_delta", "discrimination_score_l1", "overlap_at_N", "mse"]
 
 
+def load_environment(
+    env: str, overrides: list[str]
+) -> tuple[dict, Path, ad.AnnData, pd.DataFrame, list[str]]:
+    """An environment's params, preprocessed h5ad (path and AnnData), split table and HVGs.
+
+    Reads what ``kedro run --env <env> --pipeline preprocessing`` and ``--pipeline splits``
+    wrote (``data/`` for ``base``, ``data/runs/<env>/`` otherwise).
+    """
+    params = load_params("conf", env, overrides)
+    root = Path("data") if env in ("base", "local") else Path("data/runs") / env
+    path = root / "02_intermediate/preprocessed.h5ad"
+    table = pd.read_parquet(root / "03_primary/splits.parquet")
+    genes = json.loads((root / "02_intermediate/hvg_genes.json").read_text())
+    return params, path, ad.read_h5ad(path), table, genes
+
+
 def run_split(
     env: str,
     split: str,
@@ -49,16 +65,11 @@ def run_split(
 
     ``table`` replaces the environment's split table (``benchmarks/st_kfold.py``'s folds).
     """
-    params = load_params("conf", env, overrides)
+    params, path, adata, env_table, genes = load_environment(env, overrides)
+    table = env_table if table is None else table
     columns = ColumnsParams(**params["columns"])
     loader = LoaderParams(**params["loader"])
     evaluation = EvaluationParams(**{**params["evaluation"], "ceiling": True})
-    root = Path("data") if env in ("base", "local") else Path("data/runs") / env
-    path = root / "02_intermediate/preprocessed.h5ad"
-    adata = ad.read_h5ad(path)
-    if table is None:
-        table = pd.read_parquet(root / "03_primary/splits.parquet")
-    genes = json.loads((root / "02_intermediate/hvg_genes.json").read_text())
     sub = table[[split, "dataset", "context", "perturbation", "is_control"]]
     data = split_data(
         str(path),

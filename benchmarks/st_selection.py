@@ -27,14 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 
-from perturbflow.commands import load_params
 from perturbflow.evaluation.benchmark import build_baseline_predictions, evaluate_predictions
 from perturbflow.evaluation.cells import assemble_predictions
 from perturbflow.models.inference import predict_cells
@@ -42,6 +41,9 @@ from perturbflow.models.run_dir import load_run
 from perturbflow.models.train import split_data, train_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams
 from perturbflow.perturbations import components
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from st_quality import load_environment  # noqa: E402  (a sibling script)
 
 METRICS = ["pearson_delta", "discrimination_score_l1"]
 
@@ -85,15 +87,10 @@ def shrink_out_of_context(
 
 def run_split(env: str, split: str, seeds: list[int], overrides: list[str], work: Path) -> dict:
     """Train one model per seed and score every predictor on the validation perturbations."""
-    params = load_params("conf", env, overrides)
+    params, path, adata, table, genes = load_environment(env, overrides)
     columns = ColumnsParams(**params["columns"])
     loader = LoaderParams(**params["loader"])
     evaluation = EvaluationParams(**{**params["evaluation"], "ceiling": False})
-    root = Path("data") if env in ("base", "local") else Path("data/runs") / env
-    path = root / "02_intermediate/preprocessed.h5ad"
-    adata = ad.read_h5ad(path)
-    table = pd.read_parquet(root / "03_primary/splits.parquet")
-    genes = json.loads((root / "02_intermediate/hvg_genes.json").read_text())
     kwargs = dict(genes=genes, all_genes=list(adata.var_names), matrix=adata.obsm["X_hvg"])
     data = split_data(str(path), adata.obs, table, split, obsm_key="X_hvg", **kwargs)
     val_table = validation_as_test(table, split)
