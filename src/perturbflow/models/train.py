@@ -52,7 +52,7 @@ from perturbflow.models.run_dir import (
     write_yaml,
 )
 from perturbflow.models.st_module import STModule, architecture_dict
-from perturbflow.models.trainer import build_trainer, ema_callback, resolve_precision
+from perturbflow.models.trainer import build_trainer, check_ema_decay, resolve_precision
 from perturbflow.params import ColumnsParams, LoaderParams, TrainingParams
 
 logger = logging.getLogger(__name__)
@@ -154,8 +154,7 @@ def split_data_from_file(
 
 def _check(split: SplitData, columns: ColumnsParams, training: TrainingParams) -> None:
     model = training.model
-    if training.ema_decay is not None:
-        ema_callback(training.ema_decay)  # raises on a decay outside (0, 1)
+    check_ema_decay(training.ema_decay)
     if model.batch_encoder and columns.batch_col is None:
         raise InputError(
             "training.model.batch_encoder is true but columns.batch_col is null: name the "

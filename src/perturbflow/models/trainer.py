@@ -58,6 +58,16 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
+def check_ema_decay(decay: float | None) -> None:
+    """Check ``training.ema_decay`` before any work starts.
+
+    Raises:
+        InputError: A decay outside ``(0, 1)`` (``None``, off, is fine).
+    """
+    if decay is not None and not 0.0 < decay < 1.0:
+        raise InputError(f"training.ema_decay is {decay}; expected a number in (0, 1) or null.")
+
+
 def ema_callback(decay: float) -> Callback:
     """Lightning's weight averaging as an exponential moving average of the weights.
 
@@ -68,8 +78,7 @@ def ema_callback(decay: float) -> Callback:
     Raises:
         InputError: A decay outside ``(0, 1)``.
     """
-    if not 0.0 < decay < 1.0:
-        raise InputError(f"training.ema_decay is {decay}; expected a number in (0, 1) or null.")
+    check_ema_decay(decay)
     return WeightAveraging(avg_fn=get_ema_avg_fn(decay))
 
 
