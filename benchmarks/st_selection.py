@@ -7,8 +7,10 @@ control cells, and scores them with the evaluation pipeline's own code (cell-eva
 pearson_delta and discrimination_score_l1, pooled over the splits' validation
 perturbations. The test perturbations are never predicted nor scored. Besides each model it
 scores inference-time variants of the same trained models (no retraining): ``additive``
-(untrained combinations from their components' predicted deltas) and ``ensemble`` (the mean
-of the seeds' predicted cells from the same control cells).
+(untrained combinations from their components' predicted deltas), ``anchored`` (the
+model's own offset on the same control cells subtracted, ``control_offset="subtract"``),
+``shrink`` (below) and ``ensemble`` (the mean of the seeds' predicted cells from the same
+control cells).
 
 The models' ``best`` checkpoint was selected on these same validation perturbations, so the
 figures are optimistic in absolute terms; every setting gets the same advantage, and the
@@ -56,6 +58,13 @@ def validation_as_test(table: pd.DataFrame, split: str) -> pd.DataFrame:
 
 
 SHRINK_WEIGHTS = (0.5, 1.0)
+# Inference variants of every trained model: (name, combine, control_offset).
+VARIANTS = (
+    ("joint", "joint", "keep"),
+    ("additive", "additive", "keep"),
+    ("joint_anchored", "joint", "subtract"),
+    ("additive_anchored", "additive", "subtract"),
+)
 
 
 def shrink_out_of_context(
@@ -111,16 +120,23 @@ def run_split(env: str, split: str, seeds: list[int], overrides: list[str], work
         train_st(data, columns=columns, loader=loader, training=training, run_dir=run_dir)
         walls[seed] = round(time.perf_counter() - started, 1)
         run = load_run(run_dir)
-        for combine in ("joint", "additive"):
+        for name, combine, offset in VARIANTS:
             result = predict_cells(
-                run, scoring.data, keys, seed=1000, allow_unknown=True, combine=combine
+                run,
+                scoring.data,
+                keys,
+                seed=1000,
+                allow_unknown=True,
+                combine=combine,
+                control_offset=offset,
             )
-            cells[f"st_{combine}_seed{seed}"] = result.cells
+            cells[f"st_{name}_seed{seed}"] = result.cells
         for weight in SHRINK_WEIGHTS:
             cells[f"st_shrink{int(weight * 100)}_seed{seed}"] = shrink_out_of_context(
                 cells[f"st_joint_seed{seed}"], run, scoring.data, weight
             )
-    for combine in ("joint", "additive", *(f"shrink{int(w * 100)}" for w in SHRINK_WEIGHTS)):
+    shrunk = (f"shrink{int(w * 100)}" for w in SHRINK_WEIGHTS)
+    for combine in (*(name for name, _, _ in VARIANTS), *shrunk):
         members = [cells[f"st_{combine}_seed{s}"] for s in seeds]
         cells[f"st_{combine}_ensemble"] = {
             k: np.mean([m[k] for m in members], axis=0) for k in members[0]

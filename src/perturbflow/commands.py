@@ -136,6 +136,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         cells_per_perturbation=args.cells_per_perturbation,
         control_mean=args.control_mean,
         allow_unknown=args.allow_unknown,
+        control_offset=args.control_offset,
         seed=args.seed,
         source=source,
     )
@@ -179,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--cells-per-perturbation", type=int, default=None)
     infer.add_argument("--control-mean", action="store_true", help="start from control means")
     infer.add_argument("--allow-unknown", action="store_true")
+    infer.add_argument(
+        "--control-offset",
+        choices=["keep", "subtract"],
+        default="keep",
+        help="subtract: remove what the model does to each control sentence as the control",
+    )
     infer.add_argument("--seed", type=int, default=0)
     infer.add_argument("--output", required=True)
     infer.set_defaults(func=cmd_infer)

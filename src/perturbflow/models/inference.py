@@ -138,6 +138,7 @@ def predict_cells(
     batch: np.ndarray | None = None,
     allow_unknown: bool = False,
     combine: Literal["additive", "joint"] = "joint",
+    control_offset: Literal["keep", "subtract"] = "keep",
     sentences_per_batch: int = 64,
     control_inputs: np.ndarray | None = None,
     output_map: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -159,6 +160,10 @@ def predict_cells(
             deltas of ``A`` and of ``B`` from the same control cells (the additive model of
             double perturbations, with the model's own single predictions); ``joint``
             encodes ``A+B`` as the sum of the components' vectors in one forward pass.
+        control_offset: ``subtract`` also runs each control sentence through the model
+            as the control (the all-zero perturbation vector) and subtracts what the
+            model does to it (its control offset, cell by cell) from the prediction, so
+            the control label returns its inputs exactly; ``keep`` (default) does not.
         sentences_per_batch: Sentences per forward pass.
         control_inputs: What the model reads for each row of ``data.X`` (same shape), e.g.
             control cells moved by a domain adapter (:mod:`perturbflow.adaptation`);
@@ -185,6 +190,8 @@ def predict_cells(
         )
     if run.net.batch_encoder is not None and batch is None:
         raise InputError("The model has a batch encoder: give each cell's batch.")
+    if control_offset not in ("keep", "subtract"):
+        raise InputError(f"control_offset {control_offset!r}: expected 'keep' or 'subtract'.")
     if control_inputs is not None and control_inputs.shape != data.X.shape:
         raise InputError(
             f"control_inputs has shape {control_inputs.shape}, the data {data.X.shape}."
@@ -220,7 +227,15 @@ def predict_cells(
             sources[row] = "additive:" + sources[row]
         else:
             vectors = encoded.vectors[row : row + 1]
-        pred = _forward(run, ctrl, vectors, codes_t, sentences_per_batch, priors[row])
+        pred = _forward(
+            run,
+            ctrl,
+            vectors,
+            codes_t,
+            sentences_per_batch,
+            priors[row],
+            subtract_offset=control_offset == "subtract",
+        )
         cells = pred.reshape(n_sent * S, -1)[:n].numpy()
         if output_map is not None:
             cells = np.asarray(output_map(cells), dtype=np.float32)
@@ -249,10 +264,14 @@ def _forward(
     codes: torch.Tensor | None,
     sentences_per_batch: int,
     prior: np.ndarray | None = None,
+    *,
+    subtract_offset: bool = False,
 ) -> torch.Tensor:
     """Predicted sentences; several vectors (components) add their predicted deltas.
 
     ``prior`` is the key's prior delta (:mod:`perturbflow.models.prior`), or ``None``.
+    ``subtract_offset`` removes the model's output for the same sentence given as the
+    control (the all-zero vector, no prior) minus its input from every prediction.
     """
     device = next(run.net.parameters()).device
     preds = []
@@ -260,12 +279,18 @@ def _forward(
         chunk = ctrl[start : start + sentences_per_batch].to(device)
         b = None if codes is None else codes[start : start + sentences_per_batch].to(device)
         total = chunk.clone()
+        offset = None
+        if subtract_offset:
+            zero = torch.zeros(len(chunk), vectors.shape[1], device=device)
+            offset = run.net(chunk, zero, b)[0] - chunk
         for vector in vectors:
             pert = torch.from_numpy(vector).to(device).expand(len(chunk), -1)
             prior_t = None
             if prior is not None:
                 prior_t = torch.from_numpy(prior).to(device).expand(len(chunk), -1)
             pred, _ = run.net(chunk, pert, b, prior=prior_t)
+            if offset is not None:
+                pred = pred - offset
             total = total + (pred - chunk) if len(vectors) > 1 else pred
         preds.append(total.float().cpu())
     return torch.cat(preds)
@@ -331,6 +356,7 @@ def infer_adata(
     cells_per_perturbation: int | None = None,
     control_mean: bool = False,
     allow_unknown: bool = False,
+    control_offset: Literal["keep", "subtract"] = "keep",
     seed: int = 0,
     source: str = "input",
     input_map: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -348,6 +374,8 @@ def infer_adata(
             many as the real ones in that context, else the context's control count.
         control_mean: Start from the control mean per batch instead of control cells.
         allow_unknown: Predict perturbations the model knows nothing about.
+        control_offset: ``subtract`` removes the model's own offset on each control
+            sentence (:func:`predict_cells`), ``keep`` does not.
         seed: Seed of the control sampling.
         source: How to name the input in messages (its path).
         input_map: Maps the aligned expression (cells x the model's genes) to what the
@@ -426,6 +454,7 @@ def infer_adata(
         control_mean=control_mean,
         batch=batch,
         allow_unknown=allow_unknown,
+        control_offset=control_offset,
         control_inputs=None if input_map is None else input_map(X),
         output_map=output_map,
     )
