@@ -35,6 +35,9 @@ def test_planted_effect_is_learned(trained_run):
     metrics = pd.read_csv(run_dir / "logs" / "metrics.csv")
     losses = metrics["train/loss"].dropna().to_numpy()
     assert losses[-5:].mean() < 0.5 * losses[:5].mean()  # the loss falls
+    # a row every 10 global steps, although a sentence epoch is shorter than that
+    logged = metrics.dropna(subset=["train/loss"])["step"].to_numpy()
+    assert len(logged) == 15 and set(np.diff(logged)) == {10}
     run = load_run(run_dir)
     data = trained_run["split"].data
     key = ("ds.C", "p3")  # held out: p3 was trained in A and B only

@@ -59,7 +59,7 @@ from perturbflow.models.run_dir import (
 )
 from perturbflow.models.st_module import STModule, architecture_dict
 from perturbflow.models.train import SplitData, _has_val, _prepare_run_dir, write_run_files
-from perturbflow.models.trainer import build_trainer, resolve_precision
+from perturbflow.models.trainer import build_trainer
 from perturbflow.params import ColumnsParams, LoaderParams, LossParams, OptimizerParams
 
 logger = logging.getLogger(__name__)
@@ -420,7 +420,7 @@ def finetune_st(
     )
     has_val = _has_val(split)
     trainer, best, meter = build_trainer(run, finetuning, has_val=has_val, callbacks=callbacks)
-    precision = resolve_precision(finetuning.precision, finetuning.accelerator)
+    precision = str(trainer.precision)  # what build_trainer resolved
     n_trainable = sum(p.numel() for p in module.net.parameters() if p.requires_grad)
     logger.info(
         "Finetuning %s (%s, %d trainable parameters, %d new identity slots) on split %s: "

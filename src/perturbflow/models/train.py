@@ -52,7 +52,7 @@ from perturbflow.models.run_dir import (
     write_yaml,
 )
 from perturbflow.models.st_module import STModule, architecture_dict
-from perturbflow.models.trainer import build_trainer, check_ema_decay, resolve_precision
+from perturbflow.models.trainer import build_trainer, check_ema_decay
 from perturbflow.params import ColumnsParams, LoaderParams, TrainingParams
 
 logger = logging.getLogger(__name__)
@@ -359,7 +359,7 @@ def train_st(
         write_run_files(run, config, digest, split, dm, inputs, sources, columns)
     has_val = _has_val(split)
     trainer, best, meter = build_trainer(run, training, has_val=has_val)
-    precision = resolve_precision(training.precision, training.accelerator)
+    precision = str(trainer.precision)  # what build_trainer resolved (auto -> bf16 / 32)
     logger.info(
         "Training ST (%s, hidden %d, %d layers) on split %s: %d steps, precision %s%s.",
         training.model.size,

@@ -10,6 +10,7 @@ a throughput meter.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,14 @@ from torch.optim.swa_utils import get_ema_avg_fn
 from perturbflow.exceptions import InputError
 from perturbflow.models.checkpoint_io import AtomicCheckpointIO
 from perturbflow.models.run_dir import CHECKPOINTS
+
+# Two Lightning warnings that say nothing about a run, printed in every training log:
+# - a sentence "epoch" is a few batches here, shorter than log_every_n_steps; Lightning
+#   warns, but it logs on the global step, so metrics.csv still gets a row every
+#   log_every_n_steps (checked in the training tests);
+# - Lightning 2.6 calls a torch pytree API that torch 2.13 deprecates (Lightning's own code).
+warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 class ThroughputMeter(Callback):
