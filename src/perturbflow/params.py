@@ -337,13 +337,10 @@ class OptimizerParams:
 
 
 @dataclass(frozen=True, config=_STRICT)
-class TrainingParams:
-    """The ``training`` params group: one ST model per named split.
+class TrainerParams:
+    """The trainer fields that the ``training`` and ``finetuning`` groups share.
 
     Attributes:
-        splits: Named splits to train a model for (each gets its own run directory).
-        runs_dir: Directory of the run directories (``<runs_dir>/<split>``).
-        model: Architecture.
         loss: Loss.
         optimizer: Optimiser and schedule.
         max_steps: Optimiser steps.
@@ -361,13 +358,8 @@ class TrainingParams:
         cpu_threads: Torch intra-op threads on the CPU (``None``: torch's default).
         resume: Resume from ``checkpoints/last.ckpt`` when the run directory has one with
             the same configuration; a finished run with the same configuration is reused.
-        ema_decay: Keep an exponential moving average of the weights with this decay per
-            step (``None``: off); validation, checkpoints and the saved weights use it.
     """
 
-    splits: list[str]
-    runs_dir: str
-    model: STModelParams
     loss: LossParams
     optimizer: OptimizerParams
     max_steps: int
@@ -383,4 +375,23 @@ class TrainingParams:
     progress_bar: bool
     cpu_threads: int | None
     resume: bool
+
+
+@dataclass(frozen=True, config=_STRICT)
+class TrainingParams(TrainerParams):
+    """The ``training`` params group: one ST model per named split.
+
+    The trainer fields are :class:`TrainerParams`'s; besides them:
+
+    Attributes:
+        splits: Named splits to train a model for (each gets its own run directory).
+        runs_dir: Directory of the run directories (``<runs_dir>/<split>``).
+        model: Architecture.
+        ema_decay: Keep an exponential moving average of the weights with this decay per
+            step (``None``: off); validation, checkpoints and the saved weights use it.
+    """
+
+    splits: list[str]
+    runs_dir: str
+    model: STModelParams
     ema_decay: float | None

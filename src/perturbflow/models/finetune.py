@@ -60,7 +60,7 @@ from perturbflow.models.run_dir import (
 from perturbflow.models.st_module import STModule, architecture_dict
 from perturbflow.models.train import SplitData, _has_val, _prepare_run_dir, write_run_files
 from perturbflow.models.trainer import build_trainer
-from perturbflow.params import ColumnsParams, LoaderParams, LossParams, OptimizerParams
+from perturbflow.params import ColumnsParams, LoaderParams, TrainerParams
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +103,12 @@ class LoraParams:
 
 
 @dataclass(frozen=True, config=_STRICT)
-class FinetuningParams:
-    """The ``finetuning`` params group (trainer fields as in ``TrainingParams``).
+class FinetuningParams(TrainerParams):
+    """The ``finetuning`` params group.
+
+    The trainer fields (loss, optimizer, max_steps, ..., resume) are
+    :class:`~perturbflow.params.TrainerParams`'s; ``seed`` also seeds the adapters.
+    Besides them:
 
     Attributes:
         init_from: The base run directory (a finished ``training`` run).
@@ -116,21 +120,6 @@ class FinetuningParams:
         contexts: ``dataset.celltype`` contexts whose training cells are finetuned on;
             empty: every training cell of the split.
         identity_dropout: Probability of hiding a sentence's identity part.
-        loss: Loss (set distance + the delta-aware terms).
-        optimizer: Optimiser and schedule.
-        max_steps: Optimiser steps.
-        val_every_n_steps: Validation pearson_delta every N steps (``val/pearson_delta``).
-        ckpt_every_n_steps: A checkpoint every N steps (plus ``last`` and ``best``).
-        accelerator: Lightning accelerator.
-        devices: Lightning devices.
-        strategy: Lightning strategy.
-        num_nodes: Nodes.
-        precision: ``auto`` or a Lightning precision string.
-        seed: Seed of the adapters, dropout and the loader.
-        logger: ``csv`` or ``tensorboard``.
-        progress_bar: Show Lightning's progress bar.
-        cpu_threads: Torch intra-op threads on the CPU (``None``: torch's default).
-        resume: Resume from ``checkpoints/last.ckpt`` of a run with the same configuration.
         split: The named split to finetune on (the pipeline's; the library takes SplitData).
         run_dir: The finetuned run directory (the pipeline's).
         predictor: Name of the finetuned model's predictions (``<split>/<predictor>``).
@@ -142,21 +131,6 @@ class FinetuningParams:
     new_identity_slots: bool
     contexts: list[str]
     identity_dropout: float
-    loss: LossParams
-    optimizer: OptimizerParams
-    max_steps: int
-    val_every_n_steps: int
-    ckpt_every_n_steps: int
-    accelerator: str
-    devices: str | int
-    strategy: str
-    num_nodes: int
-    precision: str
-    seed: int
-    logger: Literal["csv", "tensorboard"]
-    progress_bar: bool
-    cpu_threads: int | None
-    resume: bool
     split: str
     run_dir: str
     predictor: str

@@ -13,7 +13,6 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -24,6 +23,7 @@ from torch.optim.swa_utils import get_ema_avg_fn
 from perturbflow.exceptions import InputError
 from perturbflow.models.checkpoint_io import AtomicCheckpointIO
 from perturbflow.models.run_dir import CHECKPOINTS
+from perturbflow.params import TrainerParams
 
 # Two Lightning warnings that say nothing about a run, printed in every training log:
 # - a sentence "epoch" is a few batches here, shorter than log_every_n_steps; Lightning
@@ -92,15 +92,14 @@ def ema_callback(decay: float) -> Callback:
 
 
 def build_trainer(
-    run: Path, settings: Any, *, has_val: bool, callbacks: Sequence[Callback] = ()
+    run: Path, settings: TrainerParams, *, has_val: bool, callbacks: Sequence[Callback] = ()
 ) -> tuple[pl.Trainer, ModelCheckpoint | None, ThroughputMeter]:
     """The Lightning trainer of a training or finetuning run, with its checkpoints.
 
     Args:
         run: The run directory (checkpoints and logs go under it).
-        settings: ``TrainingParams`` or ``FinetuningParams``: max_steps, accelerator,
-            devices, strategy, num_nodes, precision, optimizer.gradient_clip_val,
-            val_every_n_steps, ckpt_every_n_steps, logger and progress_bar.
+        settings: The trainer fields of ``TrainingParams`` or ``FinetuningParams``
+            (an ``ema_decay`` attribute, training's, adds the moving average).
         has_val: Whether the split has validation perturbations (``best`` checkpoint).
         callbacks: Extra callbacks (e.g. an Optuna pruning callback).
 
