@@ -137,6 +137,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         control_mean=args.control_mean,
         allow_unknown=args.allow_unknown,
         control_offset=args.control_offset,
+        per_batch=args.per_batch,
         seed=args.seed,
         source=source,
     )
@@ -180,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--cells-per-perturbation", type=int, default=None)
     infer.add_argument("--control-mean", action="store_true", help="start from control means")
     infer.add_argument("--allow-unknown", action="store_true")
+    infer.add_argument(
+        "--per-batch",
+        action="store_true",
+        help="predict each batch (plate) of --batch-col from its own control cells",
+    )
     infer.add_argument(
         "--control-offset",
         choices=["keep", "subtract"],

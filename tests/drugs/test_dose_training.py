@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 
+from perturbflow.commands import run_cli
 from perturbflow.evaluation.design import training_effects
 from perturbflow.exceptions import InputError
-from perturbflow.models.inference import predict_cells
+from perturbflow.models.inference import infer_adata, predict_cells
 from perturbflow.models.inputs import PerturbationInputs
 from perturbflow.models.plates import predict_per_plate
 from perturbflow.models.run_dir import load_run
 from tests.drugs.conftest import CONTEXT, DOSES, EC50, HELD_OUT, input_params, train_drugs
-from tests.synthetic import dose_label
+from tests.synthetic import DRUG_COLUMNS, dose_label
 
 N = 36  # cells predicted per key (as many as the real ones: 12 per plate)
 
@@ -108,3 +111,50 @@ def test_per_plate_predictions_start_from_the_plates_controls(runs, drug_screen)
     assert _pearson(shift, ctrl["P1"] - ctrl["P2"]) > 0.9
     with pytest.raises(InputError, match="No control cells on plate"):
         predict_per_plate(run, data, plates, {(CONTEXT, "P9", label): 5}, seed=0)
+
+
+def test_infer_per_batch_predicts_every_plate_from_its_own_controls(runs, drug_screen, tmp_path):
+    run = load_run(runs["log"]["run_dir"])
+    label, other = dose_label("drugB", 10.0), dose_label("drugA", 1.0)
+    adata = drug_screen["adata"]
+    screen = adata[adata.obs["pert"].isin(["DMSO", label]).to_numpy()].copy()
+    out, sources = infer_adata(run, screen, DRUG_COLUMNS, per_batch=True, seed=0)
+    obs = out.obs
+    real = screen.obs[screen.obs["pert"] == label].groupby("plate", observed=True).size()
+    predicted = obs[obs["pert"] == label].groupby("plate", observed=True).size()
+    assert predicted.to_dict() == real.to_dict()  # the screen's own layout, plate by plate
+    ctrl_in = screen.obs[screen.obs["pert"] == "DMSO"].groupby("plate", observed=True).size()
+    ctrl_out = obs[obs["pert"] == "DMSO"].groupby("plate", observed=True).size()
+    assert ctrl_out.to_dict() == ctrl_in.to_dict()  # the real controls keep their plates
+    assert sources[["perturbation", "source"]].values.tolist() == [[label, "identity+dose"]]
+
+    def plate_mean(frame, pert: str, plate: str) -> np.ndarray:
+        rows = ((frame.obs["pert"] == pert) & (frame.obs["plate"] == plate)).to_numpy()
+        return np.asarray(frame.X[rows]).mean(axis=0)
+
+    # each plate's prediction moves with its controls: the plates' offsets carry over
+    shift = plate_mean(out, label, "P1") - plate_mean(out, label, "P2")
+    assert (
+        _pearson(shift, plate_mean(screen, "DMSO", "P1") - plate_mean(screen, "DMSO", "P2")) > 0.9
+    )
+    # a requested perturbation goes on every plate that has controls
+    out2, _ = infer_adata(
+        run, screen, DRUG_COLUMNS, per_batch=True, perturbations=[other], cells_per_perturbation=5
+    )
+    pred2 = out2.obs[out2.obs["pert"] == other]
+    assert pred2.groupby("plate", observed=True).size().to_dict() == {"P1": 5, "P2": 5, "P3": 5}
+    no_batch = dataclasses.replace(DRUG_COLUMNS, batch_col=None)
+    with pytest.raises(InputError, match="batch column"):
+        infer_adata(run, screen, no_batch, per_batch=True)
+    # the CLI
+    src, dst = tmp_path / "screen.h5ad", tmp_path / "pred.h5ad"
+    screen.write_h5ad(src)
+    args = ["infer", "--run", str(runs["log"]["run_dir"]), "--adata", str(src)]
+    args += ["--pert-col", "pert", "--control", "DMSO", "--celltype-col", "celltype"]
+    args += ["--batch-col", "plate", "--per-batch", "--output", str(dst)]
+    assert run_cli(args) == 0
+    written = ad.read_h5ad(dst)
+    assert (
+        written.obs[written.obs["pert"] == label].groupby("plate", observed=True).size().to_dict()
+        == real.to_dict()
+    )

@@ -357,6 +357,7 @@ def infer_adata(
     control_mean: bool = False,
     allow_unknown: bool = False,
     control_offset: Literal["keep", "subtract"] = "keep",
+    per_batch: bool = False,
     seed: int = 0,
     source: str = "input",
     input_map: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -376,6 +377,9 @@ def infer_adata(
         allow_unknown: Predict perturbations the model knows nothing about.
         control_offset: ``subtract`` removes the model's own offset on each control
             sentence (:func:`predict_cells`), ``keep`` does not.
+        per_batch: Predict per plate (``columns.batch_col``), each plate from its own
+            controls (:func:`perturbflow.models.plates.infer_plates`): the plates' own
+            perturbations, or every requested one on every plate with controls.
         seed: Seed of the control sampling.
         source: How to name the input in messages (its path).
         input_map: Maps the aligned expression (cells x the model's genes) to what the
@@ -429,6 +433,27 @@ def infer_adata(
         raise InputError(
             f"{source}: context(s) {listed(without)} have no control cells "
             f"({columns.pert_col} == {columns.control_label!r}); a prediction starts from them."
+        )
+    if per_batch:
+        if input_map is not None or output_map is not None:
+            raise InputError("per_batch does not take an input_map / output_map (adapters).")
+        if not columns.batch_col:
+            raise InputError(
+                f"{source}: per-batch prediction needs the batch column (--batch-col)."
+            )
+        from perturbflow.models.plates import infer_plates  # plates imports this module
+
+        return infer_plates(
+            run,
+            data,
+            obs[columns.batch_col].astype(str).to_numpy(),
+            columns,
+            perturbations=None if perturbations is None else list(perturbations),
+            cells_per_perturbation=cells_per_perturbation,
+            seed=seed,
+            control_mean=control_mean,
+            allow_unknown=allow_unknown,
+            control_offset=control_offset,
         )
     wanted = (
         sorted(set(pert[~is_control]))
