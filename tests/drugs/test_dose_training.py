@@ -139,8 +139,14 @@ def test_infer_per_batch_predicts_every_plate_from_its_own_controls(runs, drug_s
     )
     # a requested perturbation goes on every plate that has controls
     out2, _ = infer_adata(
-        run, screen, DRUG_COLUMNS, per_batch=True, perturbations=[other], cells_per_perturbation=5
+        run,
+        screen,
+        DRUG_COLUMNS,
+        per_batch=True,
+        perturbations=[other, "DMSO", other],  # the control and repeats are dropped
+        cells_per_perturbation=5,
     )
+    assert len(out2) == (screen.obs["pert"] == "DMSO").sum() + 15
     pred2 = out2.obs[out2.obs["pert"] == other]
     assert pred2.groupby("plate", observed=True).size().to_dict() == {"P1": 5, "P2": 5, "P3": 5}
     no_batch = dataclasses.replace(DRUG_COLUMNS, batch_col=None)

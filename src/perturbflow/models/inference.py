@@ -448,7 +448,9 @@ def infer_adata(
             data,
             obs[columns.batch_col].astype(str).to_numpy(),
             columns,
-            perturbations=None if perturbations is None else list(perturbations),
+            perturbations=None
+            if perturbations is None
+            else [p for p in dict.fromkeys(perturbations) if p != columns.control_label],
             cells_per_perturbation=cells_per_perturbation,
             seed=seed,
             control_mean=control_mean,
