@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 from pathlib import Path
 
 import optuna
@@ -89,6 +90,32 @@ def test_a_failing_objective_stops_the_sweep_and_keeps_what_finished(tmp_path):
         TrialState.COMPLETE,
         TrialState.FAIL,
     ]
+
+
+def test_a_trial_has_a_heartbeat_before_its_objective_draws_parameters(tmp_path, monkeypatch):
+    # Optuna's own first beat comes from a thread racing the objective; a trial killed
+    # before it would never be seen as stale, so its parameters would never be retried.
+    # The thread is replaced by Optuna's no-op one: the moment before it first ran.
+    from optuna.storages._heartbeat import NullHeartbeatThread
+
+    monkeypatch.setattr(
+        optuna.study._optimize, "get_heartbeat_thread", lambda *_: NullHeartbeatThread()
+    )
+    tune = tune_params(tmp_path, n_trials=3)
+    db = Path(storage_url(tune).removeprefix("sqlite:///"))
+    study = open_study(tune)
+    beats_at_start = []
+
+    def objective(trial):
+        with sqlite3.connect(db, timeout=30) as con:
+            rows = con.execute(
+                "SELECT COUNT(*) FROM trial_heartbeats WHERE trial_id = ?", (trial._trial_id,)
+            ).fetchall()
+        beats_at_start.append(rows[0][0])
+        return value_of(suggest(trial, tune.space))
+
+    assert run_study(study, objective, n_trials=3, timeout=None) == 3
+    assert beats_at_start == [1, 1, 1]
 
 
 def test_tables_and_figures_of_a_study(tmp_path):

@@ -12,7 +12,10 @@ seconds; before each new trial starts, trials whose heartbeat is older than
 ``heartbeat.grace_period`` are marked ``FAIL`` and (``heartbeat.max_retry`` > 0) their
 parameters are enqueued again as a new trial (``RetryHeartbeatStaleTrialCallback``), which
 the sweep runs first. A trial still alive on another machine keeps its heartbeat and is
-left alone, which is why a resume does not simply fail every ``RUNNING`` trial.
+left alone, which is why a resume does not simply fail every ``RUNNING`` trial. Optuna
+writes a trial's first heartbeat from a thread that races the objective, and a trial with no
+heartbeat is never stale, so :func:`run_study` writes that first beat itself before the
+objective runs: a trial killed after it drew its parameters is always found and retried.
 """
 
 from __future__ import annotations
@@ -196,6 +199,30 @@ def count_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
+def _beat_first(
+    objective: Callable[[optuna.Trial], float],
+) -> Callable[[optuna.Trial], float]:
+    """``objective``, preceded by one synchronous heartbeat of the trial.
+
+    Written by hand because Optuna records the first heartbeat in its heartbeat thread,
+    concurrently with the objective; a process killed before that thread ran leaves a
+    ``RUNNING`` trial without any heartbeat, which ``fail_stale_trials`` skips forever (its
+    parameters would never be retried).
+    """
+
+    def objective_after_a_heartbeat(trial: optuna.Trial) -> float:
+        # the study wraps its RDBStorage in a cache that also beats; Optuna exports no
+        # heartbeat base class, so ask for the methods (its own check, is_heartbeat_enabled,
+        # is private too)
+        storage = trial.storage
+        interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+        if interval is not None:
+            storage.record_heartbeat(trial._trial_id)  # Optuna has no public trial-id getter
+        return objective(trial)
+
+    return objective_after_a_heartbeat
+
+
 def run_study(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], float],
@@ -235,7 +262,7 @@ def run_study(
     # ``n_trials=missing`` bounds this process even when trials fail.
     stop = MaxTrialsCallback(n_trials, states=FINISHED)
     study.optimize(
-        objective,
+        _beat_first(objective),
         n_trials=missing,
         timeout=timeout,
         callbacks=[stop, *callbacks],
