@@ -1,0 +1,44 @@
+"""The ``perturbflow`` entry point: library commands, ``run`` and the overview."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _perturbflow(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "perturbflow", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_help_lists_the_commands_then_the_run_options():
+    out = _perturbflow("--help")
+    assert out.returncode == 0, out.stderr
+    for command in ("perturbflow train", "perturbflow infer", "perturbflow run"):
+        assert command in out.stdout
+    assert "--pipeline" in out.stdout  # kedro run's options follow
+
+
+def test_run_is_kedro_run_and_library_commands_have_their_own_parser():
+    out = _perturbflow("run", "--help")
+    assert out.returncode == 0, out.stderr
+    assert "--pipeline" in out.stdout and "unexpected extra argument" not in out.stderr
+    out = _perturbflow("infer", "--help")
+    assert out.returncode == 0 and "--control-offset" in out.stdout
+
+
+def test_an_unknown_command_is_refused_with_the_known_ones():
+    out = _perturbflow("trian", "--split", "fewshot")
+    assert out.returncode == 2
+    assert "unknown command 'trian'" in out.stderr and "'train', 'infer', 'run'" in out.stderr
