@@ -42,3 +42,27 @@ def test_an_unknown_command_is_refused_with_the_known_ones():
     out = _perturbflow("trian", "--split", "fewshot")
     assert out.returncode == 2
     assert "unknown command 'trian'" in out.stderr and "'train', 'infer', 'run'" in out.stderr
+
+
+def test_train_names_a_missing_input_or_split_before_any_work(tmp_path, capsys):
+    import pandas as pd
+
+    from perturbflow.commands import run_cli
+
+    conf = ["--conf", str(ROOT / "conf")]
+    missing = str(tmp_path / "splits.parquet")
+    assert run_cli(["train", "--split", "fewshot", *conf, "--split-table", missing]) == 2
+    err = capsys.readouterr().err
+    assert f"--split-table {missing}: no such file" in err
+    assert "kedro run --pipeline splits" in err
+    table = tmp_path / "table.parquet"
+    pd.DataFrame({"perturbation": ["a"], "is_control": [False], "fewshot": ["train"]}).to_parquet(
+        table
+    )
+    args = ["train", "--split", "fewshoot", *conf, "--split-table", str(table)]
+    assert run_cli(args) == 2
+    assert "--split 'fewshoot' is not a column" in capsys.readouterr().err
+    args = ["train", "--split", "fewshot", *conf, "--split-table", str(table)]
+    args += ["--genes", str(tmp_path / "genes.json")]
+    assert run_cli(args) == 2
+    assert "--genes" in capsys.readouterr().err

@@ -63,6 +63,20 @@ def load_params(conf: str, env: str, overrides: list[str]) -> dict[str, Any]:
     return params
 
 
+PIPELINE_HINT = (
+    "run `kedro run --pipeline preprocessing` and `kedro run --pipeline splits` first, or "
+    "pass --adata, --split-table and --genes"
+)
+
+
+def _existing(path: str, flag: str, hint: str) -> Path:
+    """``path`` as a Path, or a clear error naming the flag before any work starts."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{flag} {path}: no such file ({hint}).")
+    return p
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train the ST model of one split (DDP when ``training.strategy`` says so)."""
     from perturbflow.models.train import split_data_from_file, train_st
@@ -71,9 +85,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     columns = ColumnsParams(**params["columns"])
     loader = LoaderParams(**params["loader"])
     training = TrainingParams(**params["training"])
-    adata = ad.read_h5ad(args.adata, backed="r")
-    table = pd.read_parquet(args.split_table)
-    genes = json.loads(Path(args.genes).read_text()) if loader.obsm_key else []
+    table = pd.read_parquet(_existing(args.split_table, "--split-table", PIPELINE_HINT))
+    if args.split not in table.columns:
+        raise InputError(
+            f"--split {args.split!r} is not a column of {args.split_table} (its columns: "
+            f"{list(table.columns)}; splits are named in parameters_splits.yml)."
+        )
+    genes_file = _existing(args.genes, "--genes", PIPELINE_HINT) if loader.obsm_key else None
+    genes = json.loads(genes_file.read_text()) if genes_file else []
+    adata = ad.read_h5ad(_existing(args.adata, "--adata", PIPELINE_HINT), backed="r")
     split = split_data_from_file(adata, table, args.split, genes=genes, obsm_key=loader.obsm_key)
     run_dir = args.run or str(Path(training.runs_dir) / args.split)
     summary = train_st(split, columns=columns, loader=loader, training=training, run_dir=run_dir)
@@ -111,7 +131,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         run = load_run(args.run)
     trained = run.config["columns"]
     source = str(args.adata)
-    adata = ad.read_h5ad(args.adata)
+    adata = ad.read_h5ad(_existing(args.adata, "--adata", "expected an h5ad file"))
     dataset_col = args.dataset_col
     if dataset_col is None and trained.get("dataset_col") in adata.obs.columns:
         dataset_col = trained["dataset_col"]
