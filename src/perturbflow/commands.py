@@ -164,7 +164,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
     output = Path(args.output)
     with atomic_path(output) as tmp:
         out.write_h5ad(tmp)
-    sources.to_csv(output.with_suffix(".sources.csv"), index=False)
+    with atomic_path(output.with_suffix(".sources.csv")) as tmp:
+        sources.to_csv(tmp, index=False)
     logger.info("Wrote %s (%d cells) and %s", output, out.n_obs, output.with_suffix(".sources.csv"))
     return 0
 

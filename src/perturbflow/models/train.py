@@ -34,6 +34,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from perturbflow.evaluation.design import EvaluationData, evaluation_data, training_effects
 from perturbflow.exceptions import InputError
+from perturbflow.io_utils import atomic_path
 from perturbflow.loading.categories import CategoryMap
 from perturbflow.loading.datamodule import PerturbationDataModule
 from perturbflow.models.components import Architecture, resolve_size
@@ -442,6 +443,6 @@ def write_run_files(
     if columns.batch_col and dm.design.batch_labels is not None:
         CategoryMap(dm.design.batch_labels, name="batches").to_json(run / "batch_map.json")
     inputs.save(run)
-    with_sources = run / "perturbation_sources.csv"
-    sources.to_csv(with_sources, index=False)
+    with atomic_path(run / "perturbation_sources.csv") as tmp:
+        sources.to_csv(tmp, index=False)
     write_json(run / SUMMARY, {"status": "running", "config_sha256": digest})
