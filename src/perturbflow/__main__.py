@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-LIBRARY_COMMANDS = ("train", "infer")
 OVERVIEW = """\
 perturbflow: single-cell perturbation prediction (Kedro project and library).
 
@@ -32,10 +31,10 @@ Options of run:
 
 def main(*args: str, **kwargs: object) -> object:
     """Dispatch to :mod:`perturbflow.commands` or to the project's ``kedro run``."""
-    argv = list(args) if args else sys.argv[1:]
-    if argv and argv[0] in LIBRARY_COMMANDS:
-        from perturbflow.commands import run_cli
+    from perturbflow.commands import COMMANDS, run_cli
 
+    argv = list(args) if args else sys.argv[1:]
+    if argv and argv[0] in COMMANDS:
         sys.exit(run_cli(argv))
     if argv and argv[0] == "run":
         argv = argv[1:]
@@ -44,7 +43,7 @@ def main(*args: str, **kwargs: object) -> object:
     elif argv and not argv[0].startswith("-"):
         print(
             f"perturbflow: unknown command {argv[0]!r}; expected one of "
-            f"{[*LIBRARY_COMMANDS, 'run']} or kedro run options (perturbflow --help).",
+            f"{[*COMMANDS, 'run']} or kedro run options (perturbflow --help).",
             file=sys.stderr,
         )
         sys.exit(2)

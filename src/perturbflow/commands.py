@@ -102,9 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _perturbation_list(path: str, pert_col: str, control: str) -> list[str]:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"--perturbations {path}: no such file.")
+    p = _existing(path, "--perturbations", "expected a text, CSV or h5ad file")
     if p.suffix == ".h5ad":
         obs = ad.read_h5ad(p, backed="r").obs
         if pert_col not in obs:
@@ -130,6 +128,11 @@ def cmd_infer(args: argparse.Namespace) -> int:
             raise InputError(f"--base is for finetuned runs; {args.run} has no {ADAPTER_CONFIG}.")
         run = load_run(args.run)
     trained = run.config["columns"]
+    wanted = (
+        _perturbation_list(args.perturbations, args.pert_col, args.control)
+        if args.perturbations
+        else None
+    )
     source = str(args.adata)
     adata = ad.read_h5ad(_existing(args.adata, "--adata", "expected an h5ad file"))
     dataset_col = args.dataset_col
@@ -142,11 +145,6 @@ def cmd_infer(args: argparse.Namespace) -> int:
         control_label=args.control,
         dataset_col=dataset_col,
         dataset_name=args.dataset_name or trained["dataset_name"],
-    )
-    wanted = (
-        _perturbation_list(args.perturbations, args.pert_col, args.control)
-        if args.perturbations
-        else None
     )
     out, sources = infer_adata(
         run,
