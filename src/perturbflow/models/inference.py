@@ -434,6 +434,12 @@ def infer_adata(
             f"{source}: context(s) {listed(without)} have no control cells "
             f"({columns.pert_col} == {columns.control_label!r}); a prediction starts from them."
         )
+    # the requested labels, in order, without repeats and without the control itself
+    requested = (
+        None
+        if perturbations is None
+        else [p for p in dict.fromkeys(perturbations) if p != columns.control_label]
+    )
     if per_batch:
         if input_map is not None or output_map is not None:
             raise InputError("per_batch does not take an input_map / output_map (adapters).")
@@ -448,20 +454,14 @@ def infer_adata(
             data,
             obs[columns.batch_col].astype(str).to_numpy(),
             columns,
-            perturbations=None
-            if perturbations is None
-            else [p for p in dict.fromkeys(perturbations) if p != columns.control_label],
+            perturbations=requested,
             cells_per_perturbation=cells_per_perturbation,
             seed=seed,
             control_mean=control_mean,
             allow_unknown=allow_unknown,
             control_offset=control_offset,
         )
-    wanted = (
-        sorted(set(pert[~is_control]))
-        if perturbations is None
-        else [p for p in dict.fromkeys(perturbations) if p != columns.control_label]
-    )
+    wanted = sorted(set(pert[~is_control])) if requested is None else requested
     if not wanted:
         raise InputError(f"{source}: no perturbation to predict.")
     counts = cells[~cells["is_control"]].groupby(["context", "perturbation"]).size().to_dict()
