@@ -116,3 +116,50 @@ def test_control_mean_inputs_are_the_context_means(setup):
     np.testing.assert_allclose(
         batch["ctrl_cell_emb"][0, 0].numpy(), dense[ctrl_rows].mean(axis=0), rtol=1e-5, atol=1e-6
     )
+
+
+def test_ddp_ranks_take_disjoint_equal_shares_of_the_single_process_epoch(setup):
+    whole = _module(setup).train_dataloader().batch_sampler
+    whole.set_epoch(3)
+    one = [tuple(s[0]) for batch in whole for s in batch]
+    shares = []
+    for rank in (0, 1):
+        sampler = _module(setup).train_dataloader().batch_sampler
+        sampler.rank, sampler.world_size = rank, 2
+        sampler.set_epoch(3)
+        shares.append([tuple(s[0]) for batch in sampler for s in batch])
+        assert len(sampler) == -(-(len(one) // 2) // PARAMS.batch_size)
+    assert len(shares[0]) == len(shares[1]) == len(one) // 2
+    # together the ranks see the single-process epoch (less at most one sentence), once
+    assert sorted(shares[0] + shares[1]) == sorted(one[: 2 * (len(one) // 2)])
+    assert not set(shares[0]) & set(shares[1])
+
+
+def test_lightning_sets_the_epoch_through_the_batch_samplers_sampler(setup):
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+
+    loader = _module(setup).train_dataloader()
+    first = [b["pert_rows"] for b in loader]
+    _set_sampler_epoch(loader, 1)  # what Lightning's fit loop calls every epoch
+    assert loader.batch_sampler.epoch == 1
+    second = [b["pert_rows"] for b in loader]
+    assert not torch.equal(first[0], second[0])
+
+
+def test_more_ranks_than_sentences_is_refused(setup):
+    from perturbflow.exceptions import InputError
+    from perturbflow.loading.datamodule import SentenceBatchSampler
+
+    sampler = _module(setup).train_dataloader().batch_sampler
+    with pytest.raises(InputError, match="cannot be shared by"):
+        SentenceBatchSampler(
+            sampler.groups,
+            sampler.design,
+            pairing="random",
+            pairing_kwargs={},
+            cell_set_len=16,
+            batch_size=4,
+            shuffle=True,
+            seed=0,
+            world_size=sampler.n_sentences + 1,
+        )

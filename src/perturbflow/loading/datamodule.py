@@ -8,6 +8,16 @@ dataset would never see a new epoch) and identical whatever ``num_workers`` is. 
 batch's rows, perturbed and control together, are read with one sorted call to the
 :class:`~perturbflow.loading.h5reader.H5RowReader`, which turns them into contiguous
 range reads.
+
+Epochs and ranks: Lightning calls ``set_epoch`` only on ``loader.sampler`` and
+``loader.batch_sampler.sampler``, never on a batch sampler itself, so the batch sampler
+exposes an :class:`EpochHandle` as its ``sampler``. Under DDP every rank draws the same
+epoch from ``(seed, epoch)`` and keeps its own disjoint share of the shuffled sentences
+(every ``world_size``-th one from its rank on), so ranks never train on the same sentence
+in an epoch and each rank runs the same number of steps (DDP's collectives need that).
+Lightning's own ``DistributedSampler`` cannot do this (it indexes a dataset by position,
+and ours is indexed by batches of sentence specs), so trainers are built with
+``use_distributed_sampler=False`` (:mod:`perturbflow.models.trainer`).
 """
 
 from __future__ import annotations
@@ -40,6 +50,21 @@ SentenceSpec = tuple[np.ndarray, np.ndarray, int]  # perturbed rows, control row
 # with dose interpolation the specs carry two more entries: partner group (-1: none), weight
 
 
+class EpochHandle:
+    """What Lightning finds at ``loader.batch_sampler.sampler``: forwards ``set_epoch``.
+
+    Args:
+        owner: The batch sampler whose epoch it sets.
+    """
+
+    def __init__(self, owner: SentenceBatchSampler) -> None:
+        self.owner = owner
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the owner's epoch (Lightning calls this at the start of every epoch)."""
+        self.owner.set_epoch(epoch)
+
+
 class SentenceBatchSampler(Sampler[list[SentenceSpec]]):
     """Yields batches of sentence specs, re-drawn every epoch from ``(seed, epoch)``.
 
@@ -54,6 +79,13 @@ class SentenceBatchSampler(Sampler[list[SentenceSpec]]):
         seed: Base seed.
         interpolation: Dose-interpolation augmentation
             (:mod:`perturbflow.loading.dose_interpolation`), or ``None``.
+        rank: This process's rank under DDP (0 otherwise).
+        world_size: The number of DDP processes (1 otherwise). Each rank yields every
+            ``world_size``-th sentence of the epoch's shuffled draw from ``rank`` on,
+            ``n_sentences // world_size`` of them, so ranks are disjoint and equal.
+
+    Raises:
+        InputError: Fewer sentences than ranks, or a rank outside ``[0, world_size)``.
     """
 
     def __init__(
@@ -68,6 +100,8 @@ class SentenceBatchSampler(Sampler[list[SentenceSpec]]):
         shuffle: bool,
         seed: int,
         interpolation: DoseInterpolation | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.groups = groups
         self.interpolation = interpolation
@@ -78,15 +112,30 @@ class SentenceBatchSampler(Sampler[list[SentenceSpec]]):
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
+        self.sampler = EpochHandle(self)  # where Lightning looks for set_epoch
         sizes = groups.sizes
         self.n_sentences = int((np.maximum(1, -(-sizes // cell_set_len)) * (sizes > 0)).sum())
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise InputError(f"Rank {rank} of {world_size} processes: expected 0 <= rank < size.")
+        if self.n_sentences < world_size:
+            raise InputError(
+                f"{self.n_sentences} sentences cannot be shared by {world_size} processes: "
+                "lower loader.cell_set_len or the number of devices."
+            )
+        self.rank = rank
+        self.world_size = world_size
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose sentences the next iteration yields (Lightning calls it)."""
         self.epoch = epoch
 
+    @property
+    def n_rank_sentences(self) -> int:
+        """Sentences this rank yields per epoch (the same on every rank)."""
+        return self.n_sentences // self.world_size
+
     def __len__(self) -> int:
-        return -(-self.n_sentences // self.batch_size)
+        return -(-self.n_rank_sentences // self.batch_size)
 
     def draw(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """This epoch's sentences, their control rows (or mean-group ids) and groups."""
@@ -110,6 +159,11 @@ class SentenceBatchSampler(Sampler[list[SentenceSpec]]):
         if self.interpolation is not None:
             rng = np.random.default_rng([self.seed, self.epoch, 2])
             mix, weight = self.interpolation.draw(group_of, rng)
+        if self.world_size > 1:  # this rank's disjoint share of the epoch's draw
+            share = slice(self.rank, self.n_rank_sentences * self.world_size, self.world_size)
+            sentences, controls, group_of = sentences[share], controls[share], group_of[share]
+            if mix is not None:
+                mix, weight = mix[share], weight[share]
         for start in range(0, len(sentences), self.batch_size):
             stop = start + self.batch_size
             span = range(start, min(stop, len(sentences)))
@@ -347,6 +401,9 @@ class PerturbationDataModule(pl.LightningDataModule):
             batch_size=self.params.batch_size,
             shuffle=shuffle,
             seed=self.params.seed,
+            # training is shared between DDP ranks; validation and test are read whole by
+            # every rank, so a key's validation score is computed from all its cells
+            **(self._rank_and_size() if shuffle else {}),
         )
         deltas = None
         if shuffle and self.dose_interpolation > 0:
@@ -381,6 +438,18 @@ class PerturbationDataModule(pl.LightningDataModule):
             persistent_workers=self.params.persistent_workers and workers > 0,
             prefetch_factor=self.params.prefetch_factor if workers > 0 else None,
         )
+
+    def _rank_and_size(self) -> dict[str, int]:
+        """This process's DDP rank and the world size (from the attached trainer, if any)."""
+        trainer = self.trainer
+        if trainer is not None:
+            return {"rank": int(trainer.global_rank), "world_size": int(trainer.world_size)}
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return {
+                "rank": torch.distributed.get_rank(),
+                "world_size": torch.distributed.get_world_size(),
+            }
+        return {"rank": 0, "world_size": 1}
 
     def _control_means(self, sampler: SentenceBatchSampler) -> np.ndarray | None:
         """Mean control profiles for ``control_mean`` (read once, shared by all loaders)."""

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from perturbflow.evaluation.design import EvaluationData, evaluation_data, training_effects
@@ -283,7 +285,12 @@ def _resolved_config(
 
 
 def _prepare_run_dir(run: Path, digest: str, resume: bool) -> Path | None:
-    """Return the checkpoint to resume from (or ``None``); move a different run aside."""
+    """Return the checkpoint to resume from (or ``None``); move a different run aside.
+
+    Every DDP rank calls this and must get the same answer (a rank that resumed while
+    another started afresh would train a different step count and hang the collectives):
+    only rank 0 moves a run aside, the others then see no checkpoint of this digest.
+    """
     summary_path = run / SUMMARY
     if not run.exists() or not any(run.iterdir()):
         return None
@@ -291,6 +298,8 @@ def _prepare_run_dir(run: Path, digest: str, resume: bool) -> Path | None:
     if old.get("config_sha256") == digest:
         last = run / CHECKPOINTS / "last.ckpt"
         return last if resume and last.is_file() else None
+    if rank_zero_only.rank != 0:
+        return None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     aside = run.with_name(f"{run.name}.previous-{stamp}")
     logger.warning(
@@ -307,6 +316,7 @@ def train_st(
     loader: LoaderParams,
     training: TrainingParams,
     run_dir: str | Path,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Train (or resume, or reuse) the ST model of one split in ``run_dir``.
 
@@ -316,6 +326,7 @@ def train_st(
         loader: Sentence length, batch size, pairing, workers.
         training: Model, loss, optimiser and trainer settings.
         run_dir: The run directory.
+        callbacks: Extra Lightning callbacks (e.g. a monitor of the batches seen).
 
     Returns:
         The run summary (``run.json``): status, steps, wall time, throughput, best
@@ -353,13 +364,11 @@ def train_st(
         if old.get("config_sha256") == digest and old.get("status") == "finished":
             logger.info("%s: finished run with this configuration found, reused.", run)
             return old
-    resume_from = (
-        _prepare_run_dir(run, digest, training.resume) if rank_zero_only.rank == 0 else None
-    )
+    resume_from = _prepare_run_dir(run, digest, training.resume)
     if rank_zero_only.rank == 0:
         write_run_files(run, config, digest, split, dm, inputs, sources, columns)
     has_val = _has_val(split)
-    trainer, best, meter = build_trainer(run, training, has_val=has_val)
+    trainer, best, meter = build_trainer(run, training, has_val=has_val, callbacks=callbacks)
     precision = str(trainer.precision)  # what build_trainer resolved (auto -> bf16 / 32)
     logger.info(
         "Training ST (%s, hidden %d, %d layers) on split %s: %d steps, precision %s%s.",

@@ -150,5 +150,8 @@ def build_trainer(
         log_every_n_steps=min(10, settings.val_every_n_steps),
         default_root_dir=str(run),
         plugins=[AtomicCheckpointIO()],
+        # the sentence sampler shares each epoch between DDP ranks itself
+        # (perturbflow.loading.datamodule): Lightning's DistributedSampler cannot wrap it
+        use_distributed_sampler=False,
     )
     return trainer, best, meter
