@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 
 
 class BatchRecorder(pl.Callback):
-    """Appends ``{epoch, batch, step, rank, rows, sentences}`` of each training batch to a JSONL file.
+    """Appends each training batch's ``epoch, batch, step, rank, rows, sentences`` to JSONL.
 
     Args:
         root: Folder of the files (one per rank: ``batches-rank<R>.jsonl``).

@@ -107,7 +107,7 @@ def test_two_ddp_processes_share_each_epoch_train_and_resume_after_a_kill(plante
     # both ranks resumed at the same step and ran to the end together
     assert set(by_step) == set(range(killed_at, 40))
     per_rank = len(resumed[0]["rows"])
-    for step, ranks in by_step.items():
+    for ranks in by_step.values():
         assert set(ranks) == {0, 1}
         # each global step trains on twice the cells of one rank's batch
         assert len(ranks[0]) == len(ranks[1]) == per_rank
