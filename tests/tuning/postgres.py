@@ -115,7 +115,8 @@ def start_server() -> PostgresServer:
             log = (root / "server.log").read_text() if (root / "server.log").is_file() else ""
             shutil.rmtree(root, ignore_errors=True)
             raise PostgresUnavailable(
-                f"{Path(cmd[0]).name} failed: {done.stdout[-800:]} {done.stderr[-800:]} {log[-800:]}"
+                f"{Path(cmd[0]).name} failed: {done.stdout[-800:]} {done.stderr[-800:]} "
+                f"{log[-800:]}"
             )
     url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
     deadline = time.monotonic() + 30
