@@ -22,6 +22,7 @@ import anndata as ad
 import pandas as pd
 import yaml
 
+from perturbflow.datasets.h5ad_cells import read_h5ad_cells
 from perturbflow.exceptions import InputError
 from perturbflow.io_utils import atomic_path
 from perturbflow.params import ColumnsParams, LoaderParams, TrainingParams
@@ -93,8 +94,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     genes_file = _existing(args.genes, "--genes", PIPELINE_HINT) if loader.obsm_key else None
     genes = json.loads(genes_file.read_text()) if genes_file else []
-    adata = ad.read_h5ad(_existing(args.adata, "--adata", PIPELINE_HINT), backed="r")
-    split = split_data_from_file(adata, table, args.split, genes=genes, obsm_key=loader.obsm_key)
+    adata = read_h5ad_cells(_existing(args.adata, "--adata", PIPELINE_HINT))  # obs only
+    split = split_data_from_file(
+        adata,
+        table,
+        args.split,
+        genes=genes,
+        obsm_key=loader.obsm_key,
+        memory_budget_mib=loader.memory_budget_mib,
+        preload=loader.preload,
+    )
     run_dir = args.run or str(Path(training.runs_dir) / args.split)
     summary = train_st(split, columns=columns, loader=loader, training=training, run_dir=run_dir)
     print(json.dumps(summary, indent=1))
@@ -104,7 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _perturbation_list(path: str, pert_col: str, control: str) -> list[str]:
     p = _existing(path, "--perturbations", "expected a text, CSV or h5ad file")
     if p.suffix == ".h5ad":
-        obs = ad.read_h5ad(p, backed="r").obs
+        obs = read_h5ad_cells(p).obs
         if pert_col not in obs:
             raise InputError(f"{path}: obs has no column {pert_col!r}.")
         return sorted(set(obs[pert_col].astype(str)) - {control})

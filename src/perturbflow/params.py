@@ -83,6 +83,10 @@ class PreprocessingParams:
         n_top_genes: Number of highly variable genes stored in ``obsm['X_hvg']``.
         hvg_flavor: scanpy HVG flavour computed on log1p data.
         knockdown: The on-target knockdown filter.
+        hvg_format: How ``obsm['X_hvg']`` is stored: ``dense``, ``csr``, or ``auto`` (dense
+            when ``X`` is dense or the dense matrix takes at most 1 GiB, CSR otherwise: a
+            2M x 2,000 screen is 16 GB dense, ~1.6 GB CSR at 10 % non-zeros). STATE's
+            cell-load reads a dense ``X_hvg``: use ``dense`` for files handed to STATE.
     """
 
     expected_input: Literal["auto", "counts", "log1p"]
@@ -90,6 +94,7 @@ class PreprocessingParams:
     n_top_genes: int
     hvg_flavor: Literal["seurat", "cell_ranger"]
     knockdown: KnockdownParams
+    hvg_format: Literal["auto", "dense", "csr"] = "auto"
 
 
 @dataclass(frozen=True, config=_STRICT)

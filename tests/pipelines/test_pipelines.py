@@ -10,6 +10,7 @@ from kedro.framework.project import configure_project
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
+from perturbflow.datasets import read_h5ad_cells
 from perturbflow.params import (
     EvaluationParams,
     KnockdownParams,
@@ -23,6 +24,7 @@ from perturbflow.pipelines.evaluation import create_pipeline as evaluation_pipel
 from perturbflow.pipelines.preprocessing import create_pipeline as preprocessing_pipeline
 from perturbflow.pipelines.splits import create_pipeline as splits_pipeline
 from tests.conftest import PERTURBENCH_COLUMNS
+from tests.models.conftest import loader_params
 from tests.synthetic import COLUMNS, make_screen, split_table
 
 
@@ -71,20 +73,22 @@ def _evaluation_params(**overrides) -> EvaluationParams:
     return EvaluationParams(**values)
 
 
-def test_evaluation_pipeline_on_generated_screen():
+def test_evaluation_pipeline_on_generated_screen(tmp_path):
     rng = np.random.default_rng(0)
     n_genes = 30
     specific = {f"p{i}": rng.normal(0, 0.6, n_genes) for i in range(4)}
     effects = {(c, p): d for c in ("A", "B", "C") for p, d in specific.items()}
     adata = make_screen(effects, n_genes=n_genes, contexts=["A", "B", "C"], noise=0.2)
     table = split_table(adata, {"zs": {("C", "*"): "test", ("B", "p3"): "val"}})
+    adata.write_h5ad(tmp_path / "screen.h5ad")  # the pipeline reads the file by rows
     catalog = _catalog(
         {
-            "preprocessed_adata@anndata": adata,
+            "preprocessed_adata@cells": read_h5ad_cells(tmp_path / "screen.h5ad"),
             "split_table": table,
             "hvg_genes": list(adata.var_names),
             "params:columns": COLUMNS,
             "params:evaluation": _evaluation_params(),
+            "params:loader": loader_params(),
             "model_predictions": {},  # no model trained: the baselines alone are scored
         }
     )
@@ -159,7 +163,7 @@ def test_preprocessing_and_splits_on_real_perturbench(perturbench, project_root:
     # the splits node reads the backed twin of the same file; in memory it is the same object
     split_catalog = _catalog(
         {
-            "preprocessed_adata@backed": processed,
+            "preprocessed_adata@cells": processed,
             "params:columns": PERTURBENCH_COLUMNS,
             "params:splits": splits,
         }

@@ -2,8 +2,8 @@
 
 Usage: ``python shared_sweep_worker.py PARAMS.json LOG SECONDS HANG_AT``. Each trial takes
 ``SECONDS`` and appends ``<pid> <trial number> <params>`` to ``LOG`` when it completes; this
-process's ``HANG_AT``-th trial (1-based; 0: none) hangs after drawing its parameters, so the
-test can kill the worker mid-trial.
+process's ``HANG_AT``-th trial (1-based; 0: none) hangs after drawing its parameters (and
+writes ``<pid> <trial number>`` to ``LOG.hanging``), so the test can kill the worker mid-trial.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ def main() -> None:
         started += 1
         values = suggest(trial, tune.space)
         if started == hang_at:
+            with open(log + ".hanging", "w") as handle:  # tells the test which trial hangs
+                handle.write(f"{os.getpid()} {trial.number}\n")
             time.sleep(3600)  # killed before it ends
         time.sleep(seconds)
         with open(log, "a") as handle:

@@ -41,18 +41,6 @@ def _worker(params: Path, log: Path, hang_at: int) -> subprocess.Popen:
     )
 
 
-def _hanging_trial(storage: str, name: str, pid_trials: set[int]) -> int | None:
-    """The number of a RUNNING trial with parameters that no completion line names."""
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:  # not created yet
-        return None
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial.params and trial.number not in pid_trials:
-            return trial.number
-    return None
-
-
 def test_two_workers_finish_the_study_none_lost_none_twice(postgres_url, tmp_path):
     tune = tune_params(tmp_path, storage=postgres_url, n_trials=8, study_name="shared")
     params = tmp_path / "tune.json"
@@ -61,13 +49,14 @@ def test_two_workers_finish_the_study_none_lost_none_twice(postgres_url, tmp_pat
     log.touch()
     doomed = _worker(params, log, hang_at=2)  # completes one trial, hangs in its second
     survivor = _worker(params, log, hang_at=0)
+    hanging = Path(f"{log}.hanging")
     deadline = time.monotonic() + 180  # a hang guard, not a timing assertion
     killed = None
     while killed is None and time.monotonic() < deadline:
-        lines = [line.split() for line in log.read_text().splitlines()]
-        done_by_doomed = [int(n) for pid, n, *_ in lines if int(pid) == doomed.pid]
-        if done_by_doomed:
-            killed = _hanging_trial(postgres_url, "shared", {int(n) for _, n, *_ in lines})
+        if hanging.is_file() and hanging.read_text().endswith("\n"):
+            pid, number = map(int, hanging.read_text().split())
+            assert pid == doomed.pid
+            killed = number
         if doomed.poll() is not None:
             raise AssertionError(doomed.stderr.read().decode()[-2000:])
         time.sleep(0.1)
@@ -94,3 +83,25 @@ def test_two_workers_finish_the_study_none_lost_none_twice(postgres_url, tmp_pat
     assert sorted(numbers) == sorted(t.number for t in finished)
     assert len(set(numbers)) == len(numbers)
     assert all(t.state != TrialState.RUNNING for t in trials)
+
+
+def test_a_schema_created_by_another_worker_at_the_same_time_is_retried(tmp_path, monkeypatch):
+    from sqlalchemy.exc import IntegrityError
+
+    import perturbflow.tuning.study as study_module
+    from perturbflow.tuning.study import make_storage
+
+    real = study_module.RDBStorage
+    calls = []
+
+    def racing(url, **kwargs):
+        calls.append(url)
+        if len(calls) == 1:  # the other worker's CREATE TABLE won the race
+            raise IntegrityError("CREATE TABLE alembic_version", {}, Exception("UniqueViolation"))
+        return real(url, **kwargs)
+
+    monkeypatch.setattr(study_module, "RDBStorage", racing)
+    monkeypatch.setattr(study_module.time, "sleep", lambda s: None)
+    tune = tune_params(tmp_path)
+    storage = make_storage(f"sqlite:///{tmp_path / 'race.db'}", tune.heartbeat)
+    assert len(calls) == 2 and storage.get_all_studies() == []

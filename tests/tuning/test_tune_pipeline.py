@@ -45,7 +45,7 @@ def _inputs(screen, base_run, tmp_path, **tune_overrides) -> dict:
         "optimizer.lr": FloatDimension("float", 1e-3, 1e-2, True),
     }
     return {
-        "preprocessed_adata@backed": ad.read_h5ad(screen["path"], backed="r"),
+        "preprocessed_adata@cells": ad.read_h5ad(screen["path"], backed="r"),
         "split_table": screen["table"],
         "hvg_genes": list(screen["adata"].var_names),
         "params:columns": COLUMNS,

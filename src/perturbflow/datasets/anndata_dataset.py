@@ -239,7 +239,7 @@ class AnnDataDataset(AbstractVersionedDataset[ad.AnnData, ad.AnnData]):
               type: perturbflow.datasets.AnnDataDataset
               filepath: data/01_raw/perturbench_devel.h5ad
 
-            preprocessed_adata@backed:
+            preprocessed_adata@cells:
               type: perturbflow.datasets.AnnDataDataset
               filepath: data/02_intermediate/preprocessed.h5ad
               backed: true

@@ -25,6 +25,7 @@ from perturbflow.evaluation.design import (
     EvaluationData,
     TrainingEffects,
     evaluation_data,
+    split_design,
     training_effects,
 )
 from perturbflow.evaluation.linear import predict_linear_with, select_and_fit_linear
@@ -35,6 +36,7 @@ from perturbflow.evaluation.scoring import (
     score_predictions,
 )
 from perturbflow.exceptions import InputError
+from perturbflow.loading.h5reader import H5RowReader
 from perturbflow.params import ColumnsParams, EvaluationParams
 
 logger = logging.getLogger(__name__)
@@ -79,17 +81,24 @@ def build_baseline_predictions(
     *,
     obsm_key: str | None = "X_hvg",
     progress: Callable[[str], None] | None = None,
+    memory_budget_mib: float = 4096.0,
+    preload: bool | None = None,
 ) -> tuple[dict[str, ad.AnnData], dict[str, ad.AnnData], pd.DataFrame, dict]:
     """Cell-level test-set predictions of every baseline for every named split.
 
     Args:
-        adata: Preprocessed AnnData.
+        adata: Preprocessed AnnData in memory, or the cells of the preprocessed file
+            (:class:`~perturbflow.datasets.H5adCells`, or a backed AnnData): the expression
+            is then read by rows from the file, preloaded when it fits
+            ``memory_budget_mib`` (one reader serves every split).
         split_table: Per-cell split table (one column per named split).
         genes: Names of the expression space's columns (the HVG list).
         columns: Column names of the design.
         params: Evaluation params (which predictors, the linear baseline's candidates).
         obsm_key: Expression space (``X_hvg`` by default, ``None`` for ``X``).
         progress: Optional callback receiving a line per finished step.
+        memory_budget_mib: Preload budget of the file's matrix (``loader.memory_budget_mib``).
+        preload: ``loader.preload`` (``None``: automatic under the budget).
 
     Returns:
         ``predictions`` keyed ``"<split>/<predictor>"``, ``reals`` keyed by split,
@@ -101,8 +110,19 @@ def build_baseline_predictions(
     """
     predictions, reals, reports = {}, {}, {}
     source_rows = []
+    reader = None
+    if not isinstance(adata, ad.AnnData) or adata.isbacked:
+        reader = H5RowReader(
+            adata.filename,
+            key=obsm_key or "X",
+            preload=preload,
+            memory_budget_mib=memory_budget_mib,
+        )
     for split in split_names(split_table):
-        data = evaluation_data(adata, split_table, split, genes=genes, obsm_key=obsm_key)
+        if reader is None:
+            data = evaluation_data(adata, split_table, split, genes=genes, obsm_key=obsm_key)
+        else:
+            data = split_design(adata.obs_names, split_table, split, genes=genes, matrix=reader)
         effects = training_effects(data)
         keys = [
             (context, pert)

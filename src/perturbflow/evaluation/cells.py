@@ -44,8 +44,7 @@ def _obs(
 
 
 def _context_parts(data: EvaluationData, context: str) -> tuple[str, str]:
-    row = data.cells.loc[data.cells["context"] == context].iloc[0]
-    return str(row["dataset"]), str(row["celltype"])
+    return data.context_parts[context]
 
 
 def real_adata(data: EvaluationData, label: str, columns: ColumnsParams) -> ad.AnnData:

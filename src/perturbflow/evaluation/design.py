@@ -10,6 +10,8 @@ read to build the real side of an evaluation.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -17,6 +19,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from perturbflow.exceptions import InputError
+from perturbflow.loading.h5reader import H5RowReader
+from perturbflow.loading.row_matrix import RowMatrix, row_blocks
+from perturbflow.splits.rows import KeyRowIndex
 
 CONTEXT_SEP = "."
 
@@ -31,7 +36,9 @@ class EvaluationData:
     """Dense expression of every cell plus its design labels for one named split.
 
     Attributes:
-        X: Expression, cells x genes, float32 (the model's gene space, e.g. ``X_hvg``).
+        X: Expression, cells x genes, float32 (the model's gene space, e.g. ``X_hvg``): a
+            dense array, or a :class:`~perturbflow.loading.row_matrix.RowMatrix` read by
+            rows (a sparse matrix, or a matrix of the h5ad file on disk).
         genes: Gene names of the columns of ``X``.
         cells: Per-cell table indexed like the AnnData, with columns ``dataset``,
             ``celltype``, ``context``, ``perturbation``, ``is_control`` and ``split``
@@ -39,21 +46,30 @@ class EvaluationData:
         split_name: The named split these labels come from.
     """
 
-    X: np.ndarray
+    X: np.ndarray | RowMatrix
     genes: list[str]
     cells: pd.DataFrame
     split_name: str
 
+    @cached_property
+    def rows(self) -> KeyRowIndex:
+        """The per-key row index of the cells, built once on first use (a groupby)."""
+        c = self.cells
+        return KeyRowIndex.build(c["context"], c["perturbation"], c["is_control"], c["split"])
+
+    @cached_property
+    def context_parts(self) -> dict[str, tuple[str, str]]:
+        """``(dataset, celltype)`` of each context."""
+        parts = self.cells[["context", "dataset", "celltype"]].drop_duplicates("context")
+        return {str(c): (str(d), str(t)) for c, d, t in parts.itertuples(index=False)}
+
     def heldout_contexts(self, label: str) -> list[str]:
         """Contexts that have perturbed cells labelled ``label`` (sorted)."""
-        mask = (self.cells["split"] == label) & ~self.cells["is_control"]
-        return sorted(self.cells.loc[mask, "context"].unique())
+        return self.rows.heldout_contexts(label)
 
     def heldout_perturbations(self, context: str, label: str) -> list[str]:
         """Perturbations of ``context`` whose cells are labelled ``label`` (sorted)."""
-        c = self.cells
-        mask = (c["split"] == label) & ~c["is_control"] & (c["context"] == context)
-        return sorted(c.loc[mask, "perturbation"].unique())
+        return self.rows.heldout_perturbations(context, label)
 
     def control_rows(self, context: str) -> np.ndarray:
         """Row indices of all control cells of ``context``, whatever their split label.
@@ -62,19 +78,11 @@ class EvaluationData:
         they are training cells, in a zero-shot split they are held out with their
         context; either way they are the cells a prediction starts from.
         """
-        c = self.cells
-        return np.flatnonzero(c["is_control"].to_numpy() & (c["context"] == context).to_numpy())
+        return self.rows.control_rows(context)
 
     def perturbation_rows(self, context: str, perturbation: str, label: str) -> np.ndarray:
         """Row indices of the cells of one perturbation in one context with one label."""
-        c = self.cells
-        mask = (
-            (c["context"] == context)
-            & (c["perturbation"] == perturbation)
-            & (c["split"] == label)
-            & ~c["is_control"]
-        )
-        return np.flatnonzero(mask.to_numpy())
+        return self.rows.perturbation_rows(context, perturbation, label)
 
 
 def evaluation_data(
@@ -97,17 +105,13 @@ def evaluation_data(
         obsm_key: obsm key of the expression space, or ``None`` for ``X``.
 
     Returns:
-        The dense expression and the design labels.
+        The expression (dense when it is dense in ``adata``, else read by rows) and the
+        design labels.
 
     Raises:
         InputError: If the split or the obsm key is missing, the cells of the table and
             the AnnData differ, or the gene list does not match the matrix width.
     """
-    if split_name not in split_table.columns:
-        raise InputError(
-            f"Split {split_name!r} is not in the split table; it has "
-            f"{[c for c in split_table.columns if c not in _DESIGN_COLUMNS]}."
-        )
     if obsm_key is None:
         matrix = adata.X
     elif obsm_key not in adata.obsm:
@@ -117,18 +121,49 @@ def evaluation_data(
         )
     else:
         matrix = adata.obsm[obsm_key]
-    if matrix.shape[1] != len(genes):
+    return split_design(adata.obs_names, split_table, split_name, genes=genes, matrix=matrix)
+
+
+def split_design(
+    obs_names: pd.Index,
+    split_table: pd.DataFrame,
+    split_name: str,
+    *,
+    genes: list[str],
+    matrix: Any,
+) -> EvaluationData:
+    """:class:`EvaluationData` of cells ``obs_names`` (rows of ``matrix``) in one split.
+
+    Args:
+        obs_names: The cells, in the matrix's row order.
+        split_table: Per-cell split table (see :func:`evaluation_data`).
+        split_name: Which named split's labels to use.
+        genes: Names of the matrix's columns.
+        matrix: The expression: a dense array (kept, as float32), a sparse matrix or an
+            :class:`~perturbflow.loading.h5reader.H5RowReader` (read by rows, never
+            densified whole).
+
+    Raises:
+        InputError: The split is missing, the cells of the table and the matrix differ, or
+            the gene list does not match the matrix width.
+    """
+    if split_name not in split_table.columns:
         raise InputError(
-            f"The gene list has {len(genes)} names but the expression matrix "
-            f"({obsm_key or 'X'}) has {matrix.shape[1]} columns."
+            f"Split {split_name!r} is not in the split table; it has "
+            f"{[c for c in split_table.columns if c not in _DESIGN_COLUMNS]}."
         )
-    missing = adata.obs_names.difference(split_table.index)
+    n_cols = matrix.n_cols if isinstance(matrix, H5RowReader) else matrix.shape[1]
+    if n_cols != len(genes):
+        raise InputError(
+            f"The gene list has {len(genes)} names but the expression matrix has {n_cols} columns."
+        )
+    missing = obs_names.difference(split_table.index)
     if len(missing):
         raise InputError(
             f"{len(missing)} cells of the AnnData are not in the split table "
             f"(e.g. {list(missing[:3])}); rebuild the splits from the same preprocessed data."
         )
-    table = split_table.loc[adata.obs_names]
+    table = split_table.loc[obs_names]
     cells = pd.DataFrame(
         {
             "dataset": table["dataset"].astype(str).to_numpy(),
@@ -137,16 +172,25 @@ def evaluation_data(
             "is_control": table["is_control"].astype(bool).to_numpy(),
             "split": table[split_name].astype(str).to_numpy(),
         },
-        index=adata.obs_names.copy(),
+        index=obs_names.copy(),
     )
     cells["context"] = cells["dataset"] + CONTEXT_SEP + cells["celltype"]
-    X = matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
     return EvaluationData(
-        X=X.astype(np.float32, copy=False),
-        genes=list(genes),
-        cells=cells,
-        split_name=split_name,
+        X=as_row_matrix(matrix), genes=list(genes), cells=cells, split_name=split_name
     )
+
+
+def as_row_matrix(matrix: Any) -> np.ndarray | RowMatrix:
+    """A dense array as float32 (no copy when it is one), anything else as a RowMatrix.
+
+    A sparse matrix stays sparse (its rows are densified when read), a reader of an h5ad
+    matrix stays on disk (or preloaded within its budget).
+    """
+    if isinstance(matrix, RowMatrix):
+        return matrix
+    if sp.issparse(matrix) or isinstance(matrix, H5RowReader):
+        return RowMatrix(matrix)
+    return np.asarray(matrix).astype(np.float32, copy=False)
 
 
 _DESIGN_COLUMNS = ("dataset", "context", "perturbation", "is_control")
@@ -190,24 +234,33 @@ class TrainingEffects:
         return self.deltas[rows].mean(axis=0)
 
 
-def group_means(X: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean rows of ``X`` per label, vectorised with a sparse indicator product.
+def group_means(
+    X: np.ndarray | RowMatrix, labels: np.ndarray, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean rows of ``X`` per label, in bounded blocks of rows.
 
     Args:
-        X: Cells x genes.
-        labels: One label per row.
+        X: Cells x genes (a dense array or a :class:`RowMatrix`).
+        labels: One label per row of ``X``, or per entry of ``rows`` when given.
+        rows: The rows of ``X`` to average (default: all).
 
     Returns:
-        The distinct labels (sorted), the mean rows (labels x genes) and counts.
+        The distinct labels (sorted), the mean rows (labels x genes, float64) and counts.
     """
     uniques, codes = np.unique(labels, return_inverse=True)
     counts = np.bincount(codes, minlength=len(uniques))
-    indicator = sp.csr_matrix(
-        (np.ones(len(codes), dtype=np.float64), (codes, np.arange(len(codes)))),
-        shape=(len(uniques), len(codes)),
-    )
-    sums = np.asarray(indicator @ X.astype(np.float64, copy=False))
-    return uniques, sums / counts[:, None], counts
+    sums = np.zeros((len(uniques), X.shape[1]), dtype=np.float64)
+    start = 0
+    for block, values in row_blocks(X, rows):
+        block_codes = codes[start : start + len(block)]
+        start += len(block)
+        # a sparse indicator product sums each label's rows of the block in one call
+        indicator = sp.csr_matrix(
+            (np.ones(len(block), dtype=np.float64), (block_codes, np.arange(len(block)))),
+            shape=(len(uniques), len(block)),
+        )
+        sums += indicator @ values.astype(np.float64, copy=False)
+    return uniques, sums / np.maximum(counts, 1)[:, None], counts
 
 
 def training_effects(data: EvaluationData) -> TrainingEffects:
@@ -225,13 +278,15 @@ def training_effects(data: EvaluationData) -> TrainingEffects:
     c = data.cells
     train = (c["split"] == "train").to_numpy()
     ctrl_rows = train & c["is_control"].to_numpy()
-    ctx_labels, ctx_means, _ = group_means(data.X[ctrl_rows], c["context"].to_numpy()[ctrl_rows])
+    ctx_labels, ctx_means, _ = group_means(
+        data.X, c["context"].to_numpy()[ctrl_rows], np.flatnonzero(ctrl_rows)
+    )
     control_means = {str(k): m for k, m in zip(ctx_labels, ctx_means, strict=True)}
 
     pert_rows = train & ~c["is_control"].to_numpy()
     sub = c.loc[pert_rows, ["context", "perturbation"]]
     labels = (sub["context"] + "\x1f" + sub["perturbation"]).to_numpy()
-    uniques, means, counts = group_means(data.X[pert_rows], labels)
+    uniques, means, counts = group_means(data.X, labels, np.flatnonzero(pert_rows))
     keys, deltas, n_cells = [], [], []
     for label, mean, n in zip(uniques, means, counts, strict=True):
         context, perturbation = str(label).split("\x1f")

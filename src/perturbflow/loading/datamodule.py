@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
@@ -306,6 +307,9 @@ class PerturbationDataModule(pl.LightningDataModule):
         dose_interpolation: Probability that a training sentence of a dosed drug becomes
             an intermediate-dose sentence (:mod:`perturbflow.loading.dose_interpolation`);
             0 (the default) switches the augmentation off.
+        reader: An open reader of the loader's space of ``path`` to use instead of opening
+            another one (e.g. the one :class:`~perturbflow.models.train.SplitData` reads
+            its training effects with: a preloaded matrix is then held once, not twice).
     """
 
     def __init__(
@@ -318,8 +322,14 @@ class PerturbationDataModule(pl.LightningDataModule):
         params: LoaderParams,
         all_key: str | None = None,
         dose_interpolation: float = 0.0,
+        reader: H5RowReader | None = None,
     ) -> None:
         super().__init__()
+        key = params.obsm_key or "X"
+        if reader is not None and (reader.key != key or reader.path != Path(path).resolve()):
+            raise InputError(
+                f"The reader given reads {reader.path}[{reader.key}], the loader {path}[{key}]."
+            )
         if dose_interpolation and all_key is not None:
             raise InputError(
                 "Dose interpolation shifts the cells of the loader's space only: it is not "
@@ -360,7 +370,7 @@ class PerturbationDataModule(pl.LightningDataModule):
             perturbations=sorted(map(str, self.cells["perturbation"].unique())),
             contexts=sorted(map(str, self.cells["context"].unique())),
         )
-        self.reader: H5RowReader | None = None
+        self.reader: H5RowReader | None = reader
         self._means: np.ndarray | None = None
 
     def setup(self, stage: str | None = None) -> None:

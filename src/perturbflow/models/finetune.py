@@ -24,7 +24,6 @@ weights kept.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -43,6 +42,7 @@ from perturbflow.evaluation.design import CONTEXT_SEP, TrainingEffects, training
 from perturbflow.exceptions import InputError
 from perturbflow.loading._messages import listed
 from perturbflow.loading.datamodule import PerturbationDataModule
+from perturbflow.loading.row_matrix import matrix_sha256
 from perturbflow.models.adapter import ADAPTER_FORMAT, FINETUNE_CONFIG, save_adapter
 from perturbflow.models.components import Architecture
 from perturbflow.models.inputs import PerturbationInputs
@@ -58,7 +58,13 @@ from perturbflow.models.run_dir import (
     write_json,
 )
 from perturbflow.models.st_module import STModule, architecture_dict
-from perturbflow.models.train import SplitData, _has_val, _prepare_run_dir, write_run_files
+from perturbflow.models.train import (
+    SplitData,
+    _has_val,
+    _prepare_run_dir,
+    shared_reader,
+    write_run_files,
+)
 from perturbflow.models.trainer import build_trainer
 from perturbflow.params import ColumnsParams, LoaderParams, TrainerParams
 
@@ -224,10 +230,8 @@ def _check(split: SplitData, base: TrainedRun, finetuning: FinetuningParams) -> 
 def _data_identity(split: SplitData) -> dict[str, Any]:
     table = split.split_table[[split.split_name, "perturbation", "is_control"]]
     table_sha = pd.util.hash_pandas_object(table.astype(str), index=True).sum()
-    matrix = hashlib.sha256(np.ascontiguousarray(split.data.X).tobytes())
-    matrix.update("\n".join(split.genes).encode())
     return {
-        "matrix_sha256": matrix.hexdigest(),
+        "matrix_sha256": matrix_sha256(split.data.X, split.genes),  # in blocks
         "split_table_hash": str(int(table_sha) & (2**64 - 1)),
         "n_cells": int(len(split.obs)),
     }
@@ -377,6 +381,7 @@ def finetune_st(
         columns,
         loader,
         all_key="X" if space == "all" else None,
+        reader=shared_reader(split, loader),
     )
     module, inputs, arch, sources, lora, new = build_finetune_module(
         split, dm, base, finetuning, columns

@@ -428,7 +428,7 @@ def infer_adata(
     cells["context"] = cells["dataset"] + CONTEXT_SEP + cells["celltype"]
     data = EvaluationData(X=X, genes=list(run.genes), cells=cells, split_name="infer")
     contexts = sorted(cells["context"].unique())
-    without = [c for c in contexts if not cells.loc[cells["context"] == c, "is_control"].any()]
+    without = [c for c in contexts if not len(data.control_rows(c))]
     if without:
         raise InputError(
             f"{source}: context(s) {listed(without)} have no control cells "
@@ -467,7 +467,7 @@ def infer_adata(
     counts = cells[~cells["is_control"]].groupby(["context", "perturbation"]).size().to_dict()
     n_cells: dict[Key, int] = {}
     for context in contexts:
-        n_ctrl = int(cells.loc[cells["context"] == context, "is_control"].sum())
+        n_ctrl = len(data.control_rows(context))
         for p in wanted:
             n_cells[(context, p)] = cells_per_perturbation or int(counts.get((context, p), n_ctrl))
     batch = None

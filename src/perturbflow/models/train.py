@@ -18,7 +18,6 @@ step). A run directory that holds a run with another configuration is moved asid
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import shutil
 import time
@@ -34,11 +33,14 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from perturbflow.evaluation.design import EvaluationData, evaluation_data, training_effects
+from perturbflow.datasets.anndata_dataset import describe_h5ad
+from perturbflow.evaluation.design import EvaluationData, split_design, training_effects
 from perturbflow.exceptions import InputError
 from perturbflow.io_utils import atomic_path
 from perturbflow.loading.categories import CategoryMap
 from perturbflow.loading.datamodule import PerturbationDataModule
+from perturbflow.loading.h5reader import H5RowReader
+from perturbflow.loading.row_matrix import RowMatrix, matrix_sha256
 from perturbflow.models.components import Architecture, resolve_size
 from perturbflow.models.dose import check_interpolation, interpolation_rate
 from perturbflow.models.inputs import PerturbationInputs
@@ -100,15 +102,12 @@ def split_data(
     matrix: Any,
     obsm_key: str | None,
 ) -> SplitData:
-    """Assemble :class:`SplitData` (``matrix`` is the loader's space, in memory)."""
-    import anndata as ad  # local: only this helper builds an AnnData
+    """Assemble :class:`SplitData`.
 
-    if obsm_key is None:
-        holder = ad.AnnData(X=matrix, obs=obs[[]].copy())
-    else:
-        holder = ad.AnnData(obs=obs[[]].copy())
-        holder.obsm[obsm_key] = matrix
-    data = evaluation_data(holder, split_table, split_name, genes=genes, obsm_key=obsm_key)
+    ``matrix`` is the loader's space: dense or sparse in memory, or an
+    :class:`~perturbflow.loading.h5reader.H5RowReader` of the file (read by rows).
+    """
+    data = split_design(obs.index, split_table, split_name, genes=genes, matrix=matrix)
     return SplitData(adata_path, obs, split_table, split_name, genes, all_genes, data)
 
 
@@ -119,40 +118,62 @@ def split_data_from_file(
     *,
     genes: list[str],
     obsm_key: str | None,
+    memory_budget_mib: float = 4096.0,
+    preload: bool | None = None,
 ) -> SplitData:
-    """:class:`SplitData` from an AnnData opened backed on its h5ad file.
+    """:class:`SplitData` of a preprocessed h5ad file, its matrix read by rows from disk.
+
+    Only ``obs`` comes from ``adata``; the loader's expression space is opened with an
+    :class:`~perturbflow.loading.h5reader.H5RowReader`, preloaded when it fits
+    ``memory_budget_mib`` (a CSR matrix stays CSR) and read lazily by rows otherwise, so a
+    screen larger than RAM is never loaded whole. The training loader reuses that reader.
 
     Args:
-        adata: The preprocessed AnnData, opened with ``backed="r"`` (the loader re-reads
-            its file lazily; the path comes from ``adata.filename``).
+        adata: The preprocessed file's cells: an :class:`~perturbflow.datasets.H5adFile`
+            or an AnnData opened with ``backed="r"`` (the path comes from ``filename``).
         split_table: The per-cell split table.
         split_name: Which named split.
         genes: Names of the ``obsm_key`` columns (ignored for ``X``: ``var_names``).
         obsm_key: The loader's expression space, or ``None`` for ``X``.
+        memory_budget_mib: Preload budget of the matrix (``loader.memory_budget_mib``).
+        preload: ``loader.preload``: ``None`` preloads within the budget, ``True`` always,
+            ``False`` never.
 
     Raises:
-        InputError: The AnnData is not backed, or ``obsm_key`` is missing.
+        InputError: No file behind ``adata``, or ``obsm_key`` is missing.
     """
     if adata.filename is None:
         raise InputError("Training reads the preprocessed h5ad from disk: open it backed.")
-    if obsm_key is not None and obsm_key not in adata.obsm:
+    path = str(adata.filename)
+    layout = describe_h5ad(path)
+    if obsm_key is not None and obsm_key not in layout["obsm_keys"]:
         raise InputError(
-            f"{adata.filename}: obsm[{obsm_key!r}] (loader.obsm_key) is missing; it has "
-            f"{list(adata.obsm)}."
+            f"{path}: obsm[{obsm_key!r}] (loader.obsm_key) is missing; it has "
+            f"{layout['obsm_keys']}."
         )
     var_names = list(map(str, adata.var_names))
-    # X is lazy in a backed AnnData: read it once here; obsm is already in memory
-    matrix = adata.to_memory().X if obsm_key is None else adata.obsm[obsm_key]
+    reader = H5RowReader(
+        path, key=obsm_key or "X", preload=preload, memory_budget_mib=memory_budget_mib
+    )
     return split_data(
-        str(adata.filename),
+        path,
         adata.obs,
         split_table,
         split_name,
         genes=list(genes) if obsm_key is not None else var_names,
         all_genes=var_names,
-        matrix=matrix,
+        matrix=reader,
         obsm_key=obsm_key,
     )
+
+
+def shared_reader(split: SplitData, loader: LoaderParams) -> H5RowReader | None:
+    """The split's reader of its file, when it reads the loader's space (else ``None``)."""
+    X = split.data.X
+    reader = X.reader if isinstance(X, RowMatrix) else None
+    if reader is None or reader.key != (loader.obsm_key or "X"):
+        return None
+    return reader if reader.path == Path(split.path).resolve() else None
 
 
 def _check(split: SplitData, columns: ColumnsParams, training: TrainingParams) -> None:
@@ -265,8 +286,7 @@ def _resolved_config(
     table_sha = pd.util.hash_pandas_object(table.astype(str), index=True).sum()
     # the content the model learns from, not the file's mtime: the preprocessing pipeline
     # rewrites the same bytes on every `kedro run`, and that must not force a retraining
-    matrix = hashlib.sha256(np.ascontiguousarray(split.data.X).tobytes())
-    matrix.update("\n".join(split.genes).encode())
+    matrix = matrix_sha256(split.data.X, split.genes)  # in blocks: bounded memory
     return {
         "format": "perturbflow.STRun",
         "version": 1,
@@ -277,7 +297,7 @@ def _resolved_config(
         "architecture": architecture_dict(arch),
         "data": {
             "path": str(split.path),
-            "matrix_sha256": matrix.hexdigest(),
+            "matrix_sha256": matrix,
             "split_table_hash": str(int(table_sha) & (2**64 - 1)),
             "n_cells": int(len(split.obs)),
         },
@@ -351,6 +371,7 @@ def train_st(
         loader,
         all_key=all_key,
         dose_interpolation=interpolation_rate(training.model.inputs),
+        reader=shared_reader(split, loader),
     )
     module, inputs, arch, sources = build_module(split, dm, training, columns)
     config = _resolved_config(split, columns, loader, training, arch)

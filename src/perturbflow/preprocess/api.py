@@ -84,7 +84,10 @@ def preprocess_adata(
     )
     del normalised
     processed, hvg_genes = select_hvg(
-        filtered, n_top_genes=params.n_top_genes, flavor=params.hvg_flavor
+        filtered,
+        n_top_genes=params.n_top_genes,
+        flavor=params.hvg_flavor,
+        hvg_format=params.hvg_format,
     )
     del filtered
 

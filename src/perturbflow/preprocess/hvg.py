@@ -42,8 +42,33 @@ def _constant_genes(X: object) -> np.ndarray:
     return X.max(axis=0) == X.min(axis=0)
 
 
+#: ``hvg_format: auto`` stores ``obsm['X_hvg']`` dense up to this size, CSR above it.
+DENSE_HVG_MAX_BYTES = 1 << 30
+HVG_FORMATS = ("auto", "dense", "csr")
+
+
+def hvg_matrix(X: object, columns: np.ndarray, hvg_format: str = "auto") -> object:
+    """The HVG columns of ``X`` as float32, dense or CSR as ``hvg_format`` says.
+
+    ``auto``: dense when ``X`` is dense or the dense result takes at most
+    :data:`DENSE_HVG_MAX_BYTES`, CSR otherwise (a sparse screen is never densified whole
+    past that size).
+    """
+    if hvg_format not in HVG_FORMATS:
+        raise InputError(f"hvg_format={hvg_format!r} is not one of {list(HVG_FORMATS)}.")
+    sub = X[:, columns]
+    dense_bytes = sub.shape[0] * sub.shape[1] * 4
+    as_csr = hvg_format == "csr" or (
+        hvg_format == "auto" and sp.issparse(sub) and dense_bytes > DENSE_HVG_MAX_BYTES
+    )
+    if as_csr:
+        return sp.csr_matrix(sub, dtype=np.float32)
+    sub = sub.toarray() if sp.issparse(sub) else np.asarray(sub)
+    return sub.astype(np.float32, copy=False)
+
+
 def select_hvg(
-    adata: ad.AnnData, *, n_top_genes: int, flavor: str = "seurat"
+    adata: ad.AnnData, *, n_top_genes: int, flavor: str = "seurat", hvg_format: str = "auto"
 ) -> tuple[ad.AnnData, list[str]]:
     """Select highly variable genes on log1p data and store them as STATE expects.
 
@@ -55,14 +80,15 @@ def select_hvg(
     (ties), the ``n_top_genes`` genes with the highest normalised dispersion are kept.
 
     The copy gets ``var["highly_variable"]`` (plus scanpy's ``means``, ``dispersions``,
-    ``dispersions_norm``; NaN for constant genes) and ``obsm["X_hvg"]``: a dense float32
-    array (``n_obs x n_hvg``, 4 bytes per entry: 2.4 GB for 300k cells x 2,000 genes)
-    whose columns are the returned genes, in the returned order.
+    ``dispersions_norm``; NaN for constant genes) and ``obsm["X_hvg"]``: float32, its
+    columns the returned genes in the returned order, dense (``n_obs x n_hvg``, 4 bytes per
+    entry: 2.4 GB for 300k cells x 2,000 genes) or CSR (``hvg_format``, :func:`hvg_matrix`).
 
     Args:
         adata: log1p-normalised screen; never modified.
         n_top_genes: How many genes to select.
         flavor: ``"seurat"`` or ``"cell_ranger"`` (both expect log1p data).
+        hvg_format: ``"auto"``, ``"dense"`` or ``"csr"`` (see :func:`hvg_matrix`).
 
     Returns:
         The annotated copy and the HVG names sorted by their position in ``var_names``
@@ -139,17 +165,19 @@ def select_hvg(
 
     idx = np.flatnonzero(out.var["highly_variable"].to_numpy())
     hvg_genes = [str(g) for g in out.var_names[idx]]
-    X_hvg = out.X[:, idx]
-    X_hvg = X_hvg.toarray() if sp.issparse(X_hvg) else np.asarray(X_hvg)
-    out.obsm["X_hvg"] = X_hvg.astype(np.float32, copy=False)
+    out.obsm["X_hvg"] = hvg_matrix(out.X, idx, hvg_format)
     record_uns(out, "hvg", {"flavor": flavor, "n_top_genes": n_top_genes, "n_selected": len(idx)})
+    X_hvg = out.obsm["X_hvg"]
+    nbytes = X_hvg.data.nbytes + X_hvg.indices.nbytes if sp.issparse(X_hvg) else X_hvg.nbytes
     logger.info(
-        "Selected %d highly variable genes (%s) of %d; obsm['X_hvg'] is %d x %d float32 (%.1f MB)",
+        "Selected %d highly variable genes (%s) of %d; obsm['X_hvg'] is %d x %d float32, %s "
+        "(%.1f MB)",
         len(idx),
         flavor,
         out.n_vars,
         out.n_obs,
         len(idx),
-        out.obsm["X_hvg"].nbytes / 1e6,
+        "CSR" if sp.issparse(X_hvg) else "dense",
+        nbytes / 1e6,
     )
     return out, hvg_genes

@@ -21,6 +21,7 @@ objective runs: a trial killed after it drew its parameters is always found and 
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -31,7 +32,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError
 
 from perturbflow.exceptions import InputError
 from perturbflow.tuning.params import HeartbeatParams, PrunerParams, SamplerParams, TuneParams
@@ -94,13 +95,42 @@ def make_storage(url: str, heartbeat: HeartbeatParams) -> RDBStorage:
             if heartbeat.max_retry > 0
             else None
         )
-        return RDBStorage(
+        return _create_storage(
             url,
             engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat.interval,
             grace_period=heartbeat.grace_period,
             heartbeat_stale_trial_callback=retry,
         )
+
+
+#: Attempts at creating a storage whose schema another worker is creating at the same time.
+SCHEMA_ATTEMPTS = 5
+
+
+def _create_storage(url: str, **kwargs: Any) -> RDBStorage:
+    """``RDBStorage(url, **kwargs)``, retried while another worker creates the same schema.
+
+    Written by hand because Optuna creates its tables (and alembic's version table) without
+    a lock: two workers that open one fresh PostgreSQL database at the same moment both run
+    ``CREATE TABLE``, and the second fails with ``UniqueViolation``/``DuplicateTable``
+    (seen in the two-worker test). Once the other worker's schema is committed the same
+    call succeeds, so the error is retried a few times after a short, growing wait.
+    """
+    for attempt in range(1, SCHEMA_ATTEMPTS + 1):
+        try:
+            return RDBStorage(url, **kwargs)
+        except (IntegrityError, ProgrammingError) as err:
+            if attempt == SCHEMA_ATTEMPTS:
+                raise
+            logger.info(
+                "Storage schema being created by another worker (%s); retrying (%d/%d).",
+                type(getattr(err, "orig", err)).__name__,
+                attempt,
+                SCHEMA_ATTEMPTS - 1,
+            )
+            time.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
 
 
 def make_sampler(params: SamplerParams, seed: int) -> optuna.samplers.TPESampler:

@@ -32,6 +32,7 @@ from perturbflow.adaptation import (
     source_embeddings,
 )
 from perturbflow.adaptation.io import resolve_files
+from perturbflow.datasets.h5ad_cells import read_h5ad_cells
 from perturbflow.exceptions import InputError
 from perturbflow.models.run_dir import load_run
 from perturbflow.params import ColumnsParams
@@ -74,19 +75,16 @@ def read_target(params: AdaptationParams, columns: ColumnsParams) -> ad.AnnData:
             f"adaptation.target.file must name one file; {params.target.file!r} gives "
             f"{[str(p) for p in path]}."
         )
-    obs = ad.read_h5ad(path[0], backed="r")
-    try:
-        celltypes = None if params.target.celltype is None else [params.target.celltype]
-        rows = select_cells(
-            obs.obs,
-            source=str(path[0]),
-            pert_col=columns.pert_col,
-            control_label=None,
-            celltype_col=columns.celltype_col,
-            celltypes=celltypes,
-        )
-    finally:
-        obs.file.close()
+    obs = read_h5ad_cells(path[0]).obs  # obs only: the cells are read by rows below
+    celltypes = None if params.target.celltype is None else [params.target.celltype]
+    rows = select_cells(
+        obs,
+        source=str(path[0]),
+        pert_col=columns.pert_col,
+        control_label=None,
+        celltype_col=columns.celltype_col,
+        celltypes=celltypes,
+    )
     target = read_cells(path[0], rows)
     target.uns["perturbflow_source_file"] = str(path[0])
     return target

@@ -9,6 +9,7 @@ import anndata as ad
 import pandas as pd
 import plotly.graph_objects as go
 
+from perturbflow.datasets import H5adCells
 from perturbflow.evaluation import (
     build_baseline_predictions,
     delta_scatter_figure,
@@ -16,7 +17,7 @@ from perturbflow.evaluation import (
     metric_comparison_figure,
     variability_table,
 )
-from perturbflow.params import ColumnsParams, EvaluationParams
+from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +34,17 @@ TABLE_METRICS = (
 
 
 def predict_baselines(
-    preprocessed_adata: ad.AnnData,
+    preprocessed_adata: H5adCells,
     split_table: pd.DataFrame,
     hvg_genes: list[str],
     columns: ColumnsParams,
     evaluation: EvaluationParams,
+    loader: LoaderParams,
 ) -> tuple[dict[str, ad.AnnData], dict[str, ad.AnnData], pd.DataFrame, dict]:
     """Cell-level test predictions of every baseline, per named split.
+
+    The expression (``obsm['X_hvg']``) is read by rows from the preprocessed file,
+    preloaded within ``loader.memory_budget_mib``.
 
     Returns:
         Predictions keyed ``<split>/<predictor>``, the real held-out cells keyed by split,
@@ -52,6 +57,8 @@ def predict_baselines(
         columns,
         evaluation,
         progress=logger.info,
+        memory_budget_mib=loader.memory_budget_mib,
+        preload=loader.preload,
     )
 
 

@@ -19,11 +19,12 @@ def create_pipeline(**kwargs: object) -> Pipeline:
             node(
                 predict_baselines,
                 inputs=[
-                    "preprocessed_adata@anndata",
+                    "preprocessed_adata@cells",
                     "split_table",
                     "hvg_genes",
                     "params:columns",
                     "params:evaluation",
+                    "params:loader",
                 ],
                 outputs=[
                     "baseline_predictions",

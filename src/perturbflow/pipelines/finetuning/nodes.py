@@ -45,6 +45,8 @@ def finetune_model(
         finetuning.split,
         genes=hvg_genes,
         obsm_key=loader.obsm_key,
+        memory_budget_mib=loader.memory_budget_mib,
+        preload=loader.preload,
     )
     summary = finetune_st(
         split, columns=columns, loader=loader, finetuning=finetuning, run_dir=finetuning.run_dir
@@ -75,7 +77,13 @@ def predict_finetuned(
     name, predictor = finetuned_run["split"], finetuned_run["predictor"]
     run = load_finetuned(finetuned_run["run_dir"])
     data = split_data_from_file(
-        preprocessed_adata, split_table, name, genes=hvg_genes, obsm_key=loader.obsm_key
+        preprocessed_adata,
+        split_table,
+        name,
+        genes=hvg_genes,
+        obsm_key=loader.obsm_key,
+        memory_budget_mib=loader.memory_budget_mib,
+        preload=loader.preload,
     ).data
     keys = {
         (c, p): len(data.perturbation_rows(c, p, "test"))

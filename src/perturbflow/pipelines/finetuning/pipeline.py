@@ -12,7 +12,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
             node(
                 finetune_model,
                 inputs=[
-                    "preprocessed_adata@backed",
+                    "preprocessed_adata@cells",
                     "split_table",
                     "hvg_genes",
                     "params:columns",
@@ -26,7 +26,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                 predict_finetuned,
                 inputs=[
                     "finetuned_run",
-                    "preprocessed_adata@backed",
+                    "preprocessed_adata@cells",
                     "split_table",
                     "hvg_genes",
                     "params:columns",

@@ -12,7 +12,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
             node(
                 pair_controls,
                 inputs=[
-                    "preprocessed_adata@backed",
+                    "preprocessed_adata@cells",
                     "params:columns",
                     "params:loader",
                     "params:pairing",
@@ -22,7 +22,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
             ),
             node(
                 build_encodings,
-                inputs=["preprocessed_adata@backed", "params:columns"],
+                inputs=["preprocessed_adata@cells", "params:columns"],
                 outputs=["perturbation_encoder", "celltype_map", "batch_map"],
                 name="build_encodings",
             ),

@@ -11,7 +11,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
         [
             node(
                 build_split_table,
-                inputs=["preprocessed_adata@backed", "params:columns", "params:splits"],
+                inputs=["preprocessed_adata@cells", "params:columns", "params:splits"],
                 outputs=["split_table", "split_summary"],
                 name="build_split_table",
             )

@@ -26,7 +26,15 @@ MODEL_NAME = "st"
 def _split(
     adata: ad.AnnData, split_table: pd.DataFrame, name: str, genes: list[str], loader: LoaderParams
 ) -> SplitData:
-    return split_data_from_file(adata, split_table, name, genes=genes, obsm_key=loader.obsm_key)
+    return split_data_from_file(
+        adata,
+        split_table,
+        name,
+        genes=genes,
+        obsm_key=loader.obsm_key,
+        memory_budget_mib=loader.memory_budget_mib,
+        preload=loader.preload,
+    )
 
 
 def _check_splits(split_table: pd.DataFrame, training: TrainingParams) -> None:

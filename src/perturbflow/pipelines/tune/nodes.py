@@ -48,7 +48,13 @@ def tune_finetuning_hyperparameters(
             f"({split_names(split_table)}); see parameters_splits.yml."
         )
     split = split_data_from_file(
-        preprocessed_adata, split_table, name, genes=hvg_genes, obsm_key=loader.obsm_key
+        preprocessed_adata,
+        split_table,
+        name,
+        genes=hvg_genes,
+        obsm_key=loader.obsm_key,
+        memory_budget_mib=loader.memory_budget_mib,
+        preload=loader.preload,
     )
     result = tune_finetuning(
         split, columns=columns, loader=loader, finetuning=finetuning, tune=tune

@@ -12,7 +12,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
             node(
                 tune_finetuning_hyperparameters,
                 inputs=[
-                    "preprocessed_adata@backed",
+                    "preprocessed_adata@cells",
                     "split_table",
                     "hvg_genes",
                     "params:columns",
