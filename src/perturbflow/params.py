@@ -87,6 +87,12 @@ class PreprocessingParams:
             when ``X`` is dense or the dense matrix takes at most 1 GiB, CSR otherwise: a
             2M x 2,000 screen is 16 GB dense, ~1.6 GB CSR at 10 % non-zeros). STATE's
             cell-load reads a dense ``X_hvg``: use ``dense`` for files handed to STATE.
+        out_of_core: Stream the raw file by row ranges
+            (:func:`~perturbflow.preprocess.stream.preprocess_h5ad`) instead of loading it:
+            ``always``, ``never``, or ``auto`` (when its matrix takes more than 1 GiB; the
+            in-memory path peaks at ~4x the matrix). Needs ``raw_adata`` to be an
+            ``H5adCellsDataset`` (or a backed AnnData) of a local file with a CSR or dense
+            ``X``, and the seurat flavour.
     """
 
     expected_input: Literal["auto", "counts", "log1p"]
@@ -95,6 +101,7 @@ class PreprocessingParams:
     hvg_flavor: Literal["seurat", "cell_ranger"]
     knockdown: KnockdownParams
     hvg_format: Literal["auto", "dense", "csr"] = "auto"
+    out_of_core: Literal["auto", "always", "never"] = "auto"
 
 
 @dataclass(frozen=True, config=_STRICT)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -386,18 +387,40 @@ class AnnDataDataset(AbstractVersionedDataset[ad.AnnData, ad.AnnData]):
 
     # ---- save -----------------------------------------------------------------------------
 
+    def _save_written(self, data: Any) -> None:
+        """Move a file written out of core onto the dataset's path (atomically, locally)."""
+        save_path = get_filepath_str(self._get_save_path(), self._protocol)
+        try:
+            if self._is_local:
+                with atomic_path(Path(save_path)) as tmp:
+                    shutil.move(str(data.path), tmp)  # a copy when /tmp is another disk
+            else:
+                parent = str(PurePosixPath(save_path).parent)
+                if parent and parent != ".":
+                    self._fs.makedirs(parent, exist_ok=True)
+                self._fs.put_file(str(data.path), save_path)
+        finally:
+            data.discard()
+
     def save(self, data: ad.AnnData) -> None:
         """Write ``data`` to the ``.h5ad`` file atomically, leaving ``data`` untouched.
 
         The file is written to a temporary file in the target's directory and moved onto the
         target only once complete; on failure the previous file (if any) is left as it was.
+        A :class:`~perturbflow.preprocess.stream.WrittenH5ad` (a file the out-of-core
+        preprocessing already wrote) is moved onto the target the same way.
 
         Args:
-            data: The AnnData to save; may be backed or a view.
+            data: The AnnData to save (may be backed or a view), or a written file.
 
         Raises:
             DatasetError: If ``data`` is not an AnnData or writing fails.
         """
+        from perturbflow.preprocess.stream import WrittenH5ad  # local: scanpy is heavy
+
+        if isinstance(data, WrittenH5ad):  # written out of core: move the file into place
+            self._save_written(data)
+            return
         if not isinstance(data, ad.AnnData):
             raise DatasetError(
                 f"AnnDataDataset can only save an anndata.AnnData, got {type(data).__name__} "

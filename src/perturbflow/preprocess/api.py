@@ -19,7 +19,8 @@ from perturbflow.preprocess.validation import context_labels, require_columns, v
 logger = logging.getLogger(__name__)
 
 
-def _check_params(params: PreprocessingParams, *, source: str) -> None:
+def check_params(params: PreprocessingParams, *, source: str) -> None:
+    """Fail on out-of-range preprocessing parameters, naming each."""
     kd = params.knockdown
     problems = []
     if params.n_top_genes < 1:
@@ -67,7 +68,7 @@ def preprocess_adata(
     Raises:
         InputError: Bad data or parameters, before long work starts.
     """
-    _check_params(params, source=source)
+    check_params(params, source=source)
     summary = validate_adata(adata, columns, expected_input=params.expected_input, source=source)
     require_columns(
         adata.obs,

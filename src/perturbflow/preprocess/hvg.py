@@ -47,6 +47,86 @@ DENSE_HVG_MAX_BYTES = 1 << 30
 HVG_FORMATS = ("auto", "dense", "csr")
 
 
+def cap_n_top_genes(n_top_genes: int, n_vars: int, n_varying: int) -> int:
+    """``n_top_genes`` capped (with a warning) at the genes there are and that vary."""
+    n = n_top_genes
+    if n > n_vars:
+        logger.warning("n_top_genes=%d > %d genes in the data: capped at %d", n, n_vars, n_vars)
+        n = n_vars
+    if n > n_varying:
+        logger.warning(
+            "n_top_genes=%d > %d genes that vary across cells (%d constant genes are never "
+            "selected): capped at %d",
+            n,
+            n_varying,
+            n_vars - n_varying,
+            n_varying,
+        )
+        n = n_varying
+    return n
+
+
+def exactly_n(stats: pd.DataFrame, n: int) -> np.ndarray:
+    """Scanpy's ``highly_variable`` column, or the top ``n`` by normalised dispersion.
+
+    scanpy keeps every gene at or above the ``n``-th normalised dispersion, more than ``n``
+    on ties; then the ``n`` genes with the highest normalised dispersion are kept.
+    """
+    chosen = stats["highly_variable"].to_numpy(dtype=bool)
+    if int(chosen.sum()) != n:
+        order = np.argsort(-stats["dispersions_norm"].fillna(-np.inf).to_numpy(), kind="stable")
+        chosen = np.zeros(len(stats), dtype=bool)
+        chosen[order[:n]] = True
+        logger.info(
+            "scanpy's cut-off kept %d genes; kept the top %d by dispersion", chosen.sum(), n
+        )
+    return chosen
+
+
+def seurat_statistics(
+    mean: np.ndarray, var: np.ndarray, n_top_genes: int, n_bins: int = 20
+) -> pd.DataFrame:
+    """Scanpy's ``seurat`` flavour from per-gene moments of the ``expm1`` expression.
+
+    scanpy computes the same from the matrix in memory (after an ``expm1`` copy of it);
+    its result depends on the matrix only through each gene's mean and variance (ddof=1),
+    which the out-of-core preprocessing accumulates block by block, so the rest of the
+    flavour is written out here: log dispersion, ``n_bins`` equal-width bins of log mean,
+    z-score within a bin (a bin of one gene: normalised dispersion 1), and the genes at or
+    above the ``n_top_genes``-th normalised dispersion.
+
+    Args:
+        mean: Mean of ``expm1(X)`` per gene (varying genes only).
+        var: Its variance with ``ddof=1``.
+        n_top_genes: How many genes to select (ties may add more; see :func:`exactly_n`).
+        n_bins: scanpy's ``n_bins``.
+
+    Returns:
+        ``highly_variable``, ``means``, ``dispersions``, ``dispersions_norm`` per gene.
+    """
+    mean = np.asarray(mean, dtype=np.float64).copy()
+    mean[mean == 0] = 1e-12
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dispersion = np.asarray(var, dtype=np.float64) / mean
+        dispersion[dispersion == 0] = np.nan
+        dispersion = np.log(dispersion)
+    df = pd.DataFrame({"means": np.log1p(mean), "dispersions": dispersion})
+    df["mean_bin"] = pd.cut(df["means"], bins=n_bins)
+    grouped = df.groupby("mean_bin", observed=True)["dispersions"]
+    per_bin = grouped.agg(avg="mean", dev="std")
+    single = per_bin["dev"].isnull()  # one gene in its bin: normalised dispersion 1
+    per_bin.loc[single, "dev"] = per_bin.loc[single, "avg"]
+    per_bin.loc[single, "avg"] = 0
+    stats = per_bin.loc[df["mean_bin"]].set_index(df.index)
+    df["dispersions_norm"] = (df["dispersions"] - stats["avg"]) / stats["dev"]
+    norm = df["dispersions_norm"].to_numpy()
+    finite = norm[~np.isnan(norm)]
+    n = min(n_top_genes, finite.size)
+    cutoff = np.sort(finite)[::-1][n - 1] if n > 0 else np.inf
+    df["highly_variable"] = np.nan_to_num(norm, nan=-np.inf) >= cutoff
+    return df[["highly_variable", "means", "dispersions", "dispersions_norm"]]
+
+
 def hvg_matrix(X: object, columns: np.ndarray, hvg_format: str = "auto") -> object:
     """The HVG columns of ``X`` as float32, dense or CSR as ``hvg_format`` says.
 
@@ -115,22 +195,7 @@ def select_hvg(
     n_varying = int(varying.sum())
     if n_varying == 0:
         raise InputError("select_hvg: every gene is constant across cells; nothing varies.")
-    n = n_top_genes
-    if n > out.n_vars:
-        logger.warning(
-            "n_top_genes=%d > %d genes in the data: capped at %d", n, out.n_vars, out.n_vars
-        )
-        n = out.n_vars
-    if n > n_varying:
-        logger.warning(
-            "n_top_genes=%d > %d genes that vary across cells (%d constant genes are never "
-            "selected): capped at %d",
-            n,
-            n_varying,
-            out.n_vars - n_varying,
-            n_varying,
-        )
-        n = n_varying
+    n = cap_n_top_genes(n_top_genes, out.n_vars, n_varying)
 
     # scanpy reads uns["log1p"]["base"]; the temporary AnnData shares X when no gene is
     # constant, else holds a column subset.
@@ -147,14 +212,7 @@ def select_hvg(
             "Try hvg_flavor: seurat."
         ) from err
     stats.index = fit.var_names
-    chosen = stats["highly_variable"].to_numpy(dtype=bool)
-    if int(chosen.sum()) != n:
-        order = np.argsort(-stats["dispersions_norm"].fillna(-np.inf).to_numpy(), kind="stable")
-        chosen = np.zeros(len(stats), dtype=bool)
-        chosen[order[:n]] = True
-        logger.info(
-            "scanpy's cut-off kept %d genes; kept the top %d by dispersion", chosen.sum(), n
-        )
+    chosen = exactly_n(stats, n)
 
     highly_variable = pd.Series(False, index=out.var_names)
     highly_variable[fit.var_names[chosen]] = True

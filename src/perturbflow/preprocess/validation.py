@@ -60,9 +60,7 @@ def detect_expression_kind(
     n_obs = X.shape[0]
     if n_obs == 0 or X.shape[1] == 0:
         return "other"
-    rows = np.arange(n_obs)
-    if n_obs > n_rows:
-        rows = np.sort(np.random.default_rng(seed).choice(n_obs, size=n_rows, replace=False))
+    rows = sample_rows(n_obs, n_rows=n_rows, seed=seed)
     if sp.issparse(X):
         values = np.asarray(X[rows].data)
     else:
@@ -114,12 +112,29 @@ def require_columns(
             )
 
 
-def _check_values(X: Any, *, source: str, what: str = "X") -> None:
+def value_counts(X: Any) -> tuple[int, int, int, int]:
+    """NaN, inf and negative counts among the stored values of ``X``, and how many there are.
+
+    Only the stored values of a sparse matrix are read; summed over blocks of rows, the
+    counts are those of the whole matrix.
+    """
     values = X.data if sp.issparse(X) else np.asarray(X)
+    return (
+        int(np.isnan(values).sum()),
+        int(np.isinf(values).sum()),
+        int((values < 0).sum()),
+        int(values.size),
+    )
+
+
+def check_value_counts(counts: tuple[int, int, int, int], *, source: str, what: str = "X") -> None:
+    """Fail when :func:`value_counts` found NaN, inf or negative values.
+
+    Raises:
+        InputError: Naming how many of each, of how many stored values.
+    """
+    n_nan, n_inf, n_neg, size = counts
     problems = []
-    n_nan = int(np.isnan(values).sum())
-    n_inf = int(np.isinf(values).sum())
-    n_neg = int((values < 0).sum())
     if n_nan:
         problems.append(f"{n_nan:,} NaN")
     if n_inf:
@@ -128,10 +143,21 @@ def _check_values(X: Any, *, source: str, what: str = "X") -> None:
         problems.append(f"{n_neg:,} negative")
     if problems:
         raise InputError(
-            f"{source}: {what} holds {', '.join(problems)} value(s) (of {values.size:,} stored "
+            f"{source}: {what} holds {', '.join(problems)} value(s) (of {size:,} stored "
             "values); expression must be finite and non-negative (raw counts or log1p). "
             "Fix or drop those cells/genes before preprocessing."
         )
+
+
+def _check_values(X: Any, *, source: str, what: str = "X") -> None:
+    check_value_counts(value_counts(X), source=source, what=what)
+
+
+def sample_rows(n_obs: int, *, n_rows: int = SAMPLE_ROWS, seed: int = 0) -> np.ndarray:
+    """The rows :func:`detect_expression_kind` samples (sorted), for a matrix read by rows."""
+    if n_obs <= n_rows:
+        return np.arange(n_obs)
+    return np.sort(np.random.default_rng(seed).choice(n_obs, size=n_rows, replace=False))
 
 
 def _resolve_kind(detected: str, expected_input: str, *, source: str, warnings: list[str]) -> str:
@@ -206,11 +232,30 @@ def validate_adata(
     Raises:
         InputError: On any of the problems above.
     """
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        raise InputError(
-            f"{source}: the AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes)."
-        )
-    obs = adata.obs
+    validate_design(adata.obs, adata.var_names, columns, source=source)
+    _check_values(adata.X, source=source)
+    return design_summary(
+        adata.obs,
+        columns,
+        n_vars=adata.n_vars,
+        detected=detect_expression_kind(adata.X),
+        expected_input=expected_input,
+        source=source,
+    )
+
+
+def validate_design(
+    obs: pd.DataFrame, var_names: pd.Index, columns: ColumnsParams, *, source: str
+) -> None:
+    """The checks of :func:`validate_adata` that read ``obs`` and ``var_names`` only.
+
+    Raises:
+        InputError: Empty data, a missing column, unlabelled cells, an absent control
+            label or duplicated gene names.
+    """
+    n_obs, n_vars = len(obs), len(var_names)
+    if n_obs == 0 or n_vars == 0:
+        raise InputError(f"{source}: the AnnData is empty ({n_obs} cells x {n_vars} genes).")
     require_columns(
         obs,
         [
@@ -237,7 +282,7 @@ def validate_adata(
             f"obs column {columns.pert_col!r}, which has {len(labels):,} distinct values; "
             f"closest: {near}."
         )
-    var_names = pd.Index(adata.var_names)
+    var_names = pd.Index(var_names)
     if not var_names.is_unique:
         dup = var_names[var_names.duplicated()].unique()
         raise InputError(
@@ -245,8 +290,25 @@ def validate_adata(
             f"(e.g. {list(dup[:5])}); make them unique (adata.var_names_make_unique()) or "
             "sum the duplicated genes."
         )
-    _check_values(adata.X, source=source)
-    detected = detect_expression_kind(adata.X)
+
+
+def design_summary(
+    obs: pd.DataFrame,
+    columns: ColumnsParams,
+    *,
+    n_vars: int,
+    detected: str,
+    expected_input: str,
+    source: str,
+) -> dict[str, Any]:
+    """What the data are treated as, and the summary :func:`validate_adata` returns.
+
+    Raises:
+        InputError: What ``X`` holds disagrees with ``expected_input``.
+    """
+    perts = obs[columns.pert_col]
+    labels = pd.Index(pd.unique(perts.astype(str)))
+    control = columns.control_label
     warnings: list[str] = []
     kind = _resolve_kind(detected, expected_input, source=source, warnings=warnings)
 
@@ -264,8 +326,8 @@ def validate_adata(
             logger.warning("%s: %s", source, message)
     summary = {
         "source": source,
-        "n_obs": int(adata.n_obs),
-        "n_vars": int(adata.n_vars),
+        "n_obs": int(len(obs)),
+        "n_vars": int(n_vars),
         "detected_kind": detected,
         "kind": kind,
         "n_perturbations": int(len(labels) - 1),
@@ -276,8 +338,8 @@ def validate_adata(
     logger.info(
         "%s: %d cells x %d genes, X looks like %s, %d perturbations in %d context(s)",
         source,
-        adata.n_obs,
-        adata.n_vars,
+        len(obs),
+        n_vars,
         detected,
         summary["n_perturbations"],
         len(all_contexts),

@@ -1,0 +1,488 @@
+"""Out-of-core preprocessing: a screen larger than RAM, streamed by row ranges.
+
+:func:`preprocess_h5ad` does what :func:`~perturbflow.preprocess.preprocess_adata` does
+(validate, normalise + log1p, on-target knockdown filter, HVGs into ``obsm['X_hvg']``) on
+an h5ad file, holding one block of rows at a time plus per-gene and per-cell vectors:
+
+1. ``obs``/``var`` are read and checked before the matrix is touched; the sampled rows
+   tell counts from log1p.
+2. Pass 1: NaN/inf/negative values and library sizes (the median target sum).
+3. Pass 2: each block is normalised with scanpy (``normalize_total`` with the global
+   target sum, ``log1p``: both act row by row, so a block gives the rows the whole matrix
+   would) and only its target-gene columns are kept; the knockdown filter runs on that
+   cells x targets matrix, the same function as in memory.
+4. Pass 3: the kept rows are normalised again and written to the output (``X``, and the
+   raw counts in ``layers['counts']``), while the per-gene moments of ``expm1(X)`` that
+   scanpy's seurat flavour needs accumulate (:func:`~perturbflow.preprocess.hvg.
+   seurat_statistics`).
+5. Pass 4: the HVG columns of the written ``X`` become ``obsm['X_hvg']`` (CSR past the
+   dense budget of ``hvg_format: auto``).
+
+scanpy and anndata have no streaming path for these steps without dask, which this
+project does not depend on: ``sc.pp.highly_variable_genes`` takes the whole matrix (and
+makes an ``expm1`` copy of it for seurat), ``filter_on_target_knockdown`` and the writers
+need the matrix in RAM. The output is written to a temporary file and returned as a
+:class:`WrittenH5ad`, which the catalog's :class:`~perturbflow.datasets.AnnDataDataset`
+moves into place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import scanpy as sc
+import scipy.sparse as sp
+
+from perturbflow.exceptions import InputError
+from perturbflow.params import ColumnsParams, PreprocessingParams
+from perturbflow.preprocess._knockdown_utils import targets_per_label
+from perturbflow.preprocess.h5blocks import (
+    CSRAppender,
+    DenseAppender,
+    matrix_shape,
+    read_rows,
+    row_ranges,
+    value_dtype,
+)
+from perturbflow.preprocess.hvg import (
+    DENSE_HVG_MAX_BYTES,
+    STAT_COLUMNS,
+    cap_n_top_genes,
+    exactly_n,
+    seurat_statistics,
+)
+from perturbflow.preprocess.knockdown import filter_on_target_knockdown
+from perturbflow.preprocess.report import build_report
+from perturbflow.preprocess.validation import (
+    check_value_counts,
+    context_labels,
+    design_summary,
+    detect_expression_kind,
+    require_columns,
+    sample_rows,
+    validate_design,
+    value_counts,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Stored values per block of rows (~64 MB of float32 + indices at this size).
+BLOCK_VALUES = 8_000_000
+
+
+@dataclass(frozen=True)
+class WrittenH5ad:
+    """A preprocessed h5ad written out of core, waiting in a temporary folder.
+
+    Saving it through :class:`~perturbflow.datasets.AnnDataDataset` moves the file to the
+    dataset's path (and removes the folder); :meth:`discard` removes it otherwise.
+    """
+
+    path: Path
+
+    def discard(self) -> None:
+        """Delete the temporary file and its folder."""
+        shutil.rmtree(self.path.parent, ignore_errors=True)
+
+
+@dataclass
+class _Moments:
+    """Per-gene sums of ``expm1(X)`` and of its square over the written cells."""
+
+    total: np.ndarray
+    squares: np.ndarray
+    nonzero: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    n: int = 0
+
+    @classmethod
+    def zeros(cls, n_genes: int) -> _Moments:
+        return cls(
+            np.zeros(n_genes), np.zeros(n_genes), np.zeros(n_genes, dtype=np.int64),
+            np.full(n_genes, np.inf), np.full(n_genes, -np.inf),
+        )  # fmt: skip
+
+    def add(self, block: sp.csr_matrix) -> None:
+        """Add the rows of a log1p block."""
+        block = block.copy()
+        block.data = np.expm1(block.data)  # float32, as scanpy's seurat flavour does
+        values = block.data.astype(np.float64)
+        self.total += np.bincount(block.indices, weights=values, minlength=len(self.total))
+        self.squares += np.bincount(block.indices, weights=values**2, minlength=len(self.total))
+        stored = block.data != 0
+        self.nonzero += np.bincount(block.indices[stored], minlength=len(self.total))
+        np.minimum.at(self.low, block.indices[stored], block.data[stored])
+        np.maximum.at(self.high, block.indices[stored], block.data[stored])
+        self.n += block.shape[0]
+
+    def constant(self) -> np.ndarray:
+        """Genes with one value in every cell (all zero, or equal and never zero)."""
+        return (self.nonzero == 0) | ((self.nonzero == self.n) & (self.low == self.high))
+
+    def mean_var(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and variance (``ddof=1``) per gene."""
+        mean = self.total / self.n
+        var = (self.squares / self.n - mean**2) * self.n / max(self.n - 1, 1)
+        return mean, np.maximum(var, 0.0)
+
+
+def _block_rows(n_rows: int, nnz: int, n_cols: int) -> int:
+    """Rows per block so that a block holds about :data:`BLOCK_VALUES` stored values."""
+    per_row = max(1.0, nnz / max(n_rows, 1)) if nnz else n_cols
+    return int(max(256, min(n_rows, BLOCK_VALUES // per_row)))
+
+
+def _stored_values(node: h5py.Group | h5py.Dataset) -> int:
+    return int(node["data"].shape[0]) if isinstance(node, h5py.Group) else int(np.prod(node.shape))
+
+
+def _normalise(raw: sp.csr_matrix, kind: str, target_sum: float | None) -> sp.csr_matrix:
+    """Normalise + log1p one block of raw counts with scanpy (a log1p block is returned)."""
+    if kind == "log1p":
+        return raw
+    block = ad.AnnData(X=raw.copy())  # scanpy normalises in place
+    sc.pp.normalize_total(block, target_sum=target_sum)
+    sc.pp.log1p(block)
+    return sp.csr_matrix(block.X)
+
+
+def _validate(
+    node: h5py.Group | h5py.Dataset,
+    obs: pd.DataFrame,
+    var: pd.DataFrame,
+    columns: ColumnsParams,
+    params: PreprocessingParams,
+    source: str,
+) -> tuple[dict[str, Any], int]:
+    """Every check that reads ``obs``, ``var`` and a sample of rows; the block size."""
+    validate_design(obs, var.index, columns, source=source)
+    require_columns(
+        obs,
+        [
+            ("knockdown.target_col", params.knockdown.target_col),
+            ("knockdown.type_col", params.knockdown.type_col),
+        ],
+        source=source,
+    )
+    n_rows, n_cols = matrix_shape(node, f"{source}: X")
+    if n_rows != len(obs) or n_cols != len(var):
+        raise InputError(
+            f"{source}: X is {n_rows} x {n_cols}, obs/var say {len(obs)} x {len(var)}."
+        )
+    rows = sample_rows(n_rows)
+    sample = sp.vstack([read_rows(node, int(r), int(r) + 1) for r in rows]).tocsr()
+    summary = design_summary(
+        obs,
+        columns,
+        n_vars=n_cols,
+        detected=detect_expression_kind(sample),
+        expected_input=params.expected_input,
+        source=source,
+    )
+    return summary, _block_rows(n_rows, _stored_values(node), n_cols)
+
+
+def _pass_values(
+    node: h5py.Group | h5py.Dataset, block_rows: int, kind: str, source: str
+) -> np.ndarray:
+    """Pass 1: fail on NaN/inf/negative values; library size of every cell."""
+    n_rows = matrix_shape(node, source)[0]
+    counts = np.zeros(4, dtype=np.int64)
+    library = np.zeros(n_rows)
+    for start, stop in row_ranges(n_rows, block_rows):
+        block = read_rows(node, start, stop)
+        counts += value_counts(block)
+        library[start:stop] = np.asarray(block.sum(axis=1)).ravel()
+    check_value_counts(tuple(int(c) for c in counts), source=source)
+    if kind == "counts":
+        n_empty = int((library == 0).sum())
+        if n_empty:
+            logger.warning(
+                "%d cells have no counts; they stay all-zero after normalisation", n_empty
+            )
+    return library
+
+
+def _target_columns(
+    obs: pd.DataFrame, var_names: pd.Index, columns: ColumnsParams, params: PreprocessingParams,
+    source: str,
+) -> np.ndarray:  # fmt: skip
+    """Columns of every gene that a perturbation label (or ``target_col``) targets."""
+    codes, uniques = pd.factorize(obs[columns.pert_col].astype(str))
+    labels = [str(u) for u in uniques]
+    targets = targets_per_label(obs, labels, codes, params.knockdown.target_col, source)
+    genes = sorted({g for t in targets for g in t} & set(map(str, var_names)))
+    return pd.Index(var_names).get_indexer(genes).astype(np.int64)
+
+
+def _pass_knockdown(
+    node: h5py.Group | h5py.Dataset,
+    obs: pd.DataFrame,
+    var: pd.DataFrame,
+    block_rows: int,
+    norm: tuple[str, float | None],
+    columns: ColumnsParams,
+    params: PreprocessingParams,
+    source: str,
+) -> tuple[np.ndarray, pd.DataFrame, dict[str, Any]]:
+    """Pass 2: the knockdown filter on the cells x target-genes matrix; the kept rows."""
+    cols = _target_columns(obs, var.index, columns, params, source)
+    n_rows = len(obs)
+    blocks = [
+        _normalise(read_rows(node, start, stop), *norm)[:, cols]
+        for start, stop in row_ranges(n_rows, block_rows)
+    ]
+    targets = ad.AnnData(
+        X=sp.vstack(blocks).tocsr() if blocks else sp.csr_matrix((0, len(cols))),
+        obs=obs.set_index(pd.Index(np.arange(n_rows).astype(str))),
+        var=pd.DataFrame(index=var.index[cols]),
+    )
+    filtered, table = filter_on_target_knockdown(targets, columns, params.knockdown, source=source)
+    keep = np.zeros(n_rows, dtype=bool)
+    keep[filtered.obs_names.astype(np.int64)] = True
+    return keep, table, dict(filtered.uns["perturbflow"]["knockdown"])
+
+
+def _write_kept(
+    node: h5py.Group | h5py.Dataset,
+    out: h5py.File,
+    keep: np.ndarray,
+    block_rows: int,
+    norm: tuple[str, float | None],
+) -> _Moments:
+    """Pass 3: write the kept rows' ``X`` (and raw counts); accumulate the HVG moments."""
+    n_cols = matrix_shape(node, "X")[1]
+    dtype = value_dtype(node)  # as in memory: a float matrix keeps its dtype
+    x_out = CSRAppender(out, "X", n_cols, dtype)
+    counts_out = None
+    if norm[0] == "counts":
+        counts_out = CSRAppender(out.require_group("layers"), "counts", n_cols, dtype)
+    moments = _Moments.zeros(n_cols)
+    started = last = time.perf_counter()
+    for start, stop in row_ranges(len(keep), block_rows):
+        rows = np.flatnonzero(keep[start:stop])
+        raw = read_rows(node, start, stop)[rows]
+        block = _normalise(raw, *norm)
+        x_out.append(block)
+        moments.add(block)
+        if counts_out is not None:
+            counts_out.append(raw)
+        if time.perf_counter() - last > 10 or stop == len(keep):
+            last = time.perf_counter()
+            logger.info(
+                "Preprocessing: %d/%d rows written (%.0f s)", stop, len(keep), last - started
+            )
+    x_out.close()
+    if counts_out is not None:
+        counts_out.close()
+    return moments
+
+
+def _select_hvg(
+    moments: _Moments, var: pd.DataFrame, n_top_genes: int
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The HVG columns (ascending) and ``var`` annotated as :func:`select_hvg` does."""
+    varying = ~moments.constant()
+    if not varying.any():
+        raise InputError("select_hvg: every gene is constant across cells; nothing varies.")
+    n = cap_n_top_genes(n_top_genes, len(var), int(varying.sum()))
+    mean, variance = moments.mean_var()
+    stats = seurat_statistics(mean[varying], variance[varying], n)
+    stats.index = var.index[varying]
+    chosen = exactly_n(stats, n)
+    annotated = var.copy()
+    highly_variable = pd.Series(False, index=var.index)
+    highly_variable[stats.index[chosen]] = True
+    annotated["highly_variable"] = highly_variable.to_numpy()
+    for col in STAT_COLUMNS:
+        annotated[col] = stats[col].reindex(var.index).to_numpy(dtype=np.float64)
+    return annotated, np.flatnonzero(annotated["highly_variable"].to_numpy())
+
+
+def _write_hvg(out: h5py.File, columns: np.ndarray, n_cells: int, hvg_format: str) -> str:
+    """Pass 4: ``obsm['X_hvg']`` from the written ``X`` (dense or CSR); the format used."""
+    dense = hvg_format == "dense" or (
+        hvg_format == "auto" and n_cells * len(columns) * 4 <= DENSE_HVG_MAX_BYTES
+    )
+    obsm = out.require_group("obsm")
+    writer = (
+        DenseAppender(obsm, "X_hvg", n_cells, len(columns))
+        if dense
+        else CSRAppender(obsm, "X_hvg", len(columns))
+    )
+    x = out["X"]
+    block_rows = _block_rows(n_cells, _stored_values(x), x.attrs["shape"][1])
+    for start, stop in row_ranges(n_cells, block_rows):
+        writer.append(read_rows(x, start, stop)[:, columns])
+    writer.close()
+    return "dense" if dense else "csr"
+
+
+def _uns(source_file: h5py.File, records: dict[str, Any], kind: str) -> dict[str, Any]:
+    uns = dict(ad.io.read_elem(source_file["uns"])) if "uns" in source_file else {}
+    if kind == "counts":
+        uns["log1p"] = {"base": None}
+    uns["perturbflow"] = {**dict(uns.get("perturbflow", {})), **records}
+    return uns
+
+
+#: ``out_of_core: auto`` streams a raw matrix that takes more than this in RAM.
+OUT_OF_CORE_ABOVE_BYTES = 1 << 30
+
+
+def matrix_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes the ``X`` of an h5ad file takes in RAM (values + indices of a CSR matrix)."""
+    with h5py.File(path, "r") as f:
+        node = f["X"]
+        if isinstance(node, h5py.Dataset):
+            return int(np.prod(node.shape)) * max(node.dtype.itemsize, 4)
+        return int(node["data"].shape[0]) * (4 + node["indices"].dtype.itemsize)
+
+
+def streams(raw: Any, params: PreprocessingParams) -> bool:
+    """Whether ``preprocessing.out_of_core`` streams ``raw`` (an AnnData or file cells).
+
+    Raises:
+        InputError: ``always`` for data that has no file behind it.
+    """
+    in_memory = isinstance(raw, ad.AnnData) and not raw.isbacked
+    if params.out_of_core == "never":
+        return False
+    if in_memory:
+        if params.out_of_core == "always":
+            raise InputError(
+                "preprocessing.out_of_core is 'always' but raw_adata is an AnnData in memory: "
+                "make raw_adata a perturbflow.datasets.H5adCellsDataset of the file."
+            )
+        return False
+    if params.out_of_core == "always":
+        return True
+    size = matrix_bytes(raw.filename)
+    if size > OUT_OF_CORE_ABOVE_BYTES:
+        logger.info(
+            "%s: X takes %.1f GiB in RAM, over the %.0f GiB of out_of_core: auto: streaming it.",
+            raw.filename,
+            size / 2**30,
+            OUT_OF_CORE_ABOVE_BYTES / 2**30,
+        )
+        return True
+    return False
+
+
+def preprocess_h5ad(
+    path: str | os.PathLike[str],
+    columns: ColumnsParams,
+    params: PreprocessingParams,
+    *,
+    source: str | None = None,
+) -> tuple[WrittenH5ad, list[str], dict[str, Any]]:
+    """Preprocess an h5ad file out of core (see the module docstring).
+
+    Args:
+        path: The raw screen (``X`` dense or CSR, counts or log1p); never modified.
+        columns: Where the design lives in ``obs``.
+        params: Normalisation, HVG and knockdown settings (``hvg_flavor`` must be
+            ``seurat``).
+        source: Name of the input in messages (default: the path).
+
+    Returns:
+        The written file (move it with the catalog, or ``discard`` it), the ordered HVG
+        list and the report of :func:`~perturbflow.preprocess.preprocess_adata`.
+
+    Raises:
+        InputError: Bad data or parameters, before the matrix is read past its sample.
+    """
+    from perturbflow.preprocess.api import check_params
+
+    source = source or str(path)
+    check_params(params, source=source)
+    if params.hvg_flavor != "seurat":
+        raise InputError(
+            f"{source}: out-of-core preprocessing selects HVGs with the seurat flavour; "
+            f"hvg_flavor is {params.hvg_flavor!r} (set preprocessing.out_of_core: false)."
+        )
+    folder = Path(tempfile.mkdtemp(prefix="perturbflow-preprocess-"))
+    written = WrittenH5ad(folder / "preprocessed.h5ad")
+    try:
+        with h5py.File(path, "r") as raw:
+            obs, var = ad.io.read_elem(raw["obs"]), ad.io.read_elem(raw["var"])
+            summary, block_rows = _validate(raw["X"], obs, var, columns, params, source)
+            kind = summary["kind"]
+            library = _pass_values(raw["X"], block_rows, kind, source)
+            target_sum = params.target_sum
+            effective = target_sum or float(np.median(library[library > 0]))
+            norm = (kind, effective if kind == "counts" else None)
+            keep, kd_table, kd_record = _pass_knockdown(
+                raw["X"], obs, var, block_rows, norm, columns, params, source
+            )
+            kept_obs = obs.iloc[np.flatnonzero(keep)].copy()
+            for col in kept_obs.columns:  # as anndata's subsetting does
+                if isinstance(kept_obs[col].dtype, pd.CategoricalDtype):
+                    kept_obs[col] = kept_obs[col].cat.remove_unused_categories()
+            with h5py.File(written.path, "w") as out:
+                moments = _write_kept(raw["X"], out, keep, block_rows, norm)
+                annotated, hvg_cols = _select_hvg(moments, var, params.n_top_genes)
+                layout = _write_hvg(out, hvg_cols, int(keep.sum()), params.hvg_format)
+                normalisation = _normalisation_record(kind, effective, target_sum)
+                hvg = {"flavor": "seurat", "n_top_genes": params.n_top_genes,
+                       "n_selected": len(hvg_cols)}  # fmt: skip
+                records = {"normalisation": normalisation, "knockdown": kd_record, "hvg": hvg}
+                # as write_h5ad stores them: string columns as categoricals
+                frames = ad.AnnData(obs=kept_obs.copy(), var=annotated)
+                frames.strings_to_categoricals()
+                ad.io.write_elem(out, "obs", frames.obs)
+                ad.io.write_elem(out, "var", frames.var)
+                ad.io.write_elem(out, "uns", _uns(raw, records, kind))
+                for group in ("obsm", "layers", "varm", "obsp", "varp"):
+                    out.require_group(group).attrs.update(
+                        {"encoding-type": "dict", "encoding-version": "0.1.0"}
+                    )
+                out.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+    except BaseException:
+        written.discard()
+        raise
+    hvg_genes = [str(g) for g in var.index[hvg_cols]]
+    is_control = (kept_obs[columns.pert_col].astype(str) == columns.control_label).to_numpy()
+    contexts = context_labels(kept_obs, columns)
+    report = build_report(
+        source=source,
+        summary=summary,
+        normalisation=normalisation,
+        knockdown=kd_record,
+        knockdown_table=kd_table,
+        controls=pd.Series(contexts[is_control]).value_counts().sort_index(),
+        control_label=columns.control_label,
+        hvg=hvg,
+        final_shape=(int(keep.sum()), len(var)),
+    )
+    logger.info(
+        "%s: preprocessed out of core %d x %d -> %d x %d; %d HVGs (X_hvg %s)",
+        source, len(obs), len(var), int(keep.sum()), len(var), len(hvg_genes), layout,
+    )  # fmt: skip
+    return written, hvg_genes, report
+
+
+def _normalisation_record(kind: str, effective: float, target_sum: float | None) -> dict:
+    """``uns['perturbflow']['normalisation']`` as :func:`normalize_log1p` writes it."""
+    if kind == "log1p":
+        return {"input": "log1p", "normalised": False}
+    return {
+        "input": "counts",
+        "normalised": True,
+        "method": "sc.pp.normalize_total + sc.pp.log1p",
+        "target_sum": effective,
+        "target_sum_is_median": target_sum is None,
+        "counts_layer": "counts",
+    }
