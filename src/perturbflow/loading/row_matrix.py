@@ -20,8 +20,14 @@ import scipy.sparse as sp
 
 from perturbflow.loading.h5reader import H5RowReader
 
-#: Rows per block when a long list of rows is streamed (64k rows x 2,000 genes: 512 MB f32).
-BLOCK_ROWS = 65_536
+#: Bytes of float32 values per block when a long list of rows is streamed (the float64
+#: sums of :func:`~perturbflow.evaluation.design.group_means` take twice that).
+BLOCK_BYTES = 1 << 28
+
+
+def block_rows_for(n_cols: int) -> int:
+    """Rows per block: :data:`BLOCK_BYTES` of float32 values, at least 1,024 rows."""
+    return max(1024, BLOCK_BYTES // (4 * max(n_cols, 1)))
 
 
 class RowMatrix:
@@ -82,7 +88,7 @@ class RowMatrix:
         return self._csr[rows].toarray().astype(np.float32, copy=False)
 
     def blocks(
-        self, rows: Sequence[int] | np.ndarray | None = None, block_rows: int = BLOCK_ROWS
+        self, rows: Sequence[int] | np.ndarray | None = None, block_rows: int | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(rows of the block, their dense values)`` over ``rows`` (all by default)."""
         yield from row_blocks(self, rows, block_rows)
@@ -91,10 +97,14 @@ class RowMatrix:
 def row_blocks(
     X: np.ndarray | RowMatrix,
     rows: Sequence[int] | np.ndarray | None = None,
-    block_rows: int = BLOCK_ROWS,
+    block_rows: int | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(block rows, X[block rows])`` over ``rows`` of a dense array or a RowMatrix."""
+    """Yield ``(block rows, X[block rows])`` over ``rows`` of a dense array or a RowMatrix.
+
+    ``block_rows`` defaults to :func:`block_rows_for` the matrix's width.
+    """
     rows = np.arange(len(X)) if rows is None else np.asarray(rows, dtype=np.int64)
+    block_rows = block_rows or block_rows_for(X.shape[1])
     for start in range(0, len(rows), block_rows):
         block = rows[start : start + block_rows]
         yield block, np.asarray(X[block])
