@@ -35,7 +35,7 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 
 
 class ThroughputMeter(Callback):
-    """Training throughput (perturbed cells predicted per second), after a warm-up."""
+    """Training throughput (perturbed cells per second, all DDP ranks), after a warm-up."""
 
     def __init__(self, warmup_steps: int = 5) -> None:
         self.warmup_steps = warmup_steps
@@ -51,7 +51,8 @@ class ThroughputMeter(Callback):
         self._seen += 1
         if self._started is not None and self._seen > self.warmup_steps:
             self.seconds += time.perf_counter() - self._started
-            self.cells += int(batch["pert_rows"].numel())
+            # every DDP rank trains on its own share: the run's throughput is world_size times
+            self.cells += int(batch["pert_rows"].numel()) * trainer.world_size
 
     @property
     def cells_per_s(self) -> float | None:
