@@ -8,8 +8,9 @@ Usage (from the project root, in the project's environment; check `df -h` first:
 For each size, generates a raw-count screen (CSR float32, ``--density`` non-zeros;
 ``--perturbations`` CRISPRi targets + ``non-targeting``, ``--celltypes`` cell types, 8
 batches; each perturbation silences its target gene and shifts 40 other genes), then runs
-``kedro run --pipelines preprocessing``, ``splits``, ``training`` (``--steps`` steps, then
-the test predictions) and ``evaluation`` through a conf environment written for it
+``kedro run --pipelines preprocessing``, ``splits``, ``pairing`` (every perturbed cell
+paired with a control of its context), ``training`` (``--steps`` steps, then the test
+predictions) and ``evaluation`` through a conf environment written for it
 (``--conf-source`` = conf/base + a ``scale`` environment whose outputs go under the work
 dir), and records each step's wall time and peak RSS (the sum over the process tree,
 sampled every 0.2 s; ``peak_anon_mib`` leaves out file-backed pages, i.e. the memory-mapped
@@ -41,7 +42,7 @@ from perturbflow.preprocess.h5blocks import CSRAppender
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK_ROWS = 4096
-STEPS = ("preprocessing", "splits", "training", "evaluation")
+STEPS = ("preprocessing", "splits", "pairing", "training", "evaluation")
 
 
 def generate(path: Path, n_cells: int, n_genes: int, n_perts: int, n_types: int,

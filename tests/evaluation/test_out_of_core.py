@@ -125,3 +125,28 @@ def test_training_effects_and_digest_do_not_depend_on_storage(screen, monkeypatc
     whole = hashlib.sha256(np.ascontiguousarray(dense).tobytes())
     whole.update("\n".join(genes).encode())
     assert expected == whole.hexdigest()  # the digest of runs hashed the old way
+
+
+def test_the_streamed_target_signature_equals_the_one_piece_formula():
+    from perturbflow.evaluation.linear import _streamed_slope
+
+    rng = np.random.default_rng(0)
+    t = rng.normal(2, 1, 500)
+    X = np.column_stack([t, 3 * t + rng.normal(0, 0.1, 500), rng.normal(0, 1, (500, 4))])
+    rows = np.arange(0, 500, 2)
+    sub = X[rows]
+    expected = ((sub - sub.mean(0)) * (sub[:, 0] - sub[:, 0].mean())[:, None]).mean(0)
+    expected /= sub[:, 0].var()
+    import perturbflow.loading.row_matrix as row_matrix
+
+    defaults = row_matrix.row_blocks.__defaults__
+    row_matrix.row_blocks.__defaults__ = (None, 37)  # many blocks
+    try:
+        got = _streamed_slope(X.astype(np.float32), rows, 0)
+    finally:
+        row_matrix.row_blocks.__defaults__ = defaults
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert abs(got[1] - 3.0) < 0.05
+    constant = X.copy()
+    constant[:, 0] = 1.5
+    assert _streamed_slope(constant, rows, 0) is None

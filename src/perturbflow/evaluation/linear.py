@@ -39,11 +39,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from perturbflow.evaluation.baselines import FALLBACK, Key, PredictedEffect
 from perturbflow.evaluation.design import EvaluationData, TrainingEffects
+from perturbflow.loading.row_matrix import block_rows_for, row_blocks
 from perturbflow.perturbations import components
 
 logger = logging.getLogger(__name__)
@@ -107,15 +109,43 @@ class Evidence:
     def _signature(self, context: str, gene: str) -> np.ndarray | None:
         if (context, gene) not in self._signatures:
             rows = self.data.control_rows(context)
-            X = self.data.X[rows].astype(np.float64)
-            t = X[:, self.gene_index[gene]]
-            var = t.var()
-            if len(rows) < 3 or var <= 0:
-                self._signatures[(context, gene)] = None
+            column = self.gene_index[gene]
+            if len(rows) <= block_rows_for(self.data.X.shape[1]):  # exact, in one piece
+                X = self.data.X[rows].astype(np.float64)
+                t = X[:, column]
+                var = t.var()
+                slope = None
+                if len(rows) >= 3 and var > 0:
+                    slope = ((X - X.mean(axis=0)) * (t - t.mean())[:, None]).mean(axis=0) / var
             else:
-                slope = ((X - X.mean(axis=0)) * (t - t.mean())[:, None]).mean(axis=0) / var
-                self._signatures[(context, gene)] = slope
+                slope = _streamed_slope(self.data.X, rows, column)
+            self._signatures[(context, gene)] = slope
         return self._signatures[(context, gene)]
+
+
+def _streamed_slope(X: Any, rows: np.ndarray, column: int) -> np.ndarray | None:
+    """Regression slope of every gene on gene ``column`` over ``rows``, in blocks of rows.
+
+    The same slope as the one-piece formula, from running sums (the control cells of one
+    context of a large screen do not fit in RAM as float64 at once). ``None`` when the gene
+    does not vary.
+    """
+    n = len(rows)
+    sum_x = np.zeros(X.shape[1])
+    sum_xt = np.zeros(X.shape[1])
+    sum_t = sum_tt = 0.0
+    for _, block in row_blocks(X, rows):
+        values = block.astype(np.float64)
+        t = values[:, column]
+        sum_x += values.sum(axis=0)
+        sum_xt += t @ values
+        sum_t += float(t.sum())
+        sum_tt += float(t @ t)
+    mean_t = sum_t / n
+    var = sum_tt / n - mean_t**2
+    if var <= 1e-12 * max(sum_tt / n, 1e-12):  # a constant gene, up to rounding
+        return None
+    return (sum_xt / n - mean_t * sum_x / n) / var
 
 
 @dataclass(frozen=True)
