@@ -134,3 +134,20 @@ def test_the_cell_ranger_flavour_is_refused_before_work():
     params = dataclasses.replace(PARAMS, hvg_flavor="cell_ranger")
     with pytest.raises(InputError, match="seurat flavour"):
         preprocess_h5ad(PAPALEXI_PATH, PAPALEXI_COLUMNS, params)
+
+
+def test_a_killed_runs_temporary_output_is_removed_by_the_next_run(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    stale = tmp_path / f"{stream.TEMP_PREFIX}{dead.stdout.strip()}-abc"
+    alive = tmp_path / f"{stream.TEMP_PREFIX}{os.getpid()}-def"
+    for folder in (stale, alive):
+        folder.mkdir()
+        (folder / "preprocessed.h5ad").write_bytes(b"half written")
+    written, _, _ = preprocess_h5ad(PAPALEXI_PATH, PAPALEXI_COLUMNS, PARAMS)
+    written.discard()
+    assert not stale.exists() and alive.exists()

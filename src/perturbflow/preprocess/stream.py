@@ -381,6 +381,29 @@ def streams(raw: Any, params: PreprocessingParams) -> bool:
     return False
 
 
+TEMP_PREFIX = "perturbflow-preprocess-"
+
+
+def _remove_stale_outputs() -> None:
+    """Delete the temporary outputs of out-of-core runs whose process is gone (killed).
+
+    A run removes its own folder when it fails with an exception; a killed one cannot, so
+    the next run removes every ``perturbflow-preprocess-<pid>-*`` folder whose process no
+    longer exists (a run still going in another process is left alone).
+    """
+    for folder in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
+        pid = folder.name[len(TEMP_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            logger.info("Removing %s, left by a killed preprocessing run.", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # another user's process: alive
+            continue
+
+
 def preprocess_h5ad(
     path: str | os.PathLike[str],
     columns: ColumnsParams,
@@ -413,7 +436,8 @@ def preprocess_h5ad(
             f"{source}: out-of-core preprocessing selects HVGs with the seurat flavour; "
             f"hvg_flavor is {params.hvg_flavor!r} (set preprocessing.out_of_core: false)."
         )
-    folder = Path(tempfile.mkdtemp(prefix="perturbflow-preprocess-"))
+    _remove_stale_outputs()
+    folder = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-"))
     written = WrittenH5ad(folder / "preprocessed.h5ad")
     try:
         with h5py.File(path, "r") as raw:
