@@ -299,3 +299,34 @@ def test_h5ad_identity(files, tmp_path) -> None:
     assert h5ad_identity(copy)["fingerprint"] != first["fingerprint"]
     with pytest.raises(InputError, match="no such h5ad file"):
         h5ad_identity(tmp_path / "nope.h5ad")
+
+
+def _mapped_rss_kib(path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (Linux /proc/self/smaps)."""
+    total, current = 0, False
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+            current = len(fields) >= 6 and fields[-1] == str(path)
+        elif current and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc")
+def test_release_drops_the_mapped_pages_from_resident_memory(tmp_path):
+    import anndata as ad
+    import scipy.sparse as sp
+
+    from perturbflow.loading.h5reader import H5RowReader
+
+    X = sp.random(20_000, 500, density=0.2, format="csr", dtype=np.float32, random_state=0)
+    path = tmp_path / "big.h5ad"
+    ad.AnnData(X=X).write_h5ad(path)
+    reader = H5RowReader(path, preload=False)
+    for start in range(0, 20_000, 2_000):
+        reader.read(np.arange(start, start + 2_000))
+    assert _mapped_rss_kib(path.resolve()) > 8_000  # ~16 MB of values and indices touched
+    reader.release()
+    assert _mapped_rss_kib(path.resolve()) < 1_000
+    np.testing.assert_array_equal(reader.read(np.array([5, 3])), X[[5, 3]].toarray())

@@ -55,6 +55,8 @@ from perturbflow.exceptions import InputError, suggest
 logger = logging.getLogger(__name__)
 
 _MIB = 1024 * 1024
+#: Lazy reads between two :meth:`H5RowReader.release` calls (bounds the mapped pages' RSS).
+RELEASE_EVERY = 32
 _RUNS_PER_READ = 128  # runs per HDF5 read: more was slower (HDF5's hyperslab-union cost)
 _CSC_FIX = "`adata.X = scipy.sparse.csr_matrix(adata.X); adata.write_h5ad(path)` (or the layer)"
 
@@ -95,7 +97,9 @@ class H5RowReader:
         self._mem: np.ndarray | sp.csr_matrix | None = None
         self._plans: dict[str, tuple] = {}
         self._maps: dict[str, np.ndarray] = {}
+        self._mmaps: dict[str, mmap.mmap] = {}
         self._maps_pid: int | None = None
+        self._reads = 0
         if not self.path.is_file():
             raise InputError(f"{self.path}: no such h5ad file (key {key!r}).")
         node = self._resolve(self._handle())
@@ -153,6 +157,22 @@ class H5RowReader:
         if self._file is not None and self._pid == os.getpid():
             self._file.close()  # never close a handle inherited from a parent process
         self._file, self._pid, self._maps, self._maps_pid = None, None, {}, None
+        self._mmaps = {}
+
+    def release(self) -> None:
+        """Drop the mapped file pages from this process's resident memory.
+
+        Memory-mapped reads leave the pages they touched resident in the process (they
+        count in its RSS until the mapping goes), so a long run of random reads, or a pass
+        over the whole file, would make the RSS grow to the file's size. ``MADV_DONTNEED``
+        unmaps them from the process; the data stay in the kernel's page cache, so the
+        next read of them is still fast. :meth:`read` calls this every
+        :data:`RELEASE_EVERY` reads.
+        """
+        if self._maps_pid != os.getpid() or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        for mapped in self._mmaps.values():
+            mapped.madvise(mmap.MADV_DONTNEED)
 
     def __enter__(self) -> H5RowReader:
         return self
@@ -163,7 +183,8 @@ class H5RowReader:
     def __getstate__(self) -> dict[str, Any]:
         # Handles and maps belong to a process (and a memmap would pickle as a full copy):
         # the new owner reopens them. The chunk plans and a preloaded matrix travel.
-        return {**self.__dict__, "_file": None, "_pid": None, "_maps": {}, "_maps_pid": None}
+        state = {**self.__dict__, "_file": None, "_pid": None, "_maps": {}, "_maps_pid": None}
+        return {**state, "_mmaps": {}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -190,6 +211,9 @@ class H5RowReader:
         if self._mem is not None:
             got = self._mem[rows]
             return got if self.encoding == "dense" else got.toarray()
+        self._reads += 1
+        if self._reads % RELEASE_EVERY == 0:
+            self.release()
         if self._node in self._plans:  # a mapped dense matrix is indexed in any order
             return self._map(self._node)[rows].astype(self.dtype, copy=False)
         uniq, inverse = np.unique(rows, return_inverse=True)
@@ -220,7 +244,7 @@ class H5RowReader:
     def _map(self, name: str) -> np.ndarray:
         """This process's memory map of dataset ``name`` (rebuilt after fork/unpickling)."""
         if self._maps_pid != os.getpid():
-            self._maps, self._maps_pid = {}, os.getpid()
+            self._maps, self._mmaps, self._maps_pid = {}, {}, os.getpid()
         if name not in self._maps:
             plan, ds = self._plans[name], self._handle()[name]
             if plan[0] == "contiguous":
@@ -232,6 +256,8 @@ class H5RowReader:
             # every fault, so most of a large file would end up resident (and read).
             if hasattr(mapped, "_mmap") and hasattr(mmap, "MADV_RANDOM"):
                 mapped._mmap.madvise(mmap.MADV_RANDOM)
+            if hasattr(mapped, "_mmap") and mapped._mmap is not None:
+                self._mmaps[name] = mapped._mmap  # for release()
             self._maps[name] = mapped.view(np.ndarray)  # plain ndarray: faster indexing
         return self._maps[name]
 

@@ -105,9 +105,13 @@ def row_blocks(
     """
     rows = np.arange(len(X)) if rows is None else np.asarray(rows, dtype=np.int64)
     block_rows = block_rows or block_rows_for(X.shape[1])
+    reader = X.reader if isinstance(X, RowMatrix) else None
     for start in range(0, len(rows), block_rows):
         block = rows[start : start + block_rows]
-        yield block, np.asarray(X[block])
+        values = np.asarray(X[block])
+        if reader is not None:  # a pass over the file must not leave it all resident
+            reader.release()
+        yield block, values
 
 
 def matrix_sha256(X: np.ndarray | RowMatrix, names: Sequence[str] = ()) -> str:
