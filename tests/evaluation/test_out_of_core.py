@@ -128,7 +128,7 @@ def test_training_effects_and_digest_do_not_depend_on_storage(screen, monkeypatc
 
 
 def test_the_streamed_target_signature_equals_the_one_piece_formula():
-    from perturbflow.evaluation.linear import _streamed_slope
+    from perturbflow.evaluation.linear import _streamed_slopes
 
     rng = np.random.default_rng(0)
     t = rng.normal(2, 1, 500)
@@ -142,11 +142,34 @@ def test_the_streamed_target_signature_equals_the_one_piece_formula():
     defaults = row_matrix.row_blocks.__defaults__
     row_matrix.row_blocks.__defaults__ = (None, 37)  # many blocks
     try:
-        got = _streamed_slope(X.astype(np.float32), rows, 0)
+        got, other = _streamed_slopes(X.astype(np.float32), rows, np.array([0, 1]))
     finally:
         row_matrix.row_blocks.__defaults__ = defaults
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert abs(got[1] - 3.0) < 0.05
     constant = X.copy()
     constant[:, 0] = 1.5
-    assert _streamed_slope(constant, rows, 0) is None
+    assert _streamed_slopes(constant, rows, np.array([0, 1]))[0] is None
+    assert other is not None and abs(other[0] - 1 / 3) < 0.01  # gene 0 on gene 1
+
+
+def test_a_large_contexts_signatures_equal_the_small_ones(monkeypatch):
+    import perturbflow.evaluation.linear as linear
+    from perturbflow.evaluation.linear import Evidence
+    from tests.synthetic import make_screen, split_table
+
+    rng = np.random.default_rng(0)
+    effects = {("A", p): rng.normal(0, 0.5, 12) for p in ("g1", "g2", "g3+g4")}
+    adata = make_screen(effects, n_genes=12, contexts=["A"], noise=0.3)
+    table = split_table(adata, {"s": {("A", "g3+g4"): "test"}})
+    genes = list(adata.var_names)
+    data = split_design(adata.obs_names, table, "s", genes=genes, matrix=adata.X)
+    small = Evidence(data, training_effects(data))
+    expected = {g: small._signature("ds.A", g) for g in ("g1", "g2", "g3", "g4")}
+    assert all(v is not None for v in expected.values())
+    monkeypatch.setattr(linear, "block_rows_for", lambda n_cols: 50)  # the streamed path
+    large = Evidence(data, training_effects(data))
+    assert large._target_genes() == ["g1", "g2", "g3", "g4"]
+    for gene, slope in expected.items():
+        np.testing.assert_allclose(large._signature("ds.A", gene), slope, rtol=1e-6, atol=1e-8)
+    assert set(large._signatures) == {("ds.A", g) for g in expected}  # all in one pass

@@ -75,6 +75,7 @@ class Evidence:
     index: dict[Key, int] = field(init=False)
     gene_index: dict[str, int] = field(init=False)
     _signatures: dict[tuple[str, str], np.ndarray | None] = field(default_factory=dict)
+    _targets: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.centred = _centre(self.effects)
@@ -117,35 +118,51 @@ class Evidence:
                 slope = None
                 if len(rows) >= 3 and var > 0:
                     slope = ((X - X.mean(axis=0)) * (t - t.mean())[:, None]).mean(axis=0) / var
-            else:
-                slope = _streamed_slope(self.data.X, rows, column)
-            self._signatures[(context, gene)] = slope
+                self._signatures[(context, gene)] = slope
+            else:  # a large context: every target gene's slope in one pass over its controls
+                genes = self._target_genes()
+                slopes = _streamed_slopes(
+                    self.data.X, rows, np.array([self.gene_index[g] for g in genes])
+                )
+                self._signatures.update(
+                    dict(zip([(context, g) for g in genes], slopes, strict=True))
+                )
         return self._signatures[(context, gene)]
 
+    def _target_genes(self) -> list[str]:
+        """Measured genes that some perturbation of the split targets (cached)."""
+        if self._targets is None:
+            labels = self.data.cells["perturbation"].unique()
+            parts = {g for label in labels for g in components(str(label))}
+            self._targets = sorted(parts & set(self.gene_index))
+        return self._targets
 
-def _streamed_slope(X: Any, rows: np.ndarray, column: int) -> np.ndarray | None:
-    """Regression slope of every gene on gene ``column`` over ``rows``, in blocks of rows.
 
-    The same slope as the one-piece formula, from running sums (the control cells of one
-    context of a large screen do not fit in RAM as float64 at once). ``None`` when the gene
-    does not vary.
+def _streamed_slopes(X: Any, rows: np.ndarray, columns: np.ndarray) -> list[np.ndarray | None]:
+    """Regression slope of every gene on each gene of ``columns`` over ``rows``, in blocks.
+
+    The slopes of the one-piece formula, from running sums gathered in one pass over the
+    rows (the control cells of one context of a large screen do not fit in RAM as float64,
+    and one pass per target gene would read them once per perturbation). ``None`` for a
+    target gene that does not vary.
     """
     n = len(rows)
     sum_x = np.zeros(X.shape[1])
-    sum_xt = np.zeros(X.shape[1])
-    sum_t = sum_tt = 0.0
+    sum_xt = np.zeros((X.shape[1], len(columns)))
+    sum_t = np.zeros(len(columns))
+    sum_tt = np.zeros(len(columns))
     for _, block in row_blocks(X, rows):
         values = block.astype(np.float64)
-        t = values[:, column]
+        t = values[:, columns]
         sum_x += values.sum(axis=0)
-        sum_xt += t @ values
-        sum_t += float(t.sum())
-        sum_tt += float(t @ t)
+        sum_xt += values.T @ t
+        sum_t += t.sum(axis=0)
+        sum_tt += (t * t).sum(axis=0)
     mean_t = sum_t / n
     var = sum_tt / n - mean_t**2
-    if var <= 1e-12 * max(sum_tt / n, 1e-12):  # a constant gene, up to rounding
-        return None
-    return (sum_xt / n - mean_t * sum_x / n) / var
+    slopes = (sum_xt / n - np.outer(sum_x / n, mean_t)) / np.where(var > 0, var, 1.0)
+    constant = var <= 1e-12 * np.maximum(sum_tt / n, 1e-12)  # a constant gene, up to rounding
+    return [None if constant[k] else slopes[:, k] for k in range(len(columns))]
 
 
 @dataclass(frozen=True)
