@@ -153,8 +153,8 @@ def test_the_streamed_target_signature_equals_the_one_piece_formula():
     assert other is not None and abs(other[0] - 1 / 3) < 0.01  # gene 0 on gene 1
 
 
-def test_a_large_contexts_signatures_equal_the_small_ones(monkeypatch):
-    import perturbflow.evaluation.linear as linear
+def test_target_signatures_in_one_pass_equal_the_per_gene_formula(monkeypatch):
+    import perturbflow.loading.row_matrix as row_matrix
     from perturbflow.evaluation.linear import Evidence
     from tests.synthetic import make_screen, split_table
 
@@ -164,12 +164,14 @@ def test_a_large_contexts_signatures_equal_the_small_ones(monkeypatch):
     table = split_table(adata, {"s": {("A", "g3+g4"): "test"}})
     genes = list(adata.var_names)
     data = split_design(adata.obs_names, table, "s", genes=genes, matrix=adata.X)
-    small = Evidence(data, training_effects(data))
-    expected = {g: small._signature("ds.A", g) for g in ("g1", "g2", "g3", "g4")}
-    assert all(v is not None for v in expected.values())
-    monkeypatch.setattr(linear, "block_rows_for", lambda n_cols: 50)  # the streamed path
-    large = Evidence(data, training_effects(data))
-    assert large._target_genes() == ["g1", "g2", "g3", "g4"]
-    for gene, slope in expected.items():
-        np.testing.assert_allclose(large._signature("ds.A", gene), slope, rtol=1e-6, atol=1e-8)
-    assert set(large._signatures) == {("ds.A", g) for g in expected}  # all in one pass
+    controls = data.X[data.control_rows("ds.A")].astype(np.float64)
+    for blocks in (None, 50):  # one block, and many blocks of the controls
+        monkeypatch.setattr(row_matrix.row_blocks, "__defaults__", (None, blocks))
+        evidence = Evidence(data, training_effects(data))
+        assert evidence._target_genes() == ["g1", "g2", "g3", "g4"]
+        for gene in ("g1", "g2", "g3", "g4"):
+            t = controls[:, genes.index(gene)]
+            expected = ((controls - controls.mean(0)) * (t - t.mean())[:, None]).mean(0) / t.var()
+            got = evidence._signature("ds.A", gene)
+            np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-8)
+        assert set(evidence._signatures) == {("ds.A", g) for g in ("g1", "g2", "g3", "g4")}

@@ -45,7 +45,7 @@ import numpy as np
 
 from perturbflow.evaluation.baselines import FALLBACK, Key, PredictedEffect
 from perturbflow.evaluation.design import EvaluationData, TrainingEffects
-from perturbflow.loading.row_matrix import block_rows_for, row_blocks
+from perturbflow.loading.row_matrix import row_blocks
 from perturbflow.perturbations import components
 
 logger = logging.getLogger(__name__)
@@ -109,24 +109,17 @@ class Evidence:
 
     def _signature(self, context: str, gene: str) -> np.ndarray | None:
         if (context, gene) not in self._signatures:
+            # every target gene's slope in one pass over the context's controls (one pass
+            # per gene would read a large context's controls once per perturbation)
+            genes = self._target_genes()
+            if gene not in genes:
+                genes = [*genes, gene]
             rows = self.data.control_rows(context)
-            column = self.gene_index[gene]
-            if len(rows) <= block_rows_for(self.data.X.shape[1]):  # exact, in one piece
-                X = self.data.X[rows].astype(np.float64)
-                t = X[:, column]
-                var = t.var()
-                slope = None
-                if len(rows) >= 3 and var > 0:
-                    slope = ((X - X.mean(axis=0)) * (t - t.mean())[:, None]).mean(axis=0) / var
-                self._signatures[(context, gene)] = slope
-            else:  # a large context: every target gene's slope in one pass over its controls
-                genes = self._target_genes()
-                slopes = _streamed_slopes(
-                    self.data.X, rows, np.array([self.gene_index[g] for g in genes])
-                )
-                self._signatures.update(
-                    dict(zip([(context, g) for g in genes], slopes, strict=True))
-                )
+            slopes: list[np.ndarray | None] = [None] * len(genes)
+            if len(rows) >= 3:
+                columns = np.array([self.gene_index[g] for g in genes])
+                slopes = _streamed_slopes(self.data.X, rows, columns)
+            self._signatures.update(dict(zip([(context, g) for g in genes], slopes, strict=True)))
         return self._signatures[(context, gene)]
 
     def _target_genes(self) -> list[str]:
