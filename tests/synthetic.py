@@ -6,7 +6,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from perturbflow.params import ColumnsParams
+from perturbflow.params import ColumnsParams, EvaluationParams, LinearBaselineParams
 
 COLUMNS = ColumnsParams(
     pert_col="pert",
@@ -189,3 +189,19 @@ def drug_split_table(
     table = split_table(adata, labels)
     table["is_control"] = (adata.obs["pert"] == control_label).to_numpy()
     return table
+
+
+def evaluation_params(**overrides) -> EvaluationParams:
+    """Evaluation params for the tests: four baselines, the ceiling, linear ranks 2 and 4."""
+    values = dict(
+        predictors=["control", "perturbation_mean", "context_mean", "linear"],
+        reference_predictor="perturbation_mean",
+        profile="minimal",
+        ceiling=True,
+        linear=LinearBaselineParams(ranks=[2, 4], ridge=0.1),
+        seed=0,
+        num_threads=1,
+        plot_perturbations=2,
+    )
+    values.update(overrides)
+    return EvaluationParams(**values)

@@ -100,9 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         table,
         args.split,
         genes=genes,
-        obsm_key=loader.obsm_key,
-        memory_budget_mib=loader.memory_budget_mib,
-        preload=loader.preload,
+        loader=loader,
     )
     run_dir = args.run or str(Path(training.runs_dir) / args.split)
     summary = train_st(split, columns=columns, loader=loader, training=training, run_dir=run_dir)

@@ -12,21 +12,13 @@ from perturbflow.evaluation.benchmark import build_baseline_predictions
 from perturbflow.evaluation.design import evaluation_data, split_design, training_effects
 from perturbflow.loading.h5reader import H5RowReader
 from perturbflow.loading.row_matrix import RowMatrix, matrix_sha256
-from perturbflow.params import EvaluationParams, LinearBaselineParams, SplitsParams, SplitSpec
+from perturbflow.params import SplitsParams, SplitSpec
 from perturbflow.preprocess.hvg import hvg_matrix
 from perturbflow.splits import split_table_from_params
 from tests.conftest import PERTURBENCH_COLUMNS
+from tests.synthetic import evaluation_params
 
-PARAMS = EvaluationParams(
-    predictors=["control", "perturbation_mean", "context_mean", "linear"],
-    reference_predictor="perturbation_mean",
-    profile="minimal",
-    ceiling=True,
-    linear=LinearBaselineParams(ranks=[2, 4], ridge=0.1),
-    seed=0,
-    num_threads=1,
-    plot_perturbations=2,
-)
+PARAMS = evaluation_params()
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,7 @@ from kedro.runner import SequentialRunner
 
 from perturbflow.datasets import read_h5ad_cells
 from perturbflow.params import (
-    EvaluationParams,
     KnockdownParams,
-    LinearBaselineParams,
     PreprocessingParams,
     SplitsParams,
     SplitSpec,
@@ -25,7 +23,7 @@ from perturbflow.pipelines.preprocessing import create_pipeline as preprocessing
 from perturbflow.pipelines.splits import create_pipeline as splits_pipeline
 from tests.conftest import PERTURBENCH_COLUMNS
 from tests.models.conftest import loader_params
-from tests.synthetic import COLUMNS, make_screen, split_table
+from tests.synthetic import COLUMNS, evaluation_params, make_screen, split_table
 
 
 class KeptDataset(MemoryDataset):
@@ -58,21 +56,6 @@ def test_registry_has_every_pipeline_and_default_chains_four():
     assert "merge_screens" not in default
 
 
-def _evaluation_params(**overrides) -> EvaluationParams:
-    values = dict(
-        predictors=["control", "perturbation_mean", "context_mean", "linear"],
-        reference_predictor="perturbation_mean",
-        profile="minimal",
-        ceiling=True,
-        linear=LinearBaselineParams(ranks=[2, 4], ridge=0.1),
-        seed=0,
-        num_threads=1,
-        plot_perturbations=2,
-    )
-    values.update(overrides)
-    return EvaluationParams(**values)
-
-
 def test_evaluation_pipeline_on_generated_screen(tmp_path):
     rng = np.random.default_rng(0)
     n_genes = 30
@@ -87,7 +70,7 @@ def test_evaluation_pipeline_on_generated_screen(tmp_path):
             "split_table": table,
             "hvg_genes": list(adata.var_names),
             "params:columns": COLUMNS,
-            "params:evaluation": _evaluation_params(),
+            "params:evaluation": evaluation_params(),
             "params:loader": loader_params(),
             "model_predictions": {},  # no model trained: the baselines alone are scored
         }

@@ -117,9 +117,7 @@ def split_data_from_file(
     split_name: str,
     *,
     genes: list[str],
-    obsm_key: str | None,
-    memory_budget_mib: float = 4096.0,
-    preload: bool | None = None,
+    loader: LoaderParams,
 ) -> SplitData:
     """:class:`SplitData` of a preprocessed h5ad file, its matrix read by rows from disk.
 
@@ -133,17 +131,16 @@ def split_data_from_file(
             or an AnnData opened with ``backed="r"`` (the path comes from ``filename``).
         split_table: The per-cell split table.
         split_name: Which named split.
-        genes: Names of the ``obsm_key`` columns (ignored for ``X``: ``var_names``).
-        obsm_key: The loader's expression space, or ``None`` for ``X``.
-        memory_budget_mib: Preload budget of the matrix (``loader.memory_budget_mib``).
-        preload: ``loader.preload``: ``None`` preloads within the budget, ``True`` always,
-            ``False`` never.
+        genes: Names of the ``loader.obsm_key`` columns (ignored for ``X``: ``var_names``).
+        loader: The loader's expression space (``obsm_key``, ``None`` for ``X``) and its
+            preload setting (``preload``, ``memory_budget_mib``).
 
     Raises:
         InputError: No file behind ``adata``, or ``obsm_key`` is missing.
     """
     if adata.filename is None:
         raise InputError("Training reads the preprocessed h5ad from disk: open it backed.")
+    obsm_key = loader.obsm_key
     path = str(adata.filename)
     layout = describe_h5ad(path)
     if obsm_key is not None and obsm_key not in layout["obsm_keys"]:
@@ -153,7 +150,10 @@ def split_data_from_file(
         )
     var_names = list(map(str, adata.var_names))
     reader = H5RowReader(
-        path, key=obsm_key or "X", preload=preload, memory_budget_mib=memory_budget_mib
+        path,
+        key=obsm_key or "X",
+        preload=loader.preload,
+        memory_budget_mib=loader.memory_budget_mib,
     )
     return split_data(
         path,

@@ -26,6 +26,26 @@ def record_uns(adata: ad.AnnData, key: str, value: dict[str, Any]) -> None:
     adata.uns[UNS_KEY] = {**dict(adata.uns.get(UNS_KEY, {})), key: value}
 
 
+def normalisation_record(kind: str, effective: float, target_sum: float | None) -> dict:
+    """``uns["perturbflow"]["normalisation"]``: what was done to ``X``.
+
+    Args:
+        kind: ``"counts"`` (normalised + log1p) or ``"log1p"`` (used as is).
+        effective: The counts per cell after normalisation.
+        target_sum: The configured target (``None``: the median library size).
+    """
+    if kind == "log1p":
+        return {"input": "log1p", "normalised": False}
+    return {
+        "input": "counts",
+        "normalised": True,
+        "method": "sc.pp.normalize_total + sc.pp.log1p",
+        "target_sum": effective,
+        "target_sum_is_median": target_sum is None,
+        "counts_layer": "counts",
+    }
+
+
 def normalize_log1p(adata: ad.AnnData, *, target_sum: float | None, kind: str) -> ad.AnnData:
     """Return a log1p-normalised copy of ``adata``.
 
@@ -72,18 +92,7 @@ def normalize_log1p(adata: ad.AnnData, *, target_sum: float | None, kind: str) -
     out.layers["counts"] = out.X.copy()
     sc.pp.normalize_total(out, target_sum=target_sum)
     sc.pp.log1p(out)
-    record_uns(
-        out,
-        "normalisation",
-        {
-            "input": "counts",
-            "normalised": True,
-            "method": "sc.pp.normalize_total + sc.pp.log1p",
-            "target_sum": effective,
-            "target_sum_is_median": target_sum is None,
-            "counts_layer": "counts",
-        },
-    )
+    record_uns(out, "normalisation", normalisation_record("counts", effective, target_sum))
     logger.info(
         "Normalised %d cells to %.6g counts (%s) and applied log1p; raw counts in "
         "layers['counts'] (%s)",

@@ -63,6 +63,7 @@ from perturbflow.preprocess.hvg import (
     seurat_statistics,
 )
 from perturbflow.preprocess.knockdown import filter_on_target_knockdown
+from perturbflow.preprocess.normalize import normalisation_record
 from perturbflow.preprocess.report import build_report
 from perturbflow.preprocess.validation import (
     check_value_counts,
@@ -459,7 +460,7 @@ def preprocess_h5ad(
                 moments = _write_kept(raw["X"], out, keep, block_rows, norm)
                 annotated, hvg_cols = _select_hvg(moments, var, params.n_top_genes)
                 layout = _write_hvg(out, hvg_cols, int(keep.sum()), params.hvg_format)
-                normalisation = _normalisation_record(kind, effective, target_sum)
+                normalisation = normalisation_record(kind, effective, target_sum)
                 hvg = {"flavor": "seurat", "n_top_genes": params.n_top_genes,
                        "n_selected": len(hvg_cols)}  # fmt: skip
                 records = {"normalisation": normalisation, "knockdown": kd_record, "hvg": hvg}
@@ -496,17 +497,3 @@ def preprocess_h5ad(
         source, len(obs), len(var), int(keep.sum()), len(var), len(hvg_genes), layout,
     )  # fmt: skip
     return written, hvg_genes, report
-
-
-def _normalisation_record(kind: str, effective: float, target_sum: float | None) -> dict:
-    """``uns['perturbflow']['normalisation']`` as :func:`normalize_log1p` writes it."""
-    if kind == "log1p":
-        return {"input": "log1p", "normalised": False}
-    return {
-        "input": "counts",
-        "normalised": True,
-        "method": "sc.pp.normalize_total + sc.pp.log1p",
-        "target_sum": effective,
-        "target_sum_is_median": target_sum is None,
-        "counts_layer": "counts",
-    }

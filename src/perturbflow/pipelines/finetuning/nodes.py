@@ -44,9 +44,7 @@ def finetune_model(
         split_table,
         finetuning.split,
         genes=hvg_genes,
-        obsm_key=loader.obsm_key,
-        memory_budget_mib=loader.memory_budget_mib,
-        preload=loader.preload,
+        loader=loader,
     )
     summary = finetune_st(
         split, columns=columns, loader=loader, finetuning=finetuning, run_dir=finetuning.run_dir
@@ -81,9 +79,7 @@ def predict_finetuned(
         split_table,
         name,
         genes=hvg_genes,
-        obsm_key=loader.obsm_key,
-        memory_budget_mib=loader.memory_budget_mib,
-        preload=loader.preload,
+        loader=loader,
     ).data
     keys = {
         (c, p): len(data.perturbation_rows(c, p, "test"))

@@ -31,9 +31,7 @@ def _split(
         split_table,
         name,
         genes=genes,
-        obsm_key=loader.obsm_key,
-        memory_budget_mib=loader.memory_budget_mib,
-        preload=loader.preload,
+        loader=loader,
     )
 
 

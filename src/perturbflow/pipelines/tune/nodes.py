@@ -52,9 +52,7 @@ def tune_finetuning_hyperparameters(
         split_table,
         name,
         genes=hvg_genes,
-        obsm_key=loader.obsm_key,
-        memory_budget_mib=loader.memory_budget_mib,
-        preload=loader.preload,
+        loader=loader,
     )
     result = tune_finetuning(
         split, columns=columns, loader=loader, finetuning=finetuning, tune=tune
