@@ -511,3 +511,21 @@ def test_partitioned_dataset(tmp_path: Path) -> None:
     for key, load in loaded.items():
         assert_adata_equal(load(), data[key])
     assert "AnnDataDataset" in repr(partitions)  # builds a dataset with filepath=""
+
+
+def test_h5ad_cells_dataset_reads_obs_and_var_only(perturbench_path, tmp_path):
+    from perturbflow.datasets import H5adCellsDataset
+
+    dataset = H5adCellsDataset(filepath=str(perturbench_path))
+    cells = dataset.load()
+    full = ad.read_h5ad(perturbench_path, backed="r")
+    assert cells.filename == perturbench_path and cells.isbacked
+    assert cells.obs.equals(full.obs)
+    assert list(cells.var_names) == list(full.var_names)
+    assert (cells.n_obs, cells.n_vars) == full.shape
+    preview = dataset.preview(3)
+    assert preview["summary"]["n_obs"] == full.n_obs and len(preview["data"]) == 3
+    with pytest.raises(DatasetError, match="read-only"):
+        dataset.save(full)
+    with pytest.raises(DatasetError, match="Could not read the cells"):
+        H5adCellsDataset(filepath=str(tmp_path / "missing.h5ad")).load()

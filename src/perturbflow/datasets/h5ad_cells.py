@@ -20,8 +20,9 @@ import anndata as ad
 import h5py
 import pandas as pd
 from kedro.io.core import AbstractDataset, DatasetError
+from kedro_datasets._typing import TablePreview
 
-from perturbflow.datasets.anndata_dataset import describe_h5ad
+from perturbflow.datasets.anndata_dataset import AnnDataDataset, describe_h5ad
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,10 @@ class H5adCellsDataset(AbstractDataset[Any, H5adCells]):
             return read_h5ad_cells(path)
         except (OSError, ValueError, KeyError) as exc:
             raise DatasetError(f"Could not read the cells of '{path}': {exc}") from exc
+
+    def preview(self, nrows: int = 5) -> TablePreview:
+        """The first ``obs`` rows and the file's layout, for kedro-viz (as ``AnnDataDataset``)."""
+        return AnnDataDataset(filepath=str(self._filepath)).preview(nrows)
 
     def save(self, data: Any) -> None:
         """Refused: this dataset reads; save the file through an ``AnnDataDataset``."""
