@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 
 _MIB = 1024 * 1024
 #: Lazy reads between two :meth:`H5RowReader.release` calls (bounds the mapped pages' RSS).
-RELEASE_EVERY = 32
+RELEASE_EVERY = 8
 _RUNS_PER_READ = 128  # runs per HDF5 read: more was slower (HDF5's hyperslab-union cost)
 _CSC_FIX = "`adata.X = scipy.sparse.csr_matrix(adata.X); adata.write_h5ad(path)` (or the layer)"
 
