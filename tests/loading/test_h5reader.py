@@ -314,11 +314,14 @@ def _mapped_rss_kib(path) -> int:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc")
-def test_release_drops_the_mapped_pages_from_resident_memory(tmp_path):
+def test_release_drops_the_mapped_pages_from_resident_memory(tmp_path, monkeypatch):
     import anndata as ad
     import scipy.sparse as sp
 
+    import perturbflow.loading.h5reader as h5reader
     from perturbflow.loading.h5reader import H5RowReader
+
+    monkeypatch.setattr(h5reader, "RELEASE_EVERY", 1000)  # by hand first
 
     X = sp.random(20_000, 500, density=0.2, format="csr", dtype=np.float32, random_state=0)
     path = tmp_path / "big.h5ad"
@@ -330,3 +333,11 @@ def test_release_drops_the_mapped_pages_from_resident_memory(tmp_path):
     reader.release()
     assert _mapped_rss_kib(path.resolve()) < 1_000
     np.testing.assert_array_equal(reader.read(np.array([5, 3])), X[[5, 3]].toarray())
+    # and by itself every RELEASE_EVERY lazy reads
+    monkeypatch.setattr(h5reader, "RELEASE_EVERY", 4)
+    reader._reads = 0
+    for _ in range(3):
+        reader.read(np.arange(20_000))
+    assert _mapped_rss_kib(path.resolve()) > 8_000
+    reader.read(np.arange(20_000))  # the 4th: released after the read
+    assert _mapped_rss_kib(path.resolve()) < 1_000

@@ -211,9 +211,14 @@ class H5RowReader:
         if self._mem is not None:
             got = self._mem[rows]
             return got if self.encoding == "dense" else got.toarray()
+        values = self._read_lazily(rows)
         self._reads += 1
         if self._reads % RELEASE_EVERY == 0:
             self.release()
+        return values
+
+    def _read_lazily(self, rows: np.ndarray) -> np.ndarray:
+        """Rows from the memory maps (or HDF5), in the order given."""
         if self._node in self._plans:  # a mapped dense matrix is indexed in any order
             return self._map(self._node)[rows].astype(self.dtype, copy=False)
         uniq, inverse = np.unique(rows, return_inverse=True)
