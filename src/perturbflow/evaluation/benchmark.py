@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from functools import partial
 
 import anndata as ad
 import pandas as pd
@@ -83,6 +84,7 @@ def build_baseline_predictions(
     progress: Callable[[str], None] | None = None,
     memory_budget_mib: float = 4096.0,
     preload: bool | None = None,
+    lazy: bool = False,
 ) -> tuple[dict[str, ad.AnnData], dict[str, ad.AnnData], pd.DataFrame, dict]:
     """Cell-level test-set predictions of every baseline for every named split.
 
@@ -99,6 +101,9 @@ def build_baseline_predictions(
         progress: Optional callback receiving a line per finished step.
         memory_budget_mib: Preload budget of the file's matrix (``loader.memory_budget_mib``).
         preload: ``loader.preload`` (``None``: automatic under the budget).
+        lazy: Return each cell-level AnnData as a function that builds it (a Kedro
+            ``PartitionedDataset`` saves such partitions one at a time, so only one
+            predictor's cells are in RAM at once) instead of the AnnData itself.
 
     Returns:
         ``predictions`` keyed ``"<split>/<predictor>"``, ``reals`` keyed by split,
@@ -131,11 +136,11 @@ def build_baseline_predictions(
         ]
         if not keys:
             raise InputError(f"Split {split!r} has no test perturbation to evaluate.")
-        reals[split] = real_adata(data, "test", columns)
+        reals[split] = partial(real_adata, data, "test", columns)
         for name in params.predictors:
             predicted = _predict(name, data, effects, keys, params, reports)
-            predictions[f"{split}{PREDICTION_SEP}{name}"] = predicted_adata(
-                data, "test", predicted, columns, seed=params.seed
+            predictions[f"{split}{PREDICTION_SEP}{name}"] = partial(
+                predicted_adata, data, "test", predicted, columns, seed=params.seed
             )
             source_rows += [
                 {
@@ -149,6 +154,9 @@ def build_baseline_predictions(
             ]
             if progress:
                 progress(f"{split}: {name} predicted {len(keys)} perturbations")
+    if not lazy:
+        predictions = {k: build() for k, build in predictions.items()}
+        reals = {k: build() for k, build in reals.items()}
     return predictions, reals, pd.DataFrame(source_rows), reports
 
 

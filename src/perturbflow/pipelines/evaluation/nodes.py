@@ -59,6 +59,7 @@ def predict_baselines(
         progress=logger.info,
         memory_budget_mib=loader.memory_budget_mib,
         preload=loader.preload,
+        lazy=True,  # the partitioned datasets build and save one predictor at a time
     )
 
 
