@@ -16,7 +16,8 @@ dir), and records each step's wall time and peak RSS (the sum over the process t
 sampled every 0.2 s; ``peak_anon_mib`` leaves out file-backed pages, i.e. the memory-mapped
 h5ad data that the kernel reclaims under pressure) with the training throughput from
 run.json. Sizes run in the order given; ``--keep`` keeps the generated files (a rerun then
-skips the generation).
+skips the generation); ``--only STEP ...`` reruns some steps on a kept run's outputs (the
+other steps' figures are kept).
 """
 
 from __future__ import annotations
@@ -172,6 +173,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--out-of-core", default="auto", choices=["auto", "always", "never"])
+    parser.add_argument("--only", nargs="+", choices=STEPS, help="rerun these steps on a kept run")
     args = parser.parse_args()
     results = json.loads(args.out.read_text()) if args.out.is_file() else {"sizes": {}}
     for n in args.cells:
@@ -188,18 +190,21 @@ def main() -> None:
         obs = ad.io.read_elem(h5py.File(screen)["obs"])
         labels = sorted(set(obs["perturbation"].astype(str)) - {"non-targeting"})
         conf, out_root = work / "conf", work / "data"
-        shutil.rmtree(out_root, ignore_errors=True)
+        steps = dict(results["sizes"].get(str(n), {}).get("steps", {})) if args.only else {}
+        if not args.only:  # a fresh run; --only reruns steps on the outputs of an earlier one
+            shutil.rmtree(out_root, ignore_errors=True)
         write_conf(conf, screen, out_root, args.steps, labels, args.out_of_core)
-        steps = {}
-        for step in STEPS:
+        for step in args.only or STEPS:
             steps[step] = run_step(step, conf, work / f"{step}.log")
             print(f"  {step}: {steps[step]}", flush=True)
         run = json.loads((out_root / "06_models/st/fewshot/run.json").read_text())
-        steps["training"]["train_cells_per_s"] = run["train_cells_per_s"]
-        steps["preprocessing"]["output_bytes"] = (
-            (out_root / "02_intermediate/preprocessed.h5ad").stat().st_size
-        )
-        results["sizes"][str(n)] = {"screen": info, "steps": steps}
+        if "training" in steps:
+            steps["training"]["train_cells_per_s"] = run["train_cells_per_s"]
+        if "preprocessing" in steps:
+            output = out_root / "02_intermediate/preprocessed.h5ad"
+            steps["preprocessing"]["output_bytes"] = output.stat().st_size
+        ordered = {k: steps[k] for k in STEPS if k in steps}
+        results["sizes"][str(n)] = {"screen": info, "steps": ordered}
         results["machine"] = {
             "cpus": os.cpu_count(),
             "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
@@ -208,7 +213,7 @@ def main() -> None:
         results["command"] = "python benchmarks/scale.py " + " ".join(sys.argv[1:])
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")
-        if not args.keep:
+        if not (args.keep or args.only):
             shutil.rmtree(work)
 
 

@@ -322,6 +322,7 @@ def test_release_drops_the_mapped_pages_from_resident_memory(tmp_path, monkeypat
     from perturbflow.loading.h5reader import H5RowReader
 
     monkeypatch.setattr(h5reader, "RELEASE_EVERY", 1000)  # by hand first
+    monkeypatch.setattr(h5reader, "READ_PIECE", 100_000)  # no read is cut in pieces here
 
     X = sp.random(20_000, 500, density=0.2, format="csr", dtype=np.float32, random_state=0)
     path = tmp_path / "big.h5ad"
@@ -341,3 +342,24 @@ def test_release_drops_the_mapped_pages_from_resident_memory(tmp_path, monkeypat
     assert _mapped_rss_kib(path.resolve()) > 8_000
     reader.read(np.arange(20_000))  # the 4th: released after the read
     assert _mapped_rss_kib(path.resolve()) < 1_000
+
+
+def test_a_large_lazy_read_comes_in_pieces_and_equals_one_read(tmp_path, monkeypatch):
+    import anndata as ad
+    import scipy.sparse as sp
+
+    import perturbflow.loading.h5reader as h5reader
+    from perturbflow.loading.h5reader import H5RowReader
+
+    X = sp.random(3_000, 40, density=0.3, format="csr", dtype=np.float32, random_state=1)
+    path = tmp_path / "pieces.h5ad"
+    ad.AnnData(X=X).write_h5ad(path)
+    rows = np.random.default_rng(0).integers(0, 3_000, 2_500)  # unsorted, with repeats
+    whole = H5RowReader(path, preload=False).read(rows)
+    monkeypatch.setattr(h5reader, "READ_PIECE", 300)
+    released = []
+    reader = H5RowReader(path, preload=False)
+    monkeypatch.setattr(reader, "release", lambda: released.append(1))
+    np.testing.assert_array_equal(reader.read(rows), whole)
+    np.testing.assert_array_equal(whole, X[rows].toarray())
+    assert len(released) == 9  # one per piece

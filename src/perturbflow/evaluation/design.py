@@ -163,7 +163,8 @@ def split_design(
             f"{len(missing)} cells of the AnnData are not in the split table "
             f"(e.g. {list(missing[:3])}); rebuild the splits from the same preprocessed data."
         )
-    table = split_table.loc[obs_names]
+    # the split table is built from the same file: in its order, a copy-free view of it
+    table = split_table if split_table.index.equals(obs_names) else split_table.loc[obs_names]
     cells = pd.DataFrame(
         {
             "dataset": table["dataset"].astype(str).to_numpy(),

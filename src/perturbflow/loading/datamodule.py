@@ -354,7 +354,7 @@ class PerturbationDataModule(pl.LightningDataModule):
         self.path = str(path)
         self.params = params
         self.split_name = split_name
-        table = split_table.loc[obs.index]
+        table = split_table if split_table.index.equals(obs.index) else split_table.loc[obs.index]
         self.cells = pd.DataFrame(
             {
                 "context": _context_labels(table["dataset"], table["context"]),
