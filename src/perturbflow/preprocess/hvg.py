@@ -127,6 +127,19 @@ def seurat_statistics(
     return df[["highly_variable", "means", "dispersions", "dispersions_norm"]]
 
 
+def hvg_is_dense(n_rows: int, n_cols: int, *, sparse: bool, hvg_format: str) -> bool:
+    """Whether ``obsm['X_hvg']`` is stored dense (``hvg_format``; see :func:`hvg_matrix`).
+
+    Raises:
+        InputError: An unknown ``hvg_format``.
+    """
+    if hvg_format not in HVG_FORMATS:
+        raise InputError(f"hvg_format={hvg_format!r} is not one of {list(HVG_FORMATS)}.")
+    if hvg_format != "auto":
+        return hvg_format == "dense"
+    return not sparse or n_rows * n_cols * 4 <= DENSE_HVG_MAX_BYTES
+
+
 def hvg_matrix(X: object, columns: np.ndarray, hvg_format: str = "auto") -> object:
     """The HVG columns of ``X`` as float32, dense or CSR as ``hvg_format`` says.
 
@@ -134,14 +147,8 @@ def hvg_matrix(X: object, columns: np.ndarray, hvg_format: str = "auto") -> obje
     :data:`DENSE_HVG_MAX_BYTES`, CSR otherwise (a sparse screen is never densified whole
     past that size).
     """
-    if hvg_format not in HVG_FORMATS:
-        raise InputError(f"hvg_format={hvg_format!r} is not one of {list(HVG_FORMATS)}.")
     sub = X[:, columns]
-    dense_bytes = sub.shape[0] * sub.shape[1] * 4
-    as_csr = hvg_format == "csr" or (
-        hvg_format == "auto" and sp.issparse(sub) and dense_bytes > DENSE_HVG_MAX_BYTES
-    )
-    if as_csr:
+    if not hvg_is_dense(sub.shape[0], sub.shape[1], sparse=sp.issparse(sub), hvg_format=hvg_format):
         return sp.csr_matrix(sub, dtype=np.float32)
     sub = sub.toarray() if sp.issparse(sub) else np.asarray(sub)
     return sub.astype(np.float32, copy=False)

@@ -56,10 +56,10 @@ from perturbflow.preprocess.h5blocks import (
     value_dtype,
 )
 from perturbflow.preprocess.hvg import (
-    DENSE_HVG_MAX_BYTES,
     STAT_COLUMNS,
     cap_n_top_genes,
     exactly_n,
+    hvg_is_dense,
     seurat_statistics,
 )
 from perturbflow.preprocess.knockdown import filter_on_target_knockdown
@@ -314,9 +314,7 @@ def _select_hvg(
 
 def _write_hvg(out: h5py.File, columns: np.ndarray, n_cells: int, hvg_format: str) -> str:
     """Pass 4: ``obsm['X_hvg']`` from the written ``X`` (dense or CSR); the format used."""
-    dense = hvg_format == "dense" or (
-        hvg_format == "auto" and n_cells * len(columns) * 4 <= DENSE_HVG_MAX_BYTES
-    )
+    dense = hvg_is_dense(n_cells, len(columns), sparse=True, hvg_format=hvg_format)  # X is CSR
     obsm = out.require_group("obsm")
     writer = (
         DenseAppender(obsm, "X_hvg", n_cells, len(columns))
