@@ -1,7 +1,7 @@
 """MMD shift adaptation on real data: zero-shot A172 predictions with and without it.
 
-Usage (from the project root, after `kedro run --pipeline preprocessing` and
-`--pipeline splits`):
+Usage (from the project root, after `kedro run --pipelines preprocessing` and
+`--pipelines splits`):
     OMP_NUM_THREADS=1 python benchmarks/adaptation_real.py --out docs/results/adaptation.json \
         [--seeds 0 1 2] [--steps 300] [--work-dir data/06_models/adaptation_bench]
 

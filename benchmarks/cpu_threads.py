@@ -1,6 +1,6 @@
 """Training throughput against `training.cpu_threads`, on an idle and on a busy machine.
 
-Usage (from the project root, after `kedro run --pipeline preprocessing` and `--pipeline
+Usage (from the project root, after `kedro run --pipelines preprocessing` and `--pipeline
 splits`):
     python benchmarks/cpu_threads.py --out docs/results/cpu_threads.json \
         [--threads 1 2 0] [--burners 0 1] [--steps 60] [--repeats 2]

@@ -1,6 +1,6 @@
 """Seed 004's scenario on real data: pretrain on K562, finetune on A172, test held-out A172.
 
-Usage (from the project root, after `kedro run --pipeline preprocessing`)::
+Usage (from the project root, after `kedro run --pipelines preprocessing`)::
 
     OMP_NUM_THREADS=1 python benchmarks/finetune_scenario.py \
         --out docs/results/finetune_scenario.json [--seeds 0 1 2] \

@@ -1,6 +1,6 @@
 """ST model vs the baselines on held-out real perturbations, over several seeds.
 
-Usage (from the project root, after `kedro run --pipeline preprocessing` and `--pipeline
+Usage (from the project root, after `kedro run --pipelines preprocessing` and `--pipeline
 splits` for each environment used):
     python benchmarks/st_quality.py --out docs/results/st_quality.json \
         [--splits base:fewshot base:zeroshot papalexi:fewshot] [--seeds 0 1 2] \
@@ -42,7 +42,7 @@ def load_environment(
 ) -> tuple[dict, Path, ad.AnnData, pd.DataFrame, list[str]]:
     """An environment's params, preprocessed h5ad (path and AnnData), split table and HVGs.
 
-    Reads what ``kedro run --env <env> --pipeline preprocessing`` and ``--pipeline splits``
+    Reads what ``kedro run --env <env> --pipelines preprocessing`` and ``--pipelines splits``
     wrote (``data/`` for ``base``, ``data/runs/<env>/`` otherwise).
     """
     params = load_params("conf", env, overrides)

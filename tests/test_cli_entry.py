@@ -54,7 +54,7 @@ def test_train_names_a_missing_input_or_split_before_any_work(tmp_path, capsys):
     assert run_cli(["train", "--split", "fewshot", *conf, "--split-table", missing]) == 2
     err = capsys.readouterr().err
     assert f"--split-table {missing}: no such file" in err
-    assert "kedro run --pipeline splits" in err
+    assert "kedro run --pipelines splits" in err
     table = tmp_path / "table.parquet"
     pd.DataFrame({"perturbation": ["a"], "is_control": [False], "fewshot": ["train"]}).to_parquet(
         table

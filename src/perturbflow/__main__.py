@@ -4,7 +4,7 @@
   session (:mod:`perturbflow.commands`: multi-GPU training, inference on any AnnData);
 * ``perturbflow run [OPTIONS]`` is ``kedro run [OPTIONS]`` for this project;
 * ``perturbflow [OPTIONS]`` with no command is also ``kedro run`` (the convention of a
-  packaged Kedro project, so ``python -m perturbflow --pipeline training`` works);
+  packaged Kedro project, so ``python -m perturbflow --pipelines training`` works);
 * ``perturbflow --help`` lists the commands, then the options of ``run``.
 """
 

@@ -8,6 +8,7 @@ import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -53,3 +54,53 @@ def _umask() -> int:
     mask = os.umask(0o022)  # elsewhere: the set-and-restore idiom
     os.umask(mask)
     return mask
+
+
+def load_tensors(path: str | os.PathLike[str], *, what: str, fix: str) -> Any:
+    """Read a file of tensors with ``torch.load(weights_only=True)``, naming it on failure.
+
+    Torch's own errors name no file, and for a file holding pickled objects they advise
+    ``weights_only=False``, which would run the file's code: the one thing never to do
+    with a file from elsewhere. Here every failure becomes one message that names the
+    file, what it should have been and how to recover.
+
+    Args:
+        path: The file (a state dict, checkpoint or feature tensor file).
+        what: What the file should hold, for the message (e.g. ``"model weights"``).
+        fix: How to recover, for the message (e.g. ``"rerun the training"``).
+
+    Returns:
+        The loaded object (tensors, dicts, lists and plain values only).
+
+    Raises:
+        InputError: The file is missing, truncated, not a torch file, or holds pickled
+            Python objects (which are refused, never run).
+    """
+    import pickle
+
+    import torch
+
+    from perturbflow.exceptions import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file (expected {what}); {fix}.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err):
+            reason = (
+                "it holds pickled Python objects besides tensors; perturbflow never loads "
+                "those (loading them could run code), so do not pass weights_only=False"
+            )
+        else:
+            reason = f"it is not a PyTorch file or is corrupt ({_first_line(err)})"
+    except Exception as err:  # noqa: BLE001 - torch raises a dozen types on malformed bytes
+        reason = f"it is truncated or corrupt ({type(err).__name__}: {_first_line(err)})"
+    raise InputError(f"{path}: cannot be read as {what}: {reason}. {fix[:1].upper()}{fix[1:]}.")
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of an exception's message (torch's run to dozens of lines)."""
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

@@ -18,7 +18,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         preprocessing, splits, training and evaluation.
     """
     pipelines = find_pipelines(raise_errors=True)
-    # `kedro run --pipeline NAME` makes find_pipelines load only NAME: never index a
+    # `kedro run --pipelines NAME` makes find_pipelines load only NAME: never index a
     # pipeline that may be absent, or every other pipeline's run breaks.
     pipelines["__default__"] = sum(
         (pipelines[name] for name in DEFAULT_PIPELINES if name in pipelines), start=Pipeline([])

@@ -4,6 +4,8 @@ import warnings
 
 from kedro.config import OmegaConfigLoader
 
+from perturbflow.error_report import ErrorReportHooks
+
 # Kedro 1.7 itself calls OmegaConf's deprecated register_new_resolver(); the warning is
 # not about this project and buries the run's own log, so it is silenced here only.
 warnings.filterwarnings(
@@ -18,3 +20,6 @@ CONFIG_LOADER_ARGS = {
     # instead of replacing the whole group; the typed params then still see every key.
     "merge_strategy": {"parameters": "soft"},
 }
+
+# Errors a user can fix (bad input, a stopped run) print as one short block, not a traceback.
+HOOKS = (ErrorReportHooks(),)

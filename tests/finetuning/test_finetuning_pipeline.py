@@ -1,4 +1,4 @@
-"""``kedro run --pipeline finetuning`` on a copy of the project, then the evaluation."""
+"""``kedro run --pipelines finetuning`` on a copy of the project, then the evaluation."""
 
 from __future__ import annotations
 

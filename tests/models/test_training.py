@@ -156,8 +156,12 @@ def test_killed_training_resumes_from_last(planted, tmp_path):
     summary = json.loads((tmp_path / "run" / "run.json").read_text())
     assert summary["steps"] == 200
     assert summary["resumed_from"].endswith("last.ckpt")
+    # the resumed run continued metrics.csv: every 10th step once, from before the kill on
+    # (Lightning's CSV logger used to delete the file on resume)
     metrics = pd.read_csv(tmp_path / "run" / "logs" / "metrics.csv")
-    assert metrics["step"].max() >= 190
+    logged = metrics.dropna(subset=["train/loss"])["step"].tolist()
+    assert logged == list(range(9, 200, 10))
+    assert metrics.dropna(subset=["val/pearson_delta"])["step"].tolist() == list(range(19, 200, 20))
 
 
 def test_bad_configuration_fails_before_training(planted, tmp_path):

@@ -103,10 +103,16 @@ def test_merge_pipeline(project_copy: Path, perturbench: ad.AnnData):
 
 
 def test_kedro_viz_build(project_copy: Path):
-    """`kedro viz build` exports the lineage as a static site (kedro-viz is in the dev extra)."""
+    """`kedro viz build --include-previews` (the README's command) exports lineage and plots."""
+    import plotly.graph_objects as go
+
+    reporting = project_copy / "data" / "08_reporting"
+    reporting.mkdir(parents=True)
+    figure = go.Figure(go.Bar(x=["st"], y=[0.6]))
+    (reporting / "metrics_comparison.json").write_text(figure.to_json())
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "kedro", "viz", "build"],
+        [sys.executable, "-m", "kedro", "viz", "build", "--include-previews"],
         cwd=project_copy,
         env=env,
         capture_output=True,
@@ -119,6 +125,11 @@ def test_kedro_viz_build(project_copy: Path):
     assert {"preprocess", "predict_baselines", "score_predictions", "metrics"} <= names
     layers = set(main.get("layers", []))
     assert {"raw", "intermediate", "primary", "model_output", "reporting"} <= layers
+    # the plot is in the site (kedro-viz drops every preview without --include-previews)
+    (plot,) = [n["id"] for n in main["nodes"] if n["name"] == "metrics_comparison_plot"]
+    details = json.loads((project_copy / "build" / "api" / "nodes" / plot).read_text())
+    assert details["preview_type"] == "PlotlyPreview"
+    assert details["preview"]["data"][0]["y"] == [0.6]
 
 
 def test_pairing_pipeline_caches_by_content(project_copy: Path):

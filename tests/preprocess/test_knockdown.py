@@ -148,7 +148,7 @@ def test_type_col_exempts_activation_perturbations(kd_screen):
     assert _cells(out, "k1", "B") == 50
     # knockdowns are still filtered
     assert not rows[("ds.k1", "A+C")]["kept"] and rows[("ds.k1", "A")]["kept"]
-    with pytest.raises(InputError, match=r"'ptyp' \(columns.knockdown.type_col\) is missing"):
+    with pytest.raises(InputError, match=r"'ptyp' \(preprocessing.knockdown.type_col\) is missing"):
         filter_on_target_knockdown(
             kd_screen, KD_COLUMNS, knockdown_params(type_col="ptyp", knockdown_types=["x"])
         )
@@ -165,7 +165,9 @@ def test_layer_and_input_errors(kd_screen):
     assert _rows(report)[("ds.k1", "A")]["kept"]
     with pytest.raises(InputError, match="layer 'lognrm' is not in adata.layers.*'lognorm'"):
         filter_on_target_knockdown(kd_screen, KD_COLUMNS, knockdown_params(), layer="lognrm")
-    with pytest.raises(InputError, match=r"'trget' \(columns.knockdown.target_col\) is missing"):
+    with pytest.raises(
+        InputError, match=r"'trget' \(preprocessing.knockdown.target_col\) is missing"
+    ):
         filter_on_target_knockdown(kd_screen, KD_COLUMNS, knockdown_params(target_col="trget"))
     columns = dataclasses.replace(KD_COLUMNS, control_label="control")
     with pytest.raises(InputError, match="control label 'control' does not occur"):

@@ -71,11 +71,17 @@ def test_empty_training_means_every_dataset_trains(obs: pd.DataFrame) -> None:
     assert {k: v for k, v in labels.items() if v != "train"} == {
         ("C", "c1", p): "test" for p in PERTS
     }
-    declared = SplitConfig(datasets={"A": [], "B": []}, zeroshot={("B", "b1"): "val"}, source="t")
+    declared = SplitConfig(datasets={"A": [], "B": []}, zeroshot={("B", "b1"): "test"}, source="t")
     labels = _labels(build_split_table(obs, declared, COLUMNS), obs)
     assert labels["A", "a1", "P1"] == "train"
-    assert labels["B", "b1", "P1"] == "val"
+    assert labels["B", "b1", "P1"] == "test"
     assert labels["C", "c1", "P1"] == "unused"  # not declared in [datasets]
+
+
+def test_a_split_without_test_perturbations_is_refused(obs: pd.DataFrame) -> None:
+    config = SplitConfig(zeroshot={("B", "b1"): "val"}, source="conf/x.toml")
+    with pytest.raises(InputError, match=r"conf/x.toml: no perturbed cell is labelled test"):
+        build_split_table(obs, config, COLUMNS)
 
 
 def test_dataset_name_when_no_dataset_column(obs: pd.DataFrame) -> None:

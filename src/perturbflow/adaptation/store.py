@@ -23,7 +23,7 @@ import torch
 from perturbflow.adaptation.config import ShiftFitParams
 from perturbflow.adaptation.shift import GeneShift, ShiftFit
 from perturbflow.exceptions import InputError
-from perturbflow.io_utils import atomic_path
+from perturbflow.io_utils import atomic_path, load_tensors
 from perturbflow.models.run_dir import TrainedRun, read_json, write_json
 
 WEIGHTS = "shift.pt"
@@ -84,9 +84,11 @@ def load_adapter(path: str | os.PathLike[str], run: TrainedRun) -> tuple[GeneShi
         )
     if list(meta.get("genes", [])) != list(run.genes):
         raise InputError(f"{path}: the adapter's genes are not the run's genes ({run.path}).")
-    if not (path / WEIGHTS).is_file():
-        raise InputError(f"{path / WEIGHTS}: no such file.")
-    state = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
+    state = load_tensors(
+        path / WEIGHTS,
+        what="the MMD shift's weights (a state dict)",
+        fix=f"rerun the adaptation that wrote {path}, or restore the file",
+    )
     adapter = GeneShift(len(run.genes), scale=meta.get("kind") == "shift_scale")
     try:
         adapter.load_state_dict(state)

@@ -13,7 +13,7 @@ class OptionalPartitionedDataset(PartitionedDataset):
     """``partitions.PartitionedDataset`` whose ``load`` returns ``{}`` for an empty folder.
 
     The evaluation pipeline scores the baselines and *every model prediction present*:
-    before any model was trained (``kedro run --pipeline evaluation`` on its own) the model
+    before any model was trained (``kedro run --pipelines evaluation`` on its own) the model
     predictions folder is empty, which kedro-datasets treats as an error.
 
     Several pipelines write into that one folder (``<split>/st`` from training,

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from perturbflow.exceptions import InputError
+from perturbflow.io_utils import load_tensors
 from perturbflow.loading._messages import MAX_LISTED, listed, near
 
 logger = logging.getLogger(__name__)
@@ -119,10 +120,9 @@ class FeatureTable:
 
 def _read_pt(path: Path) -> tuple[list[str], Any]:
     """Read a ``.pt`` features file without unpickling code."""
-    try:
-        obj = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as err:  # weights_only refuses code; torch raises several types
-        raise InputError(f"Features file {path} cannot be read safely: {err}") from err
+    obj = load_tensors(
+        path, what="a features file", fix="check the file given as the features path"
+    )
     expected = 'a dict of name -> 1-D tensor, or {"names": [...], "features": 2-D tensor}'
     if isinstance(obj, dict) and set(obj) == {"names", "features"}:
         if not isinstance(obj["features"], torch.Tensor) or obj["features"].ndim != 2:

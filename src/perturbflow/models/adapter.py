@@ -30,10 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from perturbflow.exceptions import InputError
-from perturbflow.io_utils import atomic_path
+from perturbflow.io_utils import atomic_path, load_tensors
 from perturbflow.models.components import Architecture
 from perturbflow.models.inputs import PerturbationInputs
 from perturbflow.models.lora import add_lora, lora_config, merge_network, with_slots
@@ -45,6 +44,7 @@ from perturbflow.models.run_dir import (
     config_digest,
     load_run,
     read_json,
+    read_yaml,
     save_weights,
     write_json,
     write_yaml,
@@ -106,7 +106,7 @@ def check_base(meta: dict[str, Any], base: TrainedRun, run_dir: str | os.PathLik
 def finetuned_config(base: TrainedRun, meta: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """The configuration of the merged model: the base's, with the finetuning's changes."""
     config = copy.deepcopy(base.config)
-    finetune = yaml.safe_load((run_dir / FINETUNE_CONFIG).read_text(encoding="utf-8"))
+    finetune = read_yaml(run_dir / FINETUNE_CONFIG)
     config["architecture"] = dict(meta["architecture"])
     config["loader"] = finetune["loader"]
     config["split"] = finetune["split"]
@@ -184,7 +184,11 @@ def load_finetuned(
         )
     base_run = load_run(base_path)
     check_base(meta, base_run, path)
-    state = torch.load(path / ADAPTER_WEIGHTS, map_location="cpu", weights_only=True)
+    state = load_tensors(
+        path / ADAPTER_WEIGHTS,
+        what="the adapter's weights (a state dict)",
+        fix=f"rerun the finetuning that wrote {path}, or restore the file",
+    )
     net = rebuild_network(base_run, meta, state).to(device).eval()
     inputs = PerturbationInputs.load(path)
     config = finetuned_config(base_run, meta, path)

@@ -1,6 +1,6 @@
 """Finetune a trained ST run on a new context: LoRA through peft, or full finetuning.
 
-The library function behind ``kedro run --pipeline finetuning`` (and the ``tune``
+The library function behind ``kedro run --pipelines finetuning`` (and the ``tune``
 pipeline's objective). :func:`finetune_st` starts from a finished run (``init_from``),
 extends its perturbation encoder with new identity slots for components the base never
 trained (zero-initialised, always trained), adapts the network with LoRA on the chosen
@@ -45,11 +45,11 @@ from perturbflow.loading.datamodule import PerturbationDataModule
 from perturbflow.loading.row_matrix import matrix_sha256
 from perturbflow.models.adapter import ADAPTER_FORMAT, FINETUNE_CONFIG, save_adapter
 from perturbflow.models.components import Architecture
+from perturbflow.models.fit import fit_or_stop
 from perturbflow.models.inputs import PerturbationInputs
 from perturbflow.models.lora import add_lora, check_targets, lora_config, with_slots
 from perturbflow.models.prior import prior_deltas
 from perturbflow.models.run_dir import (
-    CHECKPOINTS,
     SUMMARY,
     TrainedRun,
     config_digest,
@@ -363,7 +363,7 @@ def finetune_st(
 
     Raises:
         InputError: Bad configuration, base run or data, found before the first step.
-        RuntimeError: The finetuning was interrupted (rerun to resume it).
+        TrainingStopped: The finetuning was stopped before ``max_steps``: rerun to resume.
     """
     base = load_run(finetuning.init_from)
     split = restrict_contexts(split, finetuning.contexts)
@@ -398,7 +398,9 @@ def finetune_st(
         run, config, digest, split, dm, inputs, sources, columns, config_name=FINETUNE_CONFIG
     )
     has_val = _has_val(split)
-    trainer, best, meter = build_trainer(run, finetuning, has_val=has_val, callbacks=callbacks)
+    trainer, best, meter = build_trainer(
+        run, finetuning, has_val=has_val, callbacks=callbacks, resume=resume_from
+    )
     precision = str(trainer.precision)  # what build_trainer resolved
     n_trainable = sum(p.numel() for p in module.net.parameters() if p.requires_grad)
     logger.info(
@@ -410,16 +412,19 @@ def finetune_st(
         len(new),
         split.split_name,
         finetuning.max_steps,
-        f", resuming from {resume_from}" if resume_from else "",
+        f", resuming from {resume_from.path}" if resume_from else "",
     )
     started = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=resume_from, weights_only=True)
+    fit_or_stop(
+        trainer,
+        module,
+        dm,
+        resume=resume_from,
+        run=run,
+        max_steps=finetuning.max_steps,
+        what="Finetuning",
+    )
     wall = time.perf_counter() - started
-    if trainer.interrupted or trainer.global_step < finetuning.max_steps:
-        raise RuntimeError(
-            f"Finetuning of {run} stopped at step {trainer.global_step} of "
-            f"{finetuning.max_steps}; rerun to resume from {run / CHECKPOINTS / 'last.ckpt'}."
-        )
     chosen, best_score = "last", None
     if best is not None and best.best_model_path:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
@@ -450,7 +455,7 @@ def finetune_st(
         "base_run": str(finetuning.init_from),
         "base_digest": base.digest,
         "steps": int(trainer.global_step),
-        "resumed_from": str(resume_from) if resume_from else None,
+        "resumed_from": str(resume_from.path) if resume_from else None,
         "fit_wall_seconds": round(wall, 2),
         "train_cells_per_s": round(meter.cells_per_s, 1) if meter.cells_per_s else None,
         "best_val_pearson_delta": best_score,

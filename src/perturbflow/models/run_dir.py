@@ -31,7 +31,7 @@ import torch
 import yaml
 
 from perturbflow.exceptions import InputError
-from perturbflow.io_utils import atomic_path
+from perturbflow.io_utils import atomic_path, load_tensors
 from perturbflow.models.components import Architecture, StateTransitionNet
 from perturbflow.models.inputs import PerturbationInputs
 
@@ -61,6 +61,19 @@ def write_yaml(path: str | os.PathLike[str], data: Any) -> None:
     """Write YAML atomically (block style, key order kept)."""
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML mapping (a run's configuration), naming the file when it is broken."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise InputError(f"{path}: no such file.") from err
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: not valid YAML ({err}).") from err
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping of settings, got {type(data).__name__}.")
+    return data
 
 
 def config_digest(config: dict[str, Any]) -> str:
@@ -125,10 +138,14 @@ def load_run(path: str | os.PathLike[str], *, device: str = "cpu") -> TrainedRun
             f"{path} has no {WEIGHTS}: the training has not finished (rerun it to resume "
             f"from {CHECKPOINTS}/last.ckpt)."
         )
-    config = yaml.safe_load((path / CONFIG).read_text(encoding="utf-8"))
+    config = read_yaml(path / CONFIG)
     arch = Architecture(**config["architecture"])
     net = StateTransitionNet(arch)
-    state = torch.load(path / WEIGHTS, map_location=device, weights_only=True)
+    state = load_tensors(
+        path / WEIGHTS,
+        what="the model's weights (a state dict)",
+        fix=f"retrain: move {path} aside and rerun the training, or restore the file",
+    )
     try:
         net.load_state_dict(state)
     except RuntimeError as err:

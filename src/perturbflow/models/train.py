@@ -1,6 +1,6 @@
 """Train an ST model on one named split.
 
-The library function behind ``kedro run --pipeline training`` and ``perturbflow train``
+The library function behind ``kedro run --pipelines training`` and ``perturbflow train``
 (multi-GPU / multi-node DDP).
 
 :func:`train_st` validates everything before the first step (columns, split, batch column,
@@ -43,6 +43,7 @@ from perturbflow.loading.h5reader import H5RowReader
 from perturbflow.loading.row_matrix import RowMatrix, matrix_sha256
 from perturbflow.models.components import Architecture, resolve_size
 from perturbflow.models.dose import check_interpolation, interpolation_rate
+from perturbflow.models.fit import Resume, fit_or_stop, resume_checkpoint
 from perturbflow.models.inputs import PerturbationInputs
 from perturbflow.models.prior import prior_deltas
 from perturbflow.models.run_dir import (
@@ -304,7 +305,7 @@ def _resolved_config(
     }
 
 
-def _prepare_run_dir(run: Path, digest: str, resume: bool) -> Path | None:
+def _prepare_run_dir(run: Path, digest: str, resume: bool) -> Resume | None:
     """Return the checkpoint to resume from (or ``None``); move a different run aside.
 
     Every DDP rank calls this and must get the same answer (a rank that resumed while
@@ -316,8 +317,7 @@ def _prepare_run_dir(run: Path, digest: str, resume: bool) -> Path | None:
         return None
     old = read_json(summary_path) if summary_path.is_file() else {}
     if old.get("config_sha256") == digest:
-        last = run / CHECKPOINTS / "last.ckpt"
-        return last if resume and last.is_file() else None
+        return resume_checkpoint(run / CHECKPOINTS) if resume else None
     if rank_zero_only.rank != 0:
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -354,7 +354,8 @@ def train_st(
 
     Raises:
         InputError: Bad configuration or data, found before the first step.
-        RuntimeError: The training was interrupted (rerun to resume it).
+        TrainingStopped: The training was stopped (SIGTERM, Ctrl-C) before ``max_steps``:
+            rerun to resume it.
     """
     _check(split, columns, training)
     run = Path(run_dir)
@@ -389,7 +390,9 @@ def train_st(
     if rank_zero_only.rank == 0:
         write_run_files(run, config, digest, split, dm, inputs, sources, columns)
     has_val = _has_val(split)
-    trainer, best, meter = build_trainer(run, training, has_val=has_val, callbacks=callbacks)
+    trainer, best, meter = build_trainer(
+        run, training, has_val=has_val, callbacks=callbacks, resume=resume_from
+    )
     precision = str(trainer.precision)  # what build_trainer resolved (auto -> bf16 / 32)
     logger.info(
         "Training ST (%s, hidden %d, %d layers) on split %s: %d steps, precision %s%s.",
@@ -399,16 +402,19 @@ def train_st(
         split.split_name,
         training.max_steps,
         precision,
-        f", resuming from {resume_from}" if resume_from else "",
+        f", resuming from {resume_from.path}" if resume_from else "",
     )
     started = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=resume_from, weights_only=True)
+    fit_or_stop(
+        trainer,
+        module,
+        dm,
+        resume=resume_from,
+        run=run,
+        max_steps=training.max_steps,
+        what="Training",
+    )
     wall = time.perf_counter() - started
-    if trainer.interrupted or trainer.global_step < training.max_steps:
-        raise RuntimeError(
-            f"Training of {run} stopped at step {trainer.global_step} of {training.max_steps}; "
-            f"rerun to resume from {run / CHECKPOINTS / 'last.ckpt'}."
-        )
     chosen = "last"
     best_score = None
     if best is not None and best.best_model_path:
@@ -421,7 +427,7 @@ def train_st(
         "config_sha256": digest,
         "split": split.split_name,
         "steps": int(trainer.global_step),
-        "resumed_from": str(resume_from) if resume_from else None,
+        "resumed_from": str(resume_from.path) if resume_from else None,
         "fit_wall_seconds": round(wall, 2),
         "train_cells_per_s": round(meter.cells_per_s, 1) if meter.cells_per_s else None,
         "best_val_pearson_delta": best_score,

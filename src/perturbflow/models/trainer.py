@@ -17,11 +17,14 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, WeightAveraging
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch.optim.swa_utils import get_ema_avg_fn
 
 from perturbflow.exceptions import InputError
+from perturbflow.logs import route_lightning_logs
 from perturbflow.models.checkpoint_io import AtomicCheckpointIO
+from perturbflow.models.fit import Resume, RunCSVLogger, StopCheckpoint
+from perturbflow.models.progress import progress_display, run_label
 from perturbflow.models.run_dir import CHECKPOINTS
 from perturbflow.params import TrainerParams
 
@@ -93,7 +96,12 @@ def ema_callback(decay: float) -> Callback:
 
 
 def build_trainer(
-    run: Path, settings: TrainerParams, *, has_val: bool, callbacks: Sequence[Callback] = ()
+    run: Path,
+    settings: TrainerParams,
+    *,
+    has_val: bool,
+    callbacks: Sequence[Callback] = (),
+    resume: Resume | None = None,
 ) -> tuple[pl.Trainer, ModelCheckpoint | None, ThroughputMeter]:
     """The Lightning trainer of a training or finetuning run, with its checkpoints.
 
@@ -103,6 +111,7 @@ def build_trainer(
             (an ``ema_decay`` attribute, training's, adds the moving average).
         has_val: Whether the split has validation perturbations (``best`` checkpoint).
         callbacks: Extra callbacks (e.g. an Optuna pruning callback).
+        resume: The checkpoint the run resumes from (the CSV log keeps the rows before it).
 
     Returns:
         ``(trainer, best checkpoint callback or None, throughput meter)``.
@@ -127,11 +136,26 @@ def build_trainer(
             enable_version_counter=False,
         )
     meter = ThroughputMeter()
-    all_callbacks: list[Callback] = [periodic, *([best] if best else []), meter, *callbacks]
+    stop = StopCheckpoint(run / CHECKPOINTS)
+    all_callbacks: list[Callback] = [
+        periodic,
+        *([best] if best else []),
+        meter,
+        stop,
+        *callbacks,
+    ]
     decay = getattr(settings, "ema_decay", None)
     if decay is not None:
         all_callbacks.append(ema_callback(decay))
-    log_cls = TensorBoardLogger if settings.logger == "tensorboard" else CSVLogger
+    if settings.progress_bar:  # steps of max_steps, not Lightning's bar per sentence epoch
+        all_callbacks.append(progress_display(run_label(run, settings)))
+    route_lightning_logs()  # Lightning's own console handler printed each line twice
+    log_every = min(10, settings.val_every_n_steps)
+    if settings.logger == "tensorboard":
+        run_logger = TensorBoardLogger(save_dir=str(run), name="logs", version="")
+    else:  # metrics.csv continued on resume, flushed as often as rows are logged
+        step = resume.step if resume else None
+        run_logger = RunCSVLogger(str(run), resume_step=step, flush_every=log_every)
     trainer = pl.Trainer(
         max_steps=settings.max_steps,
         accelerator=settings.accelerator,
@@ -145,10 +169,10 @@ def build_trainer(
         limit_val_batches=None if has_val else 0,
         num_sanity_val_steps=0,
         callbacks=all_callbacks,
-        logger=log_cls(save_dir=str(run), name="logs", version=""),
+        logger=run_logger,
         enable_progress_bar=settings.progress_bar,
         enable_model_summary=False,
-        log_every_n_steps=min(10, settings.val_every_n_steps),
+        log_every_n_steps=log_every,
         default_root_dir=str(run),
         plugins=[AtomicCheckpointIO()],
         # the sentence sampler shares each epoch between DDP ranks itself

@@ -11,10 +11,10 @@ import pandas as pd
 from perturbflow.exceptions import InputError
 from perturbflow.params import ColumnsParams, PreprocessingParams
 from perturbflow.preprocess.hvg import select_hvg
-from perturbflow.preprocess.knockdown import filter_on_target_knockdown
+from perturbflow.preprocess.knockdown import filter_on_target_knockdown, knockdown_settings
 from perturbflow.preprocess.normalize import UNS_KEY, normalize_log1p
 from perturbflow.preprocess.report import build_report
-from perturbflow.preprocess.validation import context_labels, require_columns, validate_adata
+from perturbflow.preprocess.validation import context_labels, validate_adata
 
 logger = logging.getLogger(__name__)
 
@@ -70,18 +70,11 @@ def preprocess_adata(
     """
     check_params(params, source=source)
     summary = validate_adata(adata, columns, expected_input=params.expected_input, source=source)
-    require_columns(
-        adata.obs,
-        [
-            ("knockdown.target_col", params.knockdown.target_col),
-            ("knockdown.type_col", params.knockdown.type_col),
-        ],
-        source=source,
-    )
+    knockdown = knockdown_settings(adata.obs.columns, params.knockdown, source=source)
 
     normalised = normalize_log1p(adata, target_sum=params.target_sum, kind=summary["kind"])
     filtered, kd_table = filter_on_target_knockdown(
-        normalised, columns, params.knockdown, source=source
+        normalised, columns, knockdown, source=source
     )
     del normalised
     processed, hvg_genes = select_hvg(

@@ -28,6 +28,7 @@ Differences from cell-load, on purpose:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Literal
 
@@ -64,6 +65,44 @@ REPORT_COLUMNS = [
     "kept",
     "reason",
 ]
+
+
+def knockdown_settings(
+    obs_columns: pd.Index, params: KnockdownParams, *, source: str
+) -> KnockdownParams:
+    """The knockdown settings usable on this ``obs``: only an enabled filter needs its columns.
+
+    Args:
+        obs_columns: The columns of the input's ``obs``.
+        params: ``preprocessing.knockdown``.
+        source: Name of the input (its path), first word of an error.
+
+    Returns:
+        ``params``; with the filter disabled, a ``target_col``/``type_col`` the data lack is
+        set to ``None`` (the ratios are then reported for every perturbation, its targets
+        parsed from the perturbation label).
+
+    Raises:
+        InputError: The filter is enabled and a column it reads is missing (named by its
+            key, ``preprocessing.knockdown.type_col``).
+    """
+    names = [("target_col", params.target_col), ("type_col", params.type_col)]
+    missing = [name for name, col in names if col is not None and col not in obs_columns]
+    if not missing:
+        return params
+    if params.enabled:
+        require_columns(
+            pd.DataFrame(columns=obs_columns),
+            [(f"preprocessing.knockdown.{name}", col) for name, col in names],
+            source=source,
+        )
+    logger.info(
+        "%s: the knockdown filter is disabled and obs has no %s column; its residuals are "
+        "reported for every perturbation, nothing is dropped.",
+        source,
+        " / ".join(repr(getattr(params, n)) for n in missing),
+    )
+    return dataclasses.replace(params, **dict.fromkeys(missing))
 
 
 def _exempt_labels(
@@ -118,11 +157,11 @@ def filter_on_target_knockdown(
     require_columns(
         obs,
         [
-            ("pert_col", columns.pert_col),
-            ("celltype_col", columns.celltype_col),
-            ("dataset_col", columns.dataset_col),
-            ("knockdown.target_col", params.target_col),
-            ("knockdown.type_col", params.type_col),
+            ("columns.pert_col", columns.pert_col),
+            ("columns.celltype_col", columns.celltype_col),
+            ("columns.dataset_col", columns.dataset_col),
+            ("preprocessing.knockdown.target_col", params.target_col),
+            ("preprocessing.knockdown.type_col", params.type_col),
         ],
         source=source,
     )

@@ -28,6 +28,7 @@ moves into place.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -62,7 +63,7 @@ from perturbflow.preprocess.hvg import (
     hvg_is_dense,
     seurat_statistics,
 )
-from perturbflow.preprocess.knockdown import filter_on_target_knockdown
+from perturbflow.preprocess.knockdown import filter_on_target_knockdown, knockdown_settings
 from perturbflow.preprocess.normalize import normalisation_record
 from perturbflow.preprocess.report import build_report
 from perturbflow.preprocess.validation import (
@@ -70,7 +71,6 @@ from perturbflow.preprocess.validation import (
     context_labels,
     design_summary,
     detect_expression_kind,
-    require_columns,
     sample_rows,
     validate_design,
     value_counts,
@@ -169,14 +169,6 @@ def _validate(
 ) -> tuple[dict[str, Any], int]:
     """Every check that reads ``obs``, ``var`` and a sample of rows; the block size."""
     validate_design(obs, var.index, columns, source=source)
-    require_columns(
-        obs,
-        [
-            ("knockdown.target_col", params.knockdown.target_col),
-            ("knockdown.type_col", params.knockdown.type_col),
-        ],
-        source=source,
-    )
     n_rows, n_cols = matrix_shape(node, f"{source}: X")
     if n_rows != len(obs) or n_cols != len(var):
         raise InputError(
@@ -441,6 +433,8 @@ def preprocess_h5ad(
     try:
         with h5py.File(path, "r") as raw:
             obs, var = ad.io.read_elem(raw["obs"]), ad.io.read_elem(raw["var"])
+            knockdown = knockdown_settings(obs.columns, params.knockdown, source=source)
+            params = dataclasses.replace(params, knockdown=knockdown)
             summary, block_rows = _validate(raw["X"], obs, var, columns, params, source)
             kind = summary["kind"]
             library = _pass_values(raw["X"], block_rows, kind, source)

@@ -97,7 +97,8 @@ def require_columns(
 
     Args:
         obs: The ``obs`` table.
-        names: ``(parameter name, column)`` pairs; ``None`` columns are skipped.
+        names: ``(parameter key, column)`` pairs, e.g. ``("columns.pert_col", "gene")``;
+            ``None`` columns are skipped.
         source: Name of the input, first word of the message.
 
     Raises:
@@ -107,7 +108,7 @@ def require_columns(
     for param, column in names:
         if column is not None and column not in obs.columns:
             raise InputError(
-                f"{source}: obs column {column!r} (columns.{param}) is missing. "
+                f"{source}: obs column {column!r} ({param}) is missing. "
                 f"Available columns: {available}.{suggest(column, available)}"
             )
 
@@ -259,10 +260,10 @@ def validate_design(
     require_columns(
         obs,
         [
-            ("pert_col", columns.pert_col),
-            ("celltype_col", columns.celltype_col),
-            ("batch_col", columns.batch_col),
-            ("dataset_col", columns.dataset_col),
+            ("columns.pert_col", columns.pert_col),
+            ("columns.celltype_col", columns.celltype_col),
+            ("columns.batch_col", columns.batch_col),
+            ("columns.dataset_col", columns.dataset_col),
         ],
         source=source,
     )

@@ -160,8 +160,8 @@ def build_split_table(
 
     Raises:
         InputError: On an unknown dataset, cell type or perturbation, a control listed as
-            held out, a referenced split that ends up with no perturbed cell, or no
-            training cell at all.
+            held out, a referenced split that ends up with no perturbed cell, no test
+            perturbation, or no training cell at all.
     """
     design = design_table(obs, columns)
     _check_datasets(design, config, columns)
@@ -203,6 +203,12 @@ def build_split_table(
                 f"Split config {config.source}: the {label} split of context '{ds}.{ct}' "
                 "has no perturbed cell (only controls); there is nothing to evaluate."
             )
+    if not (perturbed & (split == "test")).any():
+        raise InputError(
+            f"Split config {config.source}: no perturbed cell is labelled test (no [zeroshot] "
+            "context is 'test' and no [fewshot] context lists test perturbations), so there "
+            "is nothing to predict or evaluate; hold out test perturbations or a test context."
+        )
     if not (split == "train").any():
         raise InputError(
             f"Split config {config.source}: no cell is labelled train. Trained datasets: "

@@ -43,6 +43,14 @@ def _check_splits(split_table: pd.DataFrame, training: TrainingParams) -> None:
             f"training.splits names {unknown}, which are not splits of the split table "
             f"({known}); see parameters_splits.yml."
         )
+    for name in training.splits:
+        test = (split_table[name] == "test") & ~split_table["is_control"].astype(bool)
+        if not test.any():
+            raise InputError(
+                f"Split {name!r} of the split table has no test perturbation: its model "
+                "would predict nothing. Hold out test perturbations in its split config "
+                "(parameters_splits.yml) and rerun the splits pipeline."
+            )
 
 
 def train_models(
@@ -93,7 +101,7 @@ def predict_heldout(
         if list(data.genes) != run.genes:
             raise InputError(
                 f"{info['run_dir']} was trained on other genes than {name!r} now has; "
-                "retrain it (kedro run --pipeline training)."
+                "retrain it (kedro run --pipelines training)."
             )
         keys = {
             (c, p): len(data.perturbation_rows(c, p, "test"))

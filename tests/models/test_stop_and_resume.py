@@ -1,0 +1,141 @@
+"""A stopped run says so and resumes; broken checkpoints; metrics.csv kept across resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from perturbflow.exceptions import InputError
+from perturbflow.models.fit import RunCSVLogger, resume_checkpoint
+from tests.models.test_training import RESUME_SCRIPT, _saved_step
+
+
+def test_sigterm_stops_with_an_error_and_the_rerun_resumes(planted, tmp_path):
+    (tmp_path / "screen.h5ad").write_bytes(Path(planted["path"]).read_bytes())
+    script = tmp_path / "train.py"
+    script.write_text(RESUME_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    cmd = [sys.executable, str(script), str(tmp_path), "200"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while time.time() < deadline and _saved_step(last) < 20:
+        time.sleep(0.2)
+        assert proc.poll() is None, proc.stdout.read().decode()
+    proc.send_signal(signal.SIGTERM)  # what a scheduler (SLURM, Kubernetes) sends
+    out = proc.communicate(timeout=120)[0].decode()
+    # it used to exit 0 (Lightning's SIGTERMException is a SystemExit with no code)
+    assert proc.returncode != 0, out
+    assert "stopped by SIGTERM at step" in out and f"resume from {last}" in out
+    stopped_at = torch.load(last, weights_only=True)["global_step"]
+    assert 20 <= stopped_at < 200
+    # the checkpoint is the step it stopped at, not the last periodic one
+    assert f"at step {stopped_at} of 200" in out
+    assert not (tmp_path / "run" / "model.pt").exists()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert summary["steps"] == 200 and summary["resumed_from"].endswith("last.ckpt")
+    metrics = pd.read_csv(tmp_path / "run" / "logs" / "metrics.csv")
+    assert metrics.dropna(subset=["train/loss"])["step"].tolist() == list(range(9, 200, 10))
+
+
+@pytest.fixture
+def checkpoints(trained_run, tmp_path) -> Path:
+    """A copy of a finished run's checkpoints: step=50, step=100, step=150, last, best."""
+    folder = tmp_path / "run" / "checkpoints"
+    shutil.copytree(trained_run["run_dir"] / "checkpoints", folder)
+    return folder
+
+
+def test_an_intact_last_checkpoint_is_the_resume_point(checkpoints):
+    resume = resume_checkpoint(checkpoints)
+    assert resume.path == checkpoints / "last.ckpt" and resume.step == 150
+
+
+def test_a_truncated_last_checkpoint_falls_back_to_the_newest_intact_one(checkpoints, caplog):
+    last = checkpoints / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # a copy killed halfway, a full disk
+    resume = resume_checkpoint(checkpoints)
+    assert resume.path == checkpoints / "step=150.ckpt" and resume.step == 150
+    assert str(last) in caplog.text and "truncated or corrupt" in caplog.text
+
+
+def test_no_readable_checkpoint_says_how_to_start_afresh(checkpoints):
+    for path in checkpoints.glob("*.ckpt"):
+        path.write_bytes(os.urandom(64))
+    with pytest.raises(InputError) as err:
+        resume_checkpoint(checkpoints)
+    message = str(err.value)
+    assert str(checkpoints / "last.ckpt") in message and "move" in message
+    assert "resume=false" in message
+
+
+def test_a_resumed_csv_log_keeps_the_rows_before_the_resume_step(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    rows = [{"step": s, "train/loss": 1.0 / (s + 1)} for s in range(9, 120, 10)]
+    rows.append({"step": 99, "val/pearson_delta": 0.5})
+    pd.DataFrame(rows).to_csv(logs / "metrics.csv", index=False)
+    log = RunCSVLogger(str(tmp_path), resume_step=100, flush_every=10)
+    log.log_metrics({"train/loss": 0.01}, step=109)
+    log.save()
+    kept = pd.read_csv(logs / "metrics.csv")
+    assert kept.dropna(subset=["train/loss"])["step"].tolist() == [*range(9, 100, 10), 109]
+    assert kept.dropna(subset=["val/pearson_delta"])["step"].tolist() == [99]
+
+
+def test_a_fresh_csv_log_starts_empty(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    pd.DataFrame({"step": [9], "train/loss": [1.0]}).to_csv(logs / "metrics.csv", index=False)
+    log = RunCSVLogger(str(tmp_path), resume_step=None, flush_every=10)
+    log.log_metrics({"train/loss": 0.5}, step=9)
+    log.save()
+    assert pd.read_csv(logs / "metrics.csv")["train/loss"].tolist() == [0.5]
+
+
+class _Payload:
+    """A pickle that would create a file when unpickled (what a malicious model.pt does)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _corrupt(kind: str, path: Path, marker: Path) -> None:
+    if kind == "truncated":
+        path.write_bytes(path.read_bytes()[:500])
+    elif kind == "random":
+        path.write_bytes(os.urandom(4096))
+    else:
+        torch.save({"net.weight": torch.zeros(2), "payload": _Payload(marker)}, path)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "random", "pickle"])
+def test_a_corrupt_model_file_is_named_and_never_run(trained_run, tmp_path, kind):
+    from perturbflow.models.run_dir import load_run
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run["run_dir"], run, ignore=shutil.ignore_patterns("checkpoints"))
+    marker = tmp_path / "code-was-run"
+    _corrupt(kind, run / "model.pt", marker)
+    with pytest.raises(InputError) as err:
+        load_run(run)
+    message = str(err.value)
+    assert message.startswith(f"{run / 'model.pt'}: cannot be read as the model's weights")
+    assert "rerun the training" in message
+    assert "weights_only=False" not in message or "do not pass weights_only=False" in message
+    assert not marker.exists()
