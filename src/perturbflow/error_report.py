@@ -81,9 +81,15 @@ def short_report(error: BaseException, *, node: str | None = None) -> str | None
     kind, exc = found
     lines = [f"perturbflow: {kind} ({type(exc).__name__})"]
     for paragraph in str(exc).strip().splitlines():
-        lines += textwrap.wrap(paragraph, WIDTH, initial_indent="  ", subsequent_indent="    ") or [
-            ""
-        ]
+        wrapped = textwrap.wrap(
+            paragraph,
+            WIDTH,
+            initial_indent="  ",
+            subsequent_indent="    ",
+            break_long_words=False,  # a path stays whole, to be copied
+            break_on_hyphens=False,
+        )
+        lines += wrapped or [""]
     if node:
         lines.append(f"  in node {node!r}")
     if kind == "bad input":

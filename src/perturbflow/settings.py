@@ -5,6 +5,7 @@ import warnings
 from kedro.config import OmegaConfigLoader
 
 from perturbflow.error_report import ErrorReportHooks
+from perturbflow.hooks import ConsoleLoggingHooks
 
 # Kedro 1.7 itself calls OmegaConf's deprecated register_new_resolver(); the warning is
 # not about this project and buries the run's own log, so it is silenced here only.
@@ -21,5 +22,6 @@ CONFIG_LOADER_ARGS = {
     "merge_strategy": {"parameters": "soft"},
 }
 
-# Errors a user can fix (bad input, a stopped run) print as one short block, not a traceback.
-HOOKS = (ErrorReportHooks(),)
+# Plain log lines off a terminal and Lightning's lines once (perturbflow.logs); errors a user
+# can fix (bad input, a stopped run) as one short block, not a traceback (error_report).
+HOOKS = (ConsoleLoggingHooks(), ErrorReportHooks())

@@ -11,10 +11,11 @@ from tests.conftest import PROJECT_ROOT
 
 
 def copy_project(dest: Path) -> Path:
-    """Copy conf/, pyproject.toml and the shipped raw screens into ``dest`` (src/ left empty)."""
+    """Copy conf/, pyproject.toml, .telemetry and the raw screens into ``dest`` (src/ empty)."""
     shutil.copytree(PROJECT_ROOT / "conf", dest / "conf", ignore=shutil.ignore_patterns("local"))
     (dest / "conf" / "local").mkdir()
     shutil.copy(PROJECT_ROOT / "pyproject.toml", dest / "pyproject.toml")
+    shutil.copy(PROJECT_ROOT / ".telemetry", dest / ".telemetry")  # telemetry off, as shipped
     (dest / "src").mkdir()  # kedro wants the source dir; the package itself is installed
     raw = dest / "data" / "01_raw"
     raw.mkdir(parents=True)

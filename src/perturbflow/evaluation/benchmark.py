@@ -191,8 +191,17 @@ def evaluate_predictions(
     )
     for split in sorted(reals):
         real = materialise(reals[split])
-        for key in [k for k in keys if k.split(PREDICTION_SEP)[0] == split]:
+        split_keys = [k for k in keys if k.split(PREDICTION_SEP)[0] == split]
+        logger.info(
+            "Scoring split %s with cell-eval (%s profile): %d predictor(s)%s...",
+            split,
+            params.profile,
+            len(split_keys),
+            " and the ceiling" if params.ceiling else "",
+        )
+        for key in split_keys:
             predictor = key.split(PREDICTION_SEP, 1)[1]
+            logger.info("Scoring %s on split %s...", predictor, split)
             frame = score_predictions(
                 real,
                 materialise(predictions[key]),

@@ -72,10 +72,13 @@ def preprocess_adata(
     summary = validate_adata(adata, columns, expected_input=params.expected_input, source=source)
     knockdown = knockdown_settings(adata.obs.columns, params.knockdown, source=source)
 
-    normalised = normalize_log1p(adata, target_sum=params.target_sum, kind=summary["kind"])
-    filtered, kd_table = filter_on_target_knockdown(
-        normalised, columns, knockdown, source=source
+    logger.info(
+        "%s: normalising, filtering on-target knockdown and selecting %d HVGs...",
+        source,
+        params.n_top_genes,
     )
+    normalised = normalize_log1p(adata, target_sum=params.target_sum, kind=summary["kind"])
+    filtered, kd_table = filter_on_target_knockdown(normalised, columns, knockdown, source=source)
     del normalised
     processed, hvg_genes = select_hvg(
         filtered,

@@ -235,6 +235,9 @@ class FinetuningObjective:
         from perturbflow.models.adapter import load_finetuned
 
         run = load_finetuned(run_dir)
+        logger.info(
+            "Trial %d: predicting and scoring the validation cells with cell-eval...", trial.number
+        )
         value, means = cell_eval_score(
             run, self.split.data, self.columns, self.tune.cell_eval, seed=self.tune.seed
         )

@@ -1,0 +1,48 @@
+"""`kedro run` as a user types it: a bad input is one short block, and the tree stays clean."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _kedro_run(root: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k != "KEDRO_DISABLE_TELEMETRY"}
+    environ.update(env)  # telemetry as a new user has it: not disabled by the environment
+    return subprocess.run(
+        [sys.executable, "-m", "kedro", "run", "--pipelines", "preprocessing", *args],
+        cwd=root,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_bad_input_prints_one_short_block_and_changes_nothing(project_copy: Path):
+    pyproject = (project_copy / "pyproject.toml").read_bytes()
+    done = _kedro_run(project_copy, "--params", "columns.pert_col=perturbaton")
+    assert done.returncode == 1
+    block = done.stderr[done.stderr.index("perturbflow: bad input") :]
+    raw = project_copy / "data" / "01_raw" / "perturbench_devel.h5ad"
+    assert f"\n  {raw}:" in block  # the path whole, where the message starts
+    flat = " ".join(block.split())
+    assert f"{raw}: obs column 'perturbaton' (columns.pert_col) is missing." in flat
+    assert "in node 'preprocess'" in block and "PERTURBFLOW_TRACEBACK=1" in block
+    assert len(block.splitlines()) <= 10  # the message wrapped, where, fix, traceback hint
+    assert "Traceback" not in done.stderr and "╭" not in done.stderr  # no (rich) traceback
+    assert not (project_copy / "data" / "02_intermediate").exists()
+    # Kedro's telemetry (on unless refused) writes a project_id into pyproject.toml; the
+    # shipped .telemetry refuses it, so a first run leaves the tracked files as they were
+    assert (project_copy / "pyproject.toml").read_bytes() == pyproject
+
+
+def test_the_traceback_is_there_when_asked_for(project_copy: Path):
+    done = _kedro_run(
+        project_copy, "--params", "columns.pert_col=perturbaton", PERTURBFLOW_TRACEBACK="1"
+    )
+    assert done.returncode == 1
+    assert "perturbflow: bad input" not in done.stderr
+    assert "require_columns" in done.stderr  # the frame that raised
