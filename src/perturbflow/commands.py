@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import pandas as pd
 import yaml
 
 from perturbflow.datasets.h5ad_cells import read_h5ad_cells
+from perturbflow.error_report import short_report, verbose
 from perturbflow.exceptions import InputError
 from perturbflow.io_utils import atomic_path
 from perturbflow.params import ColumnsParams, LoaderParams, TrainingParams
@@ -65,7 +67,7 @@ def load_params(conf: str, env: str, overrides: list[str]) -> dict[str, Any]:
 
 
 PIPELINE_HINT = (
-    "run `kedro run --pipeline preprocessing` and `kedro run --pipeline splits` first, or "
+    "run `kedro run --pipelines preprocessing` and `kedro run --pipelines splits` first, or "
     "pass --adata, --split-table and --genes"
 )
 
@@ -122,12 +124,63 @@ def _perturbation_list(path: str, pert_col: str, control: str) -> list[str]:
     return [line.strip() for line in p.read_text().splitlines() if line.strip()]
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (resolved alike, or the same inode when both exist)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def checked_output(output: str, inputs: dict[str, str | None]) -> Path:
+    """The ``--output`` path, refused before any work when writing it would lose data.
+
+    Args:
+        output: The ``--output`` argument.
+        inputs: The input files by flag (``--adata``, ``--perturbations``); ``None`` is
+            skipped.
+
+    Returns:
+        ``output`` as a Path.
+
+    Raises:
+        InputError: The output or its ``.sources.csv`` table is one of the inputs (by
+            resolved path, or by inode: a symlink or a hard link), or the output's folder
+            does not exist, is not a folder or is not writable, or the output is a folder.
+    """
+    out = Path(output)
+    written = {"--output": out, "the sources table of --output": out.with_suffix(".sources.csv")}
+    for flag, given in inputs.items():
+        for what, target in written.items():
+            if given is not None and _same_file(target, Path(given)):
+                raise InputError(
+                    f"{what} {target} is the same file as {flag} {given}: writing the "
+                    f"predictions would replace the input. Give --output another path."
+                )
+    if out.is_dir():
+        raise InputError(f"--output {output} is a folder; give the path of an h5ad file.")
+    folder = out.absolute().parent
+    if not folder.exists():
+        raise InputError(f"--output {output}: its folder {folder} does not exist; create it.")
+    if not folder.is_dir():
+        raise InputError(f"--output {output}: {folder} is not a folder.")
+    read_only = not folder.stat().st_mode & 0o222  # no write bit: read-only, even for root
+    if read_only or not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"--output {output}: its folder {folder} is not writable.")
+    return out
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     """Predict perturbations from the control cells of an AnnData."""
     from perturbflow.models.adapter import ADAPTER_CONFIG, load_finetuned
-    from perturbflow.models.inference import infer_adata
+    from perturbflow.models.inference import InferOptions, infer
     from perturbflow.models.run_dir import load_run
 
+    output = checked_output(
+        args.output, {"--adata": args.adata, "--perturbations": args.perturbations}
+    )
     if (Path(args.run) / ADAPTER_CONFIG).is_file():  # a finetuned run: adapter + its base
         run = load_finetuned(args.run, base=args.base)
     else:
@@ -153,10 +206,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         dataset_col=dataset_col,
         dataset_name=args.dataset_name or trained["dataset_name"],
     )
-    out, sources = infer_adata(
-        run,
-        adata,
-        columns,
+    options = InferOptions(
         perturbations=wanted,
         cells_per_perturbation=args.cells_per_perturbation,
         control_mean=args.control_mean,
@@ -164,9 +214,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
         control_offset=args.control_offset,
         per_batch=args.per_batch,
         seed=args.seed,
-        source=source,
     )
-    output = Path(args.output)
+    out, sources = infer(run, adata, columns, options, source=source)
     with atomic_path(output) as tmp:
         out.write_h5ad(tmp)
     with atomic_path(output.with_suffix(".sources.csv")) as tmp:
@@ -175,61 +224,211 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+INFER_DESCRIPTION = (
+    "Predict perturbations of an AnnData from the control cells of each of its contexts. "
+    "The output (--output) is cell-eval's form: each context's control cells, then the "
+    "predicted cells; it carries every gene of --adata in its order, var['predicted'] "
+    "marking the genes the model predicted (the others are those of the control cells "
+    "each prediction started from, their mean with --control-mean), so it goes straight "
+    "into `cell-eval run -ap OUTPUT -ar ADATA`."
+)
+
+
+Option = tuple[str, dict[str, Any]]
+
+#: The options of ``perturbflow train``: flag and ``add_argument`` keywords.
+TRAIN_OPTIONS: list[Option] = [
+    ("--split", {"required": True, "help": "named split, a column of --split-table (required)"}),
+    ("--env", {"default": "local", "help": "conf environment (default: %(default)s)"}),
+    ("--conf", {"default": "conf", "help": "conf directory (default: %(default)s)"}),
+    (
+        "--params",
+        {
+            "action": "append",
+            "default": [],
+            "help": "parameter overrides key=value[,key=value] with dotted keys, e.g. "
+            "training.devices=4; repeatable (default: none)",
+        },
+    ),
+    (
+        "--adata",
+        {
+            "default": "data/02_intermediate/preprocessed.h5ad",
+            "help": "the preprocessed h5ad (default: %(default)s)",
+        },
+    ),
+    (
+        "--split-table",
+        {
+            "default": "data/03_primary/splits.parquet",
+            "help": "the split table, one column per named split (default: %(default)s)",
+        },
+    ),
+    (
+        "--genes",
+        {
+            "default": "data/02_intermediate/hvg_genes.json",
+            "help": "the model's genes, read when loader.obsm_key is set (default: %(default)s)",
+        },
+    ),
+    ("--run", {"default": None, "help": "run directory (default: training.runs_dir/<split>)"}),
+]
+
+#: The options of ``perturbflow infer``: flag and ``add_argument`` keywords.
+INFER_OPTIONS: list[Option] = [
+    (
+        "--run",
+        {
+            "required": True,
+            "help": "a finished run directory, or a finetuned (adapter) run (required)",
+        },
+    ),
+    (
+        "--base",
+        {"default": None, "help": "a finetuned run's base run (default: the path it recorded)"},
+    ),
+    (
+        "--adata",
+        {
+            "required": True,
+            "help": "input h5ad: log1p expression in X, genes by name in var_names, control "
+            "cells in every context (required; never overwritten)",
+        },
+    ),
+    ("--pert-col", {"required": True, "help": "obs column of the perturbations (required)"}),
+    ("--control", {"required": True, "help": "control label of --pert-col (required)"}),
+    ("--celltype-col", {"required": True, "help": "obs column of the cell types (required)"}),
+    (
+        "--batch-col",
+        {
+            "default": None,
+            "help": "obs column of the batches (plates), for a model with a batch encoder and "
+            "for --per-batch (default: none)",
+        },
+    ),
+    (
+        "--dataset-col",
+        {
+            "default": None,
+            "help": "obs column of the datasets (default: the run's dataset column when "
+            "--adata has it, else every cell in --dataset-name)",
+        },
+    ),
+    (
+        "--dataset-name",
+        {
+            "default": None,
+            "help": "dataset of every cell without --dataset-col (default: the run's)",
+        },
+    ),
+    (
+        "--perturbations",
+        {
+            "default": None,
+            "help": "perturbations to predict in every context: a text file (one per line), a "
+            "CSV (its --pert-col column, else its first) or an h5ad (its --pert-col labels) "
+            "(default: every non-control label of --adata)",
+        },
+    ),
+    (
+        "--cells-per-perturbation",
+        {
+            "type": int,
+            "default": None,
+            "help": "cells predicted per context and perturbation (default: as many as "
+            "--adata has real ones, else the context's number of control cells)",
+        },
+    ),
+    (
+        "--control-mean",
+        {
+            "action": "store_true",
+            "help": "start from the control mean (per batch) instead of control cells "
+            "(default: off)",
+        },
+    ),
+    (
+        "--allow-unknown",
+        {
+            "action": "store_true",
+            "help": "predict perturbations the model never trained and has no evidence for as "
+            "the average training response (default: off, they are refused)",
+        },
+    ),
+    (
+        "--per-batch",
+        {
+            "action": "store_true",
+            "help": "predict each batch (plate) of --batch-col from its own control cells "
+            "(default: off)",
+        },
+    ),
+    (
+        "--control-offset",
+        {
+            "choices": ["keep", "subtract"],
+            "default": "keep",
+            "help": "subtract: remove what the model does to each control sentence as the "
+            "control; keep: do not (default: %(default)s)",
+        },
+    ),
+    (
+        "--seed",
+        {"type": int, "default": 0, "help": "seed of the control sampling (default: %(default)s)"},
+    ),
+    (
+        "--output",
+        {
+            "required": True,
+            "help": "output h5ad (required), in a folder that exists, never --adata itself: "
+            "every gene of --adata, var['predicted'] marking the model's, ready for "
+            "`cell-eval run`; how each perturbation was encoded goes to OUTPUT with the "
+            "suffix .sources.csv",
+        },
+    ),
+]
+
+
+def _add_options(parser: argparse.ArgumentParser, options: list[Option]) -> None:
+    """Add every ``(flag, keywords)`` option to ``parser``."""
+    for flag, keywords in options:
+        parser.add_argument(flag, **keywords)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``perturbflow train|infer`` argument parser."""
     parser = argparse.ArgumentParser(prog="perturbflow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train the ST model of one named split")
-    train.add_argument("--split", required=True, help="named split (parameters_splits.yml)")
-    train.add_argument("--env", default="local", help="conf environment (default: local)")
-    train.add_argument("--conf", default="conf", help="conf directory")
-    train.add_argument("--params", action="append", default=[], help="key=value[,key=value]")
-    train.add_argument("--adata", default="data/02_intermediate/preprocessed.h5ad")
-    train.add_argument("--split-table", default="data/03_primary/splits.parquet")
-    train.add_argument("--genes", default="data/02_intermediate/hvg_genes.json")
-    train.add_argument("--run", default=None, help="run directory (default runs_dir/<split>)")
+    _add_options(train, TRAIN_OPTIONS)
     train.set_defaults(func=cmd_train)
-    infer = sub.add_parser("infer", help="predict perturbations from control cells")
-    infer.add_argument(
-        "--run", required=True, help="a finished run directory, or a finetuned (adapter) run"
+    infer = sub.add_parser(
+        "infer", help="predict perturbations from control cells", description=INFER_DESCRIPTION
     )
-    infer.add_argument(
-        "--base", default=None, help="a finetuned run's base run (default: the path it recorded)"
-    )
-    infer.add_argument("--adata", required=True, help="input h5ad (log1p, with controls)")
-    infer.add_argument("--pert-col", required=True)
-    infer.add_argument("--control", required=True, help="control label of --pert-col")
-    infer.add_argument("--celltype-col", required=True)
-    infer.add_argument("--batch-col", default=None)
-    infer.add_argument("--dataset-col", default=None)
-    infer.add_argument("--dataset-name", default=None)
-    infer.add_argument("--perturbations", default=None, help="text, CSV or h5ad file")
-    infer.add_argument("--cells-per-perturbation", type=int, default=None)
-    infer.add_argument("--control-mean", action="store_true", help="start from control means")
-    infer.add_argument("--allow-unknown", action="store_true")
-    infer.add_argument(
-        "--per-batch",
-        action="store_true",
-        help="predict each batch (plate) of --batch-col from its own control cells",
-    )
-    infer.add_argument(
-        "--control-offset",
-        choices=["keep", "subtract"],
-        default="keep",
-        help="subtract: remove what the model does to each control sentence as the control",
-    )
-    infer.add_argument("--seed", type=int, default=0)
-    infer.add_argument("--output", required=True)
+    _add_options(infer, INFER_OPTIONS)
     infer.set_defaults(func=cmd_infer)
     return parser
 
 
 def run_cli(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` and run the command; bad input exits 2 with its message."""
+    """Parse ``argv`` and run the command.
+
+    Bad input exits 2 with its message, a stopped training 1 with where it resumes (one short
+    block each); any other error is a bug and keeps its traceback. ``PERTURBFLOW_TRACEBACK=1``
+    shows the traceback of every error.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except InputError as err:
+        if verbose():
+            raise
         print(f"perturbflow {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # a stopped training, a Kedro or pydantic error: short if it is
+        report = None if verbose() else short_report(err)
+        if report is None:
+            raise
+        print(report, file=sys.stderr)
+        return 1

@@ -88,19 +88,20 @@ def load_tensors(path: str | os.PathLike[str], *, what: str, fix: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" in str(err):
+        if "Unsupported global" in str(err):  # a pickle of Python objects, not bytes noise
             reason = (
                 "it holds pickled Python objects besides tensors; perturbflow never loads "
                 "those (loading them could run code), so do not pass weights_only=False"
             )
         else:
-            reason = f"it is not a PyTorch file or is corrupt ({_first_line(err)})"
+            reason = f"it is truncated or corrupt (not a complete PyTorch file: {_first_line(err)})"
     except Exception as err:  # noqa: BLE001 - torch raises a dozen types on malformed bytes
         reason = f"it is truncated or corrupt ({type(err).__name__}: {_first_line(err)})"
     raise InputError(f"{path}: cannot be read as {what}: {reason}. {fix[:1].upper()}{fix[1:]}.")
 
 
 def _first_line(err: BaseException) -> str:
-    """The first line of an exception's message (torch's run to dozens of lines)."""
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+    """The first sentence of an exception's message (torch's run to dozens of lines)."""
+    lines = str(err).strip().splitlines()
+    first = lines[0] if lines else type(err).__name__
+    return first.split(". ")[0].rstrip(".")

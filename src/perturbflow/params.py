@@ -366,7 +366,8 @@ class TrainerParams:
             precision string (``32``, ``16-mixed``, ``bf16-mixed``).
         seed: Seed of the weights, dropout and the loader.
         logger: ``csv`` or ``tensorboard`` (needs the tensorboard package).
-        progress_bar: Show Lightning's progress bar.
+        progress_bar: Show the run's progress against ``max_steps`` (a bar on a terminal,
+            a log line every 30 s otherwise; :mod:`perturbflow.models.progress`).
         cpu_threads: Torch intra-op threads on the CPU (``None``: torch's default, one
             per core). The shipped default is 1: measured on 2 cores, 2 threads train
             1.4x faster than 1 on an idle machine and 3.3x slower while another process

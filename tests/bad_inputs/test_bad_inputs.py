@@ -74,13 +74,13 @@ def _params_case(pipeline: str, **params) -> Callable[[Workspace], str]:
 
 
 def _toml_case(old: str, new: str) -> Callable[[Workspace], str]:
-    """The splits pipeline with one edit of the few-shot TOML."""
+    """The splits pipeline with one edit of the few-shot TOML (``old`` a regular expression)."""
 
     def trigger(ws: Workspace) -> str:
         def write(path: Path) -> None:
-            text = path.read_text()
-            assert old in text, old
-            path.write_text(text.replace(old, new, 1))
+            text, n = re.subn(old, new, path.read_text(), count=1, flags=re.DOTALL)
+            assert n == 1, old
+            path.write_text(text)
 
         with replaced(ws.root / FEWSHOT, write):
             return message_of(lambda: ws.run("splits"))
@@ -198,23 +198,23 @@ CASES = [
     ),
     Case(
         "toml_syntax",
-        _toml_case("[training]", "[training"),
+        _toml_case(r"\[training\]", "[training"),
         lambda ws: [str(ws.root / FEWSHOT), "line"],
     ),
     Case(
         "unknown_perturbation",
-        _toml_case('"MAP2K3+SLC38A2",', '"MAP2K3+SLC38A3",'),
+        _toml_case(r'"MAP2K3\+SLC38A2",', '"MAP2K3+SLC38A3",'),
         lambda ws: [str(ws.root / FEWSHOT), "'MAP2K3+SLC38A3'"],
     ),
     Case(
         "unknown_cell_type",
-        _toml_case('[fewshot."norman19.k562"]', '[fewshot."norman19.k563"]'),
+        _toml_case(r'\[fewshot\."norman19\.k562"\]', '[fewshot."norman19.k563"]'),
         lambda ws: [str(ws.root / FEWSHOT), "'k563'", "'k562'"],
     ),
     Case(
         "empty_test_split_in_config",
-        _toml_case("test = [", "test_ = ["),
-        lambda ws: [str(ws.root / FEWSHOT)],
+        _toml_case(r"\ntest = \[.*?\]", "\ntest = []"),
+        lambda ws: [str(ws.root / FEWSHOT), "no perturbed cell is labelled test"],
     ),
     Case(
         "empty_test_split_in_table",
@@ -274,8 +274,8 @@ CASES = [
     ),
     Case(
         "model_weights_random_bytes",
-        _broken_run_file("model.pt", lambda p: os.urandom(2048)),
-        lambda ws: [str(ws.run_dir / "model.pt"), "rerun the training"],
+        _broken_run_file("model.pt", lambda p: np.random.default_rng(0).bytes(2048)),
+        lambda ws: [str(ws.run_dir / "model.pt"), "truncated or corrupt", "rerun the training"],
     ),
     Case(
         "model_weights_pickle_payload",

@@ -30,7 +30,9 @@ class _Payload:
 def test_pt_with_code_is_refused(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     torch.save({"KLF1": _Payload()}, path)
-    with pytest.raises(InputError, match="evil.pt cannot be read safely"):
+    with pytest.raises(
+        InputError, match=r"evil.pt: cannot be read as a features file: it holds pickled"
+    ):
         FeatureTable.load(path)
     assert "code ran" not in capsys.readouterr().out
 

@@ -53,8 +53,9 @@ def test_gene_reordered_input_gives_the_same_output(trained_run):
     )
     extra.var_names = list(shuffled.var_names) + ["extra1", "extra2"]
     out2, _ = infer_adata(run, extra, COLUMNS, seed=0)
-    assert list(out2.var_names) == run.genes
-    np.testing.assert_allclose(out.X, out2.X, rtol=1e-6)
+    assert list(out2.var_names) == list(extra.var_names)  # the input's genes, in its order
+    assert out2.var["predicted"].tolist() == [g in run.genes for g in extra.var_names]
+    np.testing.assert_allclose(out.X, out2[:, run.genes].X, rtol=1e-6)
 
 
 def test_missing_genes_are_listed(trained_run):
@@ -168,6 +169,20 @@ def test_batch_encoder_trains_and_infers_with_batch_codes(planted, tmp_path):
     data_in = _test_input(adata)
     out, _ = infer_adata(run, data_in, columns)
     assert int((out.obs["pert"] == "p3").sum()) == int((data_in.obs["pert"] == "p3").sum())
+    # from control means per batch, a gene the model does not predict is its batch's mean
+    extra = ad.AnnData(
+        X=np.hstack([data_in.X, np.linspace(0.1, 2.0, data_in.n_obs, dtype=np.float32)[:, None]]),
+        obs=data_in.obs,
+    )
+    extra.var_names = [*data_in.var_names, "extra"]
+    out, _ = infer_adata(run, extra, columns, control_mean=True)
+    ctrl = extra.obs["pert"] == "ctrl"
+    means = [
+        extra.X[(ctrl & (extra.obs["batch"] == b)).to_numpy(), -1].mean() for b in ("b1", "b2")
+    ]
+    got = out.X[(out.obs["pert"] == "p3").to_numpy(), -1]
+    assert np.all(np.isclose(got[:, None], np.array(means)[None, :], rtol=1e-6).any(axis=1))
+    assert not out.var["predicted"].iloc[-1] and out.var["predicted"].iloc[:-1].all()
     with pytest.raises(InputError, match="name the batch column"):
         infer_adata(run, data_in, COLUMNS)
     data_in.obs["batch"] = "b9"

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -73,7 +74,7 @@ def test_a_truncated_last_checkpoint_falls_back_to_the_newest_intact_one(checkpo
 
 def test_no_readable_checkpoint_says_how_to_start_afresh(checkpoints):
     for path in checkpoints.glob("*.ckpt"):
-        path.write_bytes(os.urandom(64))
+        path.write_bytes(np.random.default_rng(1).bytes(64))
     with pytest.raises(InputError) as err:
         resume_checkpoint(checkpoints)
     message = str(err.value)
@@ -119,7 +120,7 @@ def _corrupt(kind: str, path: Path, marker: Path) -> None:
     if kind == "truncated":
         path.write_bytes(path.read_bytes()[:500])
     elif kind == "random":
-        path.write_bytes(os.urandom(4096))
+        path.write_bytes(np.random.default_rng(0).bytes(4096))  # seeded: the same noise
     else:
         torch.save({"net.weight": torch.zeros(2), "payload": _Payload(marker)}, path)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from perturbflow.adaptation.shift import GeneShift
 from perturbflow.models.inference import infer_adata
@@ -56,8 +57,11 @@ def mean_table(cells: ad.AnnData, columns: ColumnsParams) -> pd.DataFrame:
     pert = obs[columns.pert_col].astype(str).to_numpy()
     context = obs["context"].astype(str).to_numpy()
     keep = pert != columns.control_label
-    X = np.asarray(cells.X[keep])
-    frame = pd.DataFrame(X, columns=list(map(str, cells.var_names)))
+    # the model's genes only (infer also carries the input's other genes, from controls)
+    genes = cells.var["predicted"].to_numpy() if "predicted" in cells.var else slice(None)
+    X = cells.X[keep][:, genes]
+    X = X.toarray() if sp.issparse(X) else np.asarray(X)
+    frame = pd.DataFrame(X, columns=list(map(str, cells.var_names[genes])))
     frame.insert(0, "perturbation", pert[keep])
     frame.insert(0, "context", context[keep])
     grouped = frame.groupby(["context", "perturbation"], sort=False)

@@ -130,9 +130,7 @@ class _KeptRowsWriter(ExperimentWriter):
             writer.writeheader()
             writer.writerows(rows)
         self.metrics_keys = header
-        logger.info(
-            "%s: kept %d rows of the steps before %d.", path, len(rows), self._resume_step
-        )
+        logger.info("%s: kept %d rows of the steps before %d.", path, len(rows), self._resume_step)
 
 
 def _row_step(row: dict[str, str]) -> int:
@@ -220,8 +218,10 @@ def fit_or_stop(
         cause = "SIGTERM" if isinstance(err, SIGTERMException) else "an interrupt"
     if cause or trainer.interrupted or trainer.global_step < max_steps:
         last = run / "checkpoints" / LAST
-        where = f"rerun the same command to resume from {last}" if last.is_file() else (
-            "no checkpoint was written yet: a rerun starts afresh"
+        where = (
+            f"rerun the same command to resume from {last}"
+            if last.is_file()
+            else ("no checkpoint was written yet: a rerun starts afresh")
         )
         raise TrainingStopped(
             f"{what} of {run} stopped{' by ' + cause if cause else ''} at step "

@@ -7,9 +7,12 @@ default as many as the real ones, when the input has any), drawn from the contex
 controls, cut into sentences of the model's ``cell_set_len`` and predicted set by set.
 
 :func:`predict_cells` works on :class:`~perturbflow.evaluation.design.EvaluationData` (the
-evaluation pipeline); :func:`infer_adata` is ``perturbflow infer``: it aligns a user's
-AnnData to the model's genes by name, checks every requested perturbation and context
-before predicting, and writes an AnnData that cell-eval accepts (control cells included).
+evaluation pipeline); :func:`infer` (:func:`infer_adata` with keywords) is ``perturbflow
+infer``: it reads a user's AnnData in the model's genes by name, checks every requested
+perturbation and context, and NaN or inf values, before predicting, and writes an AnnData
+that goes straight into ``cell-eval run`` against the input: control cells included, every
+gene of the input in its order, ``var['predicted']`` marking the genes the model predicted
+(the others are taken from the control cells each prediction started from).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import anndata as ad
 import numpy as np
@@ -36,7 +39,7 @@ from perturbflow.models.prior import prior_deltas
 from perturbflow.models.run_dir import TrainedRun
 from perturbflow.params import ColumnsParams
 from perturbflow.perturbations import components
-from perturbflow.preprocess.validation import detect_expression_kind
+from perturbflow.preprocess.validation import detect_expression_kind, value_counts
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +53,14 @@ class CellPredictions:
     Attributes:
         cells: ``n x genes`` predicted cells per ``(context, perturbation)``.
         encoded: The perturbation vectors and their sources.
+        starts: Per key, the row of the data each predicted cell's control input was drawn
+            from (with ``control_mean``, a control cell of the batch whose control mean the
+            prediction started from); empty when not recorded.
     """
 
     cells: dict[Key, np.ndarray]
     encoded: EncodedPerturbations
+    starts: dict[Key, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def sources(self) -> pd.DataFrame:
         """One row per key: what its perturbation vector was built from."""
@@ -87,8 +94,9 @@ def check_known(encoded: EncodedPerturbations, *, allow_unknown: bool) -> None:
         raise InputError(
             f"{len(bad)} perturbation(s) unknown to the model: {listed(bad)}. The model never "
             "trained them and has no evidence for them; pass a features file that covers "
-            "them (training.model.inputs.features_file), or allow_unknown to predict them "
-            "as the average training response."
+            "them (training.model.inputs.features_file), or pass --allow-unknown "
+            "(allow_unknown=True from Python) to predict them as the average training "
+            "response."
         )
     if bad:
         logger.warning(
@@ -107,10 +115,12 @@ def _control_inputs(
     control_mean: bool,
     batch: np.ndarray | None,
     inputs: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """``n`` control inputs of ``context`` (cells, or their batch's mean) and batch codes.
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """``n`` control inputs of ``context`` (cells, or their batch's mean), batch codes, rows.
 
-    ``inputs`` (rows like ``data.X``) replaces ``data.X`` as what the model reads.
+    ``inputs`` (rows like ``data.X``) replaces ``data.X`` as what the model reads. The rows
+    are the control cells drawn (with ``control_mean``, the cells whose batch's mean is
+    the input).
     """
     M = data.X if inputs is None else inputs
     ctrl = data.control_rows(context)  # not empty: predict_cells checked every context
@@ -124,7 +134,7 @@ def _control_inputs(
             X = X.copy()
             for code in np.unique(codes):
                 X[codes == code] = M[ctrl[batch[ctrl] == code]].mean(axis=0)
-    return X, codes
+    return X, codes, picked
 
 
 @torch.no_grad()
@@ -172,7 +182,8 @@ def predict_cells(
             an adapter's inverse that maps predictions back to the data's space.
 
     Returns:
-        The predicted cells and the perturbation encodings.
+        The predicted cells, the perturbation encodings and the control rows each
+        predicted cell started from.
 
     Raises:
         InputError: Genes that differ from the model's, unknown perturbations, or a
@@ -183,19 +194,7 @@ def predict_cells(
     keys = list(n_cells)
     encoded = run.inputs.encode(keys, data)
     check_known(encoded, allow_unknown=allow_unknown)
-    without = [c for c in sorted({c for c, _ in keys}) if not len(data.control_rows(c))]
-    if without:
-        raise InputError(
-            f"Context(s) {listed(without)} have no control cells: a prediction starts from them."
-        )
-    if run.net.batch_encoder is not None and batch is None:
-        raise InputError("The model has a batch encoder: give each cell's batch.")
-    if control_offset not in ("keep", "subtract"):
-        raise InputError(f"control_offset {control_offset!r}: expected 'keep' or 'subtract'.")
-    if control_inputs is not None and control_inputs.shape != data.X.shape:
-        raise InputError(
-            f"control_inputs has shape {control_inputs.shape}, the data {data.X.shape}."
-        )
+    _check_prediction_inputs(run, data, keys, batch, control_offset, control_inputs)
     rng = np.random.default_rng(seed)
     S = run.cell_set_len
     clip = run.config["training"]["model"]["output_space"] != "embedding"
@@ -207,10 +206,11 @@ def predict_cells(
     )
     priors = [None] * len(keys) if priors is None else priors
     out: dict[Key, np.ndarray] = {}
+    starts: dict[Key, np.ndarray] = {}
     for row, key in enumerate(keys):
         n = int(n_cells[key])
         n_sent = max(1, -(-n // S))
-        X, codes = _control_inputs(
+        X, codes, picked = _control_inputs(
             data,
             key[0],
             n_sent * S,
@@ -240,8 +240,38 @@ def predict_cells(
         if output_map is not None:
             cells = np.asarray(output_map(cells), dtype=np.float32)
         out[key] = np.clip(cells, 0.0, None) if clip else cells
+        starts[key] = picked[:n]
     encoded = dataclasses.replace(encoded, sources=sources)
-    return CellPredictions(out, encoded)
+    return CellPredictions(out, encoded, starts)
+
+
+def _check_prediction_inputs(
+    run: TrainedRun,
+    data: EvaluationData,
+    keys: list[Key],
+    batch: np.ndarray | None,
+    control_offset: str,
+    control_inputs: np.ndarray | None,
+) -> None:
+    """The checks of :func:`predict_cells` that follow the genes and the perturbations.
+
+    Raises:
+        InputError: A context without control cells, no batch codes for a batch encoder,
+            a bad ``control_offset`` or ``control_inputs`` of another shape than ``data.X``.
+    """
+    without = [c for c in sorted({c for c, _ in keys}) if not len(data.control_rows(c))]
+    if without:
+        raise InputError(
+            f"Context(s) {listed(without)} have no control cells: a prediction starts from them."
+        )
+    if run.net.batch_encoder is not None and batch is None:
+        raise InputError("The model has a batch encoder: give each cell's batch.")
+    if control_offset not in ("keep", "subtract"):
+        raise InputError(f"control_offset {control_offset!r}: expected 'keep' or 'subtract'.")
+    if control_inputs is not None and control_inputs.shape != data.X.shape:
+        raise InputError(
+            f"control_inputs has shape {control_inputs.shape}, the data {data.X.shape}."
+        )
 
 
 def _additive_plan(run: TrainedRun, keys: list[Key], data: EvaluationData) -> dict[Key, np.ndarray]:
@@ -297,17 +327,93 @@ def _forward(
 
 
 # ---- perturbflow infer ------------------------------------------------------------
+#: Rows read at a time when an input's values are checked or the output is assembled.
+BLOCK_ROWS = 4096
+#: Values (rows x genes) of one dense block at most, whatever the number of genes.
+BLOCK_VALUES = 1 << 24
+
+
+def _block_rows(n_cols: int) -> int:
+    """Rows per block: :data:`BLOCK_ROWS`, fewer for wide matrices (:data:`BLOCK_VALUES`)."""
+    return max(1, min(BLOCK_ROWS, BLOCK_VALUES // max(n_cols, 1)))
+
+
+def _non_finite(block: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the NaN or inf values of a block (stored values when sparse)."""
+    if sp.issparse(block):
+        coo = sp.coo_matrix(block)
+        bad = ~np.isfinite(coo.data)
+        return coo.row[bad], coo.col[bad]
+    rows, cols = np.nonzero(~np.isfinite(np.asarray(block)))
+    return rows, cols
+
+
+def check_finite(
+    M: Any,
+    *,
+    source: str,
+    what: str,
+    cells: Sequence[str],
+    names: Sequence[str],
+    columns: np.ndarray | None = None,
+    kind: str = "genes",
+    expected: str = "finite log1p values",
+) -> None:
+    """Fail when ``M`` (cells x genes, dense or sparse) holds NaN or inf values.
+
+    ``M`` is read in blocks of rows (never densified whole); each block's NaN and inf
+    values are counted as the preprocessing counts them
+    (:func:`perturbflow.preprocess.validation.value_counts`: the stored values of a sparse
+    matrix), and only a block that has some is searched for where they are.
+
+    Args:
+        M: The matrix, e.g. ``adata.X`` or an obsm entry.
+        source: The input's name (its path), first word of the message.
+        what: What ``M`` is (``X``, ``obsm['X_pca']``).
+        cells: The name of every row of ``M``.
+        names: The name of every column read (of ``columns`` when given).
+        columns: Only these columns of ``M`` (in this order), or ``None`` for all.
+        kind: What the columns are, for the message.
+        expected: What the values should be, for the message.
+
+    Raises:
+        InputError: Naming ``source``, how many cells, the first genes and cells.
+    """
+    found_rows, found_cols = [], []
+    step = _block_rows(M.shape[1] if columns is None else len(columns))
+    for start in range(0, M.shape[0], step):
+        block = M[start : start + step]
+        block = block if columns is None else block[:, columns]
+        n_nan, n_inf, _, _ = value_counts(block)
+        if n_nan or n_inf:
+            rows, cols = _non_finite(block)
+            found_rows.append(rows + start)
+            found_cols.append(cols)
+    if not found_rows:
+        return
+    rows = np.unique(np.concatenate(found_rows))
+    cols = np.unique(np.concatenate(found_cols))
+    raise InputError(
+        f"{source}: {what} holds NaN or inf values in {len(rows):,} cells and {len(cols):,} "
+        f"{kind}: {kind} {listed([str(names[c]) for c in cols])}; cells "
+        f"{listed([str(cells[r]) for r in rows])}. Expected {expected}: fix or drop those "
+        f"cells or {kind}."
+    )
+
+
 def aligned_matrix(adata: ad.AnnData, run: TrainedRun, *, source: str) -> np.ndarray:
     """The input's expression in the model's genes and order (dense float32).
 
-    Genes are matched by name to ``run.genes`` (reordered); extra genes are dropped with a
-    warning; missing genes are an error that lists them. An ``embedding`` model reads its
-    obsm key instead, whose width must match.
+    Genes are matched by name to ``run.genes`` (reordered); the other genes are not read;
+    missing genes are an error that lists them. An ``embedding`` model reads its obsm key
+    instead, whose width must match. The values read are checked for NaN and inf
+    (:func:`check_finite`) before they are densified.
 
     Raises:
-        InputError: Missing genes, a missing obsm key, or raw counts where the model
-            expects log1p expression.
+        InputError: Missing genes, a missing obsm key, NaN or inf values, or raw counts
+            where the model expects log1p expression.
     """
+    cells = adata.obs_names.astype(str)
     space = run.config["training"]["model"]["output_space"]
     if space == "embedding":
         key = run.config["loader"]["obsm_key"]
@@ -321,7 +427,34 @@ def aligned_matrix(adata: ad.AnnData, run: TrainedRun, *, source: str) -> np.nda
             raise InputError(
                 f"{source}: obsm[{key!r}] has {M.shape[1]} columns, the model {len(run.genes)}."
             )
+        check_finite(
+            M,
+            source=source,
+            what=f"obsm[{key!r}]",
+            cells=cells,
+            names=list(run.genes),
+            kind="columns",
+            expected="finite values (the model's embedding)",
+        )
         return np.asarray(M.toarray() if sp.issparse(M) else M, dtype=np.float32)
+    cols = model_columns(adata, run, source=source)
+    check_finite(adata.X, source=source, what="X", cells=cells, names=run.genes, columns=cols)
+    M = adata.X[:, cols]
+    M = M.toarray() if sp.issparse(M) else np.asarray(M)
+    if detect_expression_kind(M) == "counts":
+        raise InputError(
+            f"{source}: X holds raw counts; the model expects log1p-normalised expression "
+            "(run the preprocessing pipeline, or scanpy normalize_total + log1p)."
+        )
+    return M.astype(np.float32, copy=False)
+
+
+def model_columns(adata: ad.AnnData, run: TrainedRun, *, source: str) -> np.ndarray:
+    """The column of each of the model's genes in ``adata`` (matched by name).
+
+    Raises:
+        InputError: Duplicate gene names, or genes of the model missing from the input.
+    """
     names = pd.Index(adata.var_names.astype(str))
     if names.has_duplicates:
         dup = names[names.duplicated()].unique().tolist()
@@ -333,18 +466,47 @@ def aligned_matrix(adata: ad.AnnData, run: TrainedRun, *, source: str) -> np.nda
             f"var_names: {listed(missing)}. The model reads genes by name "
             f"({run.path / 'genes.json'})."
         )
-    extra = len(names) - len(run.genes)
-    if extra:
-        logger.warning("%s: %d genes the model does not use are dropped.", source, extra)
-    cols = names.get_indexer(run.genes)
-    M = adata.X[:, cols]
-    M = M.toarray() if sp.issparse(M) else np.asarray(M)
-    if detect_expression_kind(M) == "counts":
-        raise InputError(
-            f"{source}: X holds raw counts; the model expects log1p-normalised expression "
-            "(run the preprocessing pipeline, or scanpy normalize_total + log1p)."
-        )
-    return M.astype(np.float32, copy=False)
+    return names.get_indexer(run.genes)
+
+
+@dataclass(frozen=True)
+class InferOptions:
+    """How :func:`infer` predicts (the options of ``perturbflow infer``).
+
+    Attributes:
+        perturbations: Perturbation labels to predict in every context (default: every
+            non-control label of the input).
+        cells_per_perturbation: Cells predicted per (context, perturbation); default: as
+            many as the real ones in that context, else the context's control count.
+        control_mean: Start from the control mean per batch instead of control cells.
+        allow_unknown: Predict perturbations the model knows nothing about.
+        control_offset: ``subtract`` removes the model's own offset on each control
+            sentence (:func:`predict_cells`), ``keep`` does not.
+        per_batch: Predict per plate (``columns.batch_col``), each plate from its own
+            controls (:func:`perturbflow.models.plates.infer_plates`): the plates' own
+            perturbations, or every requested one on every plate with controls.
+        seed: Seed of the control sampling.
+        input_map: Maps the aligned expression (cells x the model's genes) to what the
+            model reads, e.g. a domain adapter; the output's control cells stay the
+            input's own.
+        output_map: Maps predicted cells back before clipping (the adapter's inverse).
+    """
+
+    perturbations: Sequence[str] | None = None
+    cells_per_perturbation: int | None = None
+    control_mean: bool = False
+    allow_unknown: bool = False
+    control_offset: Literal["keep", "subtract"] = "keep"
+    per_batch: bool = False
+    seed: int = 0
+    input_map: Callable[[np.ndarray], np.ndarray] | None = None
+    output_map: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def requested(self, control_label: str) -> list[str] | None:
+        """The requested labels, in order, without repeats and without the control."""
+        if self.perturbations is None:
+            return None
+        return [p for p in dict.fromkeys(self.perturbations) if p != control_label]
 
 
 def infer_adata(
@@ -363,37 +525,102 @@ def infer_adata(
     input_map: Callable[[np.ndarray], np.ndarray] | None = None,
     output_map: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[ad.AnnData, pd.DataFrame]:
-    """Predict perturbations in every context of a user's AnnData.
+    """:func:`infer` with the options as keywords (the attributes of :class:`InferOptions`).
 
     Args:
         run: The trained run.
         adata: Cells with the design columns; its control cells are the inputs.
         columns: Where the design lives in ``adata.obs``.
-        perturbations: Perturbation labels to predict in every context (default: every
-            non-control label of ``adata``).
-        cells_per_perturbation: Cells predicted per (context, perturbation); default: as
-            many as the real ones in that context, else the context's control count.
-        control_mean: Start from the control mean per batch instead of control cells.
-        allow_unknown: Predict perturbations the model knows nothing about.
-        control_offset: ``subtract`` removes the model's own offset on each control
-            sentence (:func:`predict_cells`), ``keep`` does not.
-        per_batch: Predict per plate (``columns.batch_col``), each plate from its own
-            controls (:func:`perturbflow.models.plates.infer_plates`): the plates' own
-            perturbations, or every requested one on every plate with controls.
-        seed: Seed of the control sampling.
+        perturbations: As :class:`InferOptions`, like every option below.
+        cells_per_perturbation: See :class:`InferOptions`.
+        control_mean: See :class:`InferOptions`.
+        allow_unknown: See :class:`InferOptions`.
+        control_offset: See :class:`InferOptions`.
+        per_batch: See :class:`InferOptions`.
+        seed: See :class:`InferOptions`.
         source: How to name the input in messages (its path).
-        input_map: Maps the aligned expression (cells x the model's genes) to what the
-            model reads, e.g. a domain adapter; the output's control cells stay the
-            input's own.
-        output_map: Maps predicted cells back before clipping (the adapter's inverse).
+        input_map: See :class:`InferOptions`.
+        output_map: See :class:`InferOptions`.
+
+    Returns:
+        As :func:`infer`.
+
+    Raises:
+        InputError: As :func:`infer`.
+    """
+    options = InferOptions(
+        perturbations=perturbations,
+        cells_per_perturbation=cells_per_perturbation,
+        control_mean=control_mean,
+        allow_unknown=allow_unknown,
+        control_offset=control_offset,
+        per_batch=per_batch,
+        seed=seed,
+        input_map=input_map,
+        output_map=output_map,
+    )
+    return infer(run, adata, columns, options, source=source)
+
+
+def infer(
+    run: TrainedRun,
+    adata: ad.AnnData,
+    columns: ColumnsParams,
+    options: InferOptions,
+    *,
+    source: str = "input",
+) -> tuple[ad.AnnData, pd.DataFrame]:
+    """Predict perturbations in every context of a user's AnnData (``perturbflow infer``).
+
+    Args:
+        run: The trained run.
+        adata: Cells with the design columns; its control cells are the inputs.
+        columns: Where the design lives in ``adata.obs``.
+        options: What to predict and how.
+        source: How to name the input in messages (its path).
 
     Returns:
         The predictions (cell-eval's form: each context's control cells, then the predicted
-        cells) and a table of how each perturbation was encoded.
+        cells) and a table of how each perturbation was encoded. The predictions carry
+        every gene of ``adata`` in its order, with ``adata.var`` and a bool
+        ``var['predicted']``: the model's genes are predicted, the others are those of the
+        control cells each prediction started from (their mean, from a control mean), so
+        the output goes straight into ``cell-eval run`` against ``adata``. An
+        ``embedding`` model's output stays in its embedding (every column predicted).
 
     Raises:
-        InputError: A missing column or control label, missing genes, an unknown
-            perturbation or a context without controls: all before any prediction.
+        InputError: A missing column or control label, missing genes, NaN or inf values,
+            an unknown perturbation or a context without controls: all before any
+            prediction.
+    """
+    data = _input_data(run, adata, columns, source)
+    gene_space = run.config["training"]["model"]["output_space"] != "embedding"
+    if gene_space:
+        _check_other_genes(adata, run, source)
+    if options.per_batch:
+        out, sources = _infer_per_batch(run, data, adata.obs, columns, options, source)
+        starts, groups = None, adata.obs[columns.batch_col].astype(str).to_numpy()
+    else:
+        out, predicted, groups = _infer_contexts(run, data, adata.obs, columns, options, source)
+        starts, sources = predicted.starts, predicted.sources()
+    if not gene_space:
+        out.var["predicted"] = True
+        return out, sources
+    origin, is_pred = _origins(out.obs, data, columns, starts, groups, seed=options.seed)
+    means = None
+    if options.control_mean:
+        means = _control_means(adata.X, origin, is_pred, data, groups)
+    return _with_input_genes(out, adata, data.genes, origin, means), sources
+
+
+def _input_data(
+    run: TrainedRun, adata: ad.AnnData, columns: ColumnsParams, source: str
+) -> EvaluationData:
+    """The input's design and its expression in the model's genes, checked.
+
+    Raises:
+        InputError: A missing column, no control cells, a context without controls, or
+            what :func:`aligned_matrix` refuses.
     """
     obs = adata.obs
     needed = [columns.pert_col, columns.celltype_col]
@@ -414,11 +641,10 @@ def infer_adata(
         if columns.dataset_col
         else np.full(len(obs), columns.dataset_name, dtype=object)
     )
-    celltype = obs[columns.celltype_col].astype(str).to_numpy()
     cells = pd.DataFrame(
         {
             "dataset": dataset,
-            "celltype": celltype,
+            "celltype": obs[columns.celltype_col].astype(str).to_numpy(),
             "perturbation": pert.to_numpy(),
             "is_control": is_control,
             "split": "test",
@@ -434,42 +660,81 @@ def infer_adata(
             f"{source}: context(s) {listed(without)} have no control cells "
             f"({columns.pert_col} == {columns.control_label!r}); a prediction starts from them."
         )
-    # the requested labels, in order, without repeats and without the control itself
-    requested = (
-        None
-        if perturbations is None
-        else [p for p in dict.fromkeys(perturbations) if p != columns.control_label]
-    )
-    if per_batch:
-        if input_map is not None or output_map is not None:
-            raise InputError("per_batch does not take an input_map / output_map (adapters).")
-        if not columns.batch_col:
-            raise InputError(
-                f"{source}: per-batch prediction needs the batch column (--batch-col)."
-            )
-        from perturbflow.models.plates import infer_plates  # plates imports this module
+    return data
 
-        return infer_plates(
-            run,
-            data,
-            obs[columns.batch_col].astype(str).to_numpy(),
-            columns,
-            perturbations=requested,
-            cells_per_perturbation=cells_per_perturbation,
-            seed=seed,
-            control_mean=control_mean,
-            allow_unknown=allow_unknown,
-            control_offset=control_offset,
+
+def _check_other_genes(adata: ad.AnnData, run: TrainedRun, source: str) -> None:
+    """Check the genes the model does not read (copied to the output) for NaN and inf."""
+    names = adata.var_names.astype(str)
+    other = np.setdiff1d(np.arange(adata.n_vars), model_columns(adata, run, source=source))
+    if len(other):
+        logger.info(
+            "%s: %d genes the model does not predict are taken from the control cells.",
+            source,
+            len(other),
         )
-    wanted = sorted(set(pert[~is_control])) if requested is None else requested
+        cells = adata.obs_names.astype(str)
+        check_finite(
+            adata.X, source=source, what="X", cells=cells, names=names[other], columns=other
+        )
+
+
+def _infer_per_batch(
+    run: TrainedRun,
+    data: EvaluationData,
+    obs: pd.DataFrame,
+    columns: ColumnsParams,
+    options: InferOptions,
+    source: str,
+) -> tuple[ad.AnnData, pd.DataFrame]:
+    """``per_batch``: every plate from its own controls (the model's genes)."""
+    if options.input_map is not None or options.output_map is not None:
+        raise InputError("per_batch does not take an input_map / output_map (adapters).")
+    if not columns.batch_col:
+        raise InputError(f"{source}: per-batch prediction needs the batch column (--batch-col).")
+    from perturbflow.models.plates import infer_plates  # plates imports this module
+
+    return infer_plates(
+        run,
+        data,
+        obs[columns.batch_col].astype(str).to_numpy(),
+        columns,
+        perturbations=options.requested(columns.control_label),
+        cells_per_perturbation=options.cells_per_perturbation,
+        seed=options.seed,
+        control_mean=options.control_mean,
+        allow_unknown=options.allow_unknown,
+        control_offset=options.control_offset,
+    )
+
+
+def _infer_contexts(
+    run: TrainedRun,
+    data: EvaluationData,
+    obs: pd.DataFrame,
+    columns: ColumnsParams,
+    options: InferOptions,
+    source: str,
+) -> tuple[ad.AnnData, CellPredictions, np.ndarray | None]:
+    """Every requested perturbation in every context (the model's genes).
+
+    Returns:
+        The predictions in cell-eval's form, what :func:`predict_cells` returned, and the
+        batch code of every input cell (``None`` without a batch encoder).
+    """
+    cells = data.cells
+    requested = options.requested(columns.control_label)
+    labels = cells.loc[~cells["is_control"], "perturbation"]
+    wanted = sorted(set(labels)) if requested is None else requested
     if not wanted:
         raise InputError(f"{source}: no perturbation to predict.")
     counts = cells[~cells["is_control"]].groupby(["context", "perturbation"]).size().to_dict()
     n_cells: dict[Key, int] = {}
-    for context in contexts:
+    for context in sorted(cells["context"].unique()):
         n_ctrl = len(data.control_rows(context))
         for p in wanted:
-            n_cells[(context, p)] = cells_per_perturbation or int(counts.get((context, p), n_ctrl))
+            n = options.cells_per_perturbation or int(counts.get((context, p), n_ctrl))
+            n_cells[(context, p)] = n
     batch = None
     if run.net.batch_encoder is not None:
         batch = _batch_codes(run, obs, columns, source)
@@ -477,19 +742,140 @@ def infer_adata(
         run,
         data,
         n_cells,
-        seed=seed,
-        control_mean=control_mean,
+        seed=options.seed,
+        control_mean=options.control_mean,
         batch=batch,
-        allow_unknown=allow_unknown,
-        control_offset=control_offset,
-        control_inputs=None if input_map is None else input_map(X),
-        output_map=output_map,
+        allow_unknown=options.allow_unknown,
+        control_offset=options.control_offset,
+        control_inputs=None if options.input_map is None else options.input_map(data.X),
+        output_map=options.output_map,
     )
     out = assemble_predictions(data, predicted.cells, columns)
     if columns.batch_col:
-        ctrl_batches = obs.loc[is_control, columns.batch_col].astype(str)
+        ctrl_batches = obs.loc[cells["is_control"].to_numpy(), columns.batch_col].astype(str)
         out.uns["perturbflow"] = {"control_batches": sorted(ctrl_batches.unique())}
-    return out, predicted.sources()
+    return out, predicted, batch
+
+
+def _origins(
+    obs: pd.DataFrame,
+    data: EvaluationData,
+    columns: ColumnsParams,
+    starts: dict[Key, np.ndarray] | None,
+    groups: np.ndarray | None,
+    *,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The input row each output row's genes not predicted come from, and which are predicted.
+
+    A control cell of the output is its own input row; a predicted cell is the control
+    cell its prediction started from (``starts``). Without ``starts`` (per-plate
+    prediction, whose starts are not recorded) it is a control cell of the same context
+    and plate, drawn with ``seed``: ``groups`` is then the plate of every input row and
+    ``obs[columns.batch_col]`` that of every output row.
+
+    Returns:
+        The input row of every output row, and whether each output row is a predicted
+        cell (not one of the input's control cells).
+    """
+    context = obs["context"].astype(str).to_numpy()
+    pert = obs[columns.pert_col].astype(str).to_numpy()
+    is_ctrl = pert == columns.control_label
+    origin = np.full(len(obs), -1, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    plates = None if starts is not None else obs[columns.batch_col].astype(str).to_numpy()
+    by_key = pd.Series(np.arange(len(obs))).groupby([context, pert]).indices
+    for c, p in sorted(by_key):
+        rows = by_key[(c, p)]  # ascending: the order the output was assembled in
+        if p == columns.control_label:
+            origin[rows] = data.control_rows(c)
+        elif plates is None:
+            origin[rows] = starts[(c, p)]
+        else:
+            ctrl = data.control_rows(c)
+            for plate in np.unique(plates[rows]):
+                on = rows[plates[rows] == plate]
+                pool = ctrl[groups[ctrl] == plate]
+                origin[on] = rng.choice(pool, size=len(on), replace=len(on) > len(pool))
+    return origin, ~is_ctrl
+
+
+def _control_means(
+    X: Any,
+    origin: np.ndarray,
+    is_pred: np.ndarray,
+    data: EvaluationData,
+    groups: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of every gene over the controls a control-mean prediction started from.
+
+    The controls of a predicted cell are those of its start's context (and batch or
+    plate, ``groups``), as :func:`predict_cells` averages them.
+
+    Returns:
+        The means (one row per group of controls) and, per output row, its row of the
+        means (``-1`` for the cells copied from an input row).
+    """
+    context = data.cells["context"].to_numpy()
+    label = np.zeros(len(context), dtype=int) if groups is None else np.asarray(groups)
+    rows = np.flatnonzero(is_pred)
+    codes, keys = pd.MultiIndex.from_arrays(
+        [context[origin[rows]], label[origin[rows]]]
+    ).factorize()
+    which = np.full(len(origin), -1, dtype=np.int64)
+    which[rows] = codes
+    means = np.zeros((len(keys), X.shape[1]), dtype=np.float32)
+    for i, (c, group) in enumerate(keys):
+        ctrl = data.control_rows(c)
+        members = np.sort(ctrl[label[ctrl] == group])
+        means[i] = _row_mean(X, members)
+    return means, which
+
+
+def _row_mean(X: Any, rows: np.ndarray) -> np.ndarray:
+    """Mean of some rows of ``X`` (dense or sparse), summed in blocks of rows."""
+    total = np.zeros(X.shape[1], dtype=np.float64)
+    step = _block_rows(X.shape[1])
+    for start in range(0, len(rows), step):
+        total += np.asarray(X[rows[start : start + step]].sum(axis=0), dtype=np.float64).ravel()
+    return total / max(len(rows), 1)
+
+
+def _with_input_genes(
+    out: ad.AnnData,
+    adata: ad.AnnData,
+    genes: Sequence[str],
+    origin: np.ndarray,
+    means: tuple[np.ndarray, np.ndarray] | None,
+) -> ad.AnnData:
+    """The predictions with every gene of the input, in its order (``var['predicted']``).
+
+    Built in blocks of rows: the model's genes (``genes``) come from ``out``, the others
+    from the input rows in ``origin``, or from the control means of ``means``
+    (:func:`_control_means`) for the rows it names. Sparse when the input's ``X`` is.
+    """
+    X = adata.X
+    n_genes = X.shape[1]
+    cols = pd.Index(adata.var_names.astype(str)).get_indexer(list(genes))
+    table, which = means if means is not None else (None, np.full(len(origin), -1))
+    step = _block_rows(n_genes)
+    blocks = []
+    for start in range(0, len(origin), step):
+        rows, group = origin[start : start + step], which[start : start + step]
+        part = np.empty((len(rows), n_genes), dtype=np.float32)
+        copied = group < 0
+        if copied.any():
+            picked = X[rows[copied]]
+            part[copied] = picked.toarray() if sp.issparse(picked) else np.asarray(picked)
+        if table is not None and not copied.all():
+            part[~copied] = table[group[~copied]]
+        part[:, cols] = out.X[start : start + step]
+        blocks.append(sp.csr_matrix(part) if sp.issparse(X) else part)
+    matrix = sp.vstack(blocks, format="csr") if sp.issparse(X) else np.vstack(blocks)
+    var = adata.var.copy()
+    var.index = pd.Index(adata.var_names.astype(str))
+    var["predicted"] = np.isin(np.arange(n_genes), cols)
+    return ad.AnnData(X=matrix, obs=out.obs, var=var, uns=dict(out.uns))
 
 
 def _batch_codes(

@@ -48,21 +48,22 @@ HVG_FORMATS = ("auto", "dense", "csr")
 
 
 def cap_n_top_genes(n_top_genes: int, n_vars: int, n_varying: int) -> int:
-    """``n_top_genes`` capped (with a warning) at the genes there are and that vary."""
-    n = n_top_genes
-    if n > n_vars:
-        logger.warning("n_top_genes=%d > %d genes in the data: capped at %d", n, n_vars, n_vars)
-        n = n_vars
-    if n > n_varying:
-        logger.warning(
-            "n_top_genes=%d > %d genes that vary across cells (%d constant genes are never "
-            "selected): capped at %d",
+    """``n_top_genes`` capped at the genes there are and that vary (one INFO line).
+
+    Asking for more HVGs than a small panel has is the normal case (the default 2,000 on
+    the shipped 500-gene subset): every varying gene is then kept. It is said once, at
+    INFO, not as a warning a user must act on.
+    """
+    n = min(n_top_genes, n_vars, n_varying)
+    if n < n_top_genes:
+        logger.info(
+            "n_top_genes=%d: the data have %d genes, %d of which vary across cells (constant "
+            "genes are never selected): all %d are kept as HVGs.",
+            n_top_genes,
+            n_vars,
+            n_varying,
             n,
-            n_varying,
-            n_vars - n_varying,
-            n_varying,
         )
-        n = n_varying
     return n
 
 
@@ -162,7 +163,7 @@ def select_hvg(
     ``sc.pp.highly_variable_genes`` runs on the genes that vary at all: constant genes
     (e.g. all-zero after filtering cells) have no dispersion, make scanpy's seurat
     flavour return fewer genes than asked and its cell_ranger flavour fail, so they are
-    left out and never selected. ``n_top_genes`` is capped (with a warning) at the
+    left out and never selected. ``n_top_genes`` is capped (said at INFO) at the
     number of varying genes. When scanpy's cut-off keeps a different number of genes
     (ties), the ``n_top_genes`` genes with the highest normalised dispersion are kept.
 
