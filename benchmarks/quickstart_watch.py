@@ -18,12 +18,15 @@ Example (a fresh clone, the project's venv)::
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import pty
 import select
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -31,6 +34,8 @@ from pathlib import Path
 def _watch_terminal(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple:
     """Run ``cmd`` on a pseudo-terminal; the arrival time of every chunk of output."""
     master, slave = pty.openpty()
+    # a terminal of 40 x 120 (a bare pty is 0 x 0: tqdm then draws nothing, rich wraps at 80)
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     os.set_blocking(master, False)
     started = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave)
@@ -72,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=["terminal", "file"], required=True)
     parser.add_argument("--cwd", default=".", help="the project folder (default: here)")
-    parser.add_argument("--out", required=True, help="JSON summary")
+    parser.add_argument("--out", required=True, help="JSON summary (the output beside it, .log)")
     parser.add_argument("cmd", nargs="*", default=["kedro", "run"])
     args = parser.parse_args()
     cwd = Path(args.cwd).resolve()
@@ -80,6 +85,7 @@ def main() -> None:
     cmd = args.cmd or ["kedro", "run"]
     if args.mode == "terminal":
         times, output, code = _watch_terminal(cmd, cwd, env)
+        Path(args.out).with_suffix(".log").write_bytes(output)
     else:
         times, output, code = _watch_file(cmd, cwd, env, Path(args.out).with_suffix(".log"))
     gaps = [b - a for a, b in zip([0.0, *times], times, strict=False)]

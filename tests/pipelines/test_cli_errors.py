@@ -46,3 +46,37 @@ def test_the_traceback_is_there_when_asked_for(project_copy: Path):
     assert done.returncode == 1
     assert "perturbflow: bad input" not in done.stderr
     assert "require_columns" in done.stderr  # the frame that raised
+
+
+def test_a_kedro_run_stopped_by_sigterm_exits_non_zero_and_says_where_it_resumes(
+    project_copy: Path,
+):
+    import signal
+    import time
+
+    from tests.pipelines.test_session import _run
+
+    _run(project_copy, pipeline="preprocessing")
+    _run(project_copy, pipeline="splits")
+    args = ["--pipelines", "training", "--env", "test"]
+    params = "training.max_steps=2000"  # long enough to be stopped in the first split
+    cmd = [sys.executable, "-m", "kedro", "run", *args, "--params", params]
+    environ = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
+    proc = subprocess.Popen(
+        cmd, cwd=project_copy, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    last = project_copy / "data" / "06_models" / "st" / "fewshot" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.is_file() and time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=300)[1].decode()
+    # Lightning raises SystemExit with no code on SIGTERM: `kedro run` used to exit 0 here
+    assert proc.returncode != 0
+    block = stderr[stderr.index("perturbflow: run stopped") :]
+    flat = " ".join(block.split())
+    relative = last.relative_to(project_copy)  # the runs_dir of the catalog, as configured
+    assert "stopped by SIGTERM at step" in flat and f"resume from {relative}" in flat
+    assert "in node 'train_st_models'" in flat
+    assert not (project_copy / "data" / "06_models" / "st" / "fewshot" / "model.pt").exists()
