@@ -17,11 +17,12 @@ import pytest
 import scipy.sparse as sp
 
 from perturbflow.commands import build_parser, run_cli
-from perturbflow.evaluation.design import CONTEXT_SEP, EvaluationData
+from perturbflow.evaluation.design import CONTEXT_SEP
 from perturbflow.exceptions import InputError
 from perturbflow.models import inference
-from perturbflow.models.inference import aligned_matrix, infer_adata, predict_cells
+from perturbflow.models.inference import infer_adata, predict_cells
 from perturbflow.models.run_dir import load_run
+from tests.models.inference_data import evaluation_data
 from tests.synthetic import COLUMNS
 
 EXTRA = ["x0", "x1", "x2", "x3", "x4", "x5"]
@@ -213,25 +214,12 @@ def test_per_batch_output_takes_other_genes_from_the_plate_controls(trained_run)
 def test_starts_are_the_control_cells_each_prediction_started_from(trained_run):
     run = load_run(trained_run["run_dir"])
     data_in = _input(trained_run["adata"], extra=False)
-    obs = data_in.obs
-    cells = pd.DataFrame(
-        {
-            "dataset": "ds",
-            "celltype": obs["celltype"].astype(str).to_numpy(),
-            "perturbation": obs["pert"].astype(str).to_numpy(),
-            "is_control": (obs["pert"] == "ctrl").to_numpy(),
-            "split": "test",
-        },
-        index=data_in.obs_names,
-    )
-    cells["context"] = "ds" + CONTEXT_SEP + cells["celltype"]
-    X = aligned_matrix(data_in, run, source="in")
-    data = EvaluationData(X=X, genes=list(run.genes), cells=cells, split_name="t")
+    data = evaluation_data(data_in, run)
     key = ("ds" + CONTEXT_SEP + "C", "ctrl")
     # the control label with the offset subtracted returns each cell's input exactly
     out = predict_cells(run, data, {key: 20}, seed=3, control_offset="subtract")
-    assert len(out.starts[key]) == 20 and cells["is_control"].iloc[out.starts[key]].all()
-    np.testing.assert_allclose(out.cells[key], X[out.starts[key]], atol=1e-5)
+    assert len(out.starts[key]) == 20 and data.cells["is_control"].iloc[out.starts[key]].all()
+    np.testing.assert_allclose(out.cells[key], data.X[out.starts[key]], atol=1e-5)
 
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])

@@ -7,13 +7,13 @@ import sys
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 import pytest
 
-from perturbflow.evaluation.design import CONTEXT_SEP, EvaluationData
+from perturbflow.evaluation.design import CONTEXT_SEP
 from perturbflow.exceptions import InputError
-from perturbflow.models.inference import aligned_matrix, infer_adata, predict_cells
+from perturbflow.models.inference import infer_adata, predict_cells
 from perturbflow.models.run_dir import load_run
+from tests.models.inference_data import evaluation_data
 from tests.synthetic import COLUMNS
 
 
@@ -193,20 +193,7 @@ def test_batch_encoder_trains_and_infers_with_batch_codes(planted, tmp_path):
 def test_subtracted_control_offset_returns_controls_and_shifts_predictions(trained_run):
     run = load_run(trained_run["run_dir"])
     data_in = _test_input(trained_run["adata"])
-    obs = data_in.obs
-    cells = pd.DataFrame(
-        {
-            "dataset": "ds",
-            "celltype": obs["celltype"].astype(str).to_numpy(),
-            "perturbation": obs["pert"].astype(str).to_numpy(),
-            "is_control": (obs["pert"] == "ctrl").to_numpy(),
-            "split": "test",
-        },
-        index=data_in.obs_names,
-    )
-    cells["context"] = "ds" + CONTEXT_SEP + cells["celltype"]
-    X = aligned_matrix(data_in, run, source="in")
-    data = EvaluationData(X=X, genes=list(run.genes), cells=cells, split_name="t")
+    data = evaluation_data(data_in, run)
     keys = {("ds" + CONTEXT_SEP + "C", p): 8 for p in ("ctrl", "p3")}  # the control, a key
 
     def predicted(offset: str) -> dict[str, np.ndarray]:
@@ -215,7 +202,8 @@ def test_subtracted_control_offset_returns_controls_and_shifts_predictions(train
         return {p: out.cells[k] for k, p in zip(keys, ("ctrl", "p3"), strict=True)}
 
     kept, subtracted = predicted("keep"), predicted("subtract")
-    ctrl_mean = np.broadcast_to(X[cells["is_control"].to_numpy()].mean(axis=0), (8, X.shape[1]))
+    X, is_control = data.X, data.cells["is_control"].to_numpy()
+    ctrl_mean = np.broadcast_to(X[is_control].mean(axis=0), (8, X.shape[1]))
     # kept: the model moves its own controls (a nonzero offset); subtracted: it returns them
     assert np.abs(kept["ctrl"] - ctrl_mean).max() > 1e-3
     np.testing.assert_allclose(subtracted["ctrl"], ctrl_mean, atol=1e-5)

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,21 +14,12 @@ import torch
 
 from perturbflow.exceptions import InputError
 from perturbflow.models.fit import RunCSVLogger, resume_checkpoint
-from tests.models.test_training import RESUME_SCRIPT, _saved_step
+from tests.models.training_process import start_training
 
 
 def test_sigterm_stops_with_an_error_and_the_rerun_resumes(planted, tmp_path):
-    (tmp_path / "screen.h5ad").write_bytes(Path(planted["path"]).read_bytes())
-    script = tmp_path / "train.py"
-    script.write_text(RESUME_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    cmd = [sys.executable, str(script), str(tmp_path), "200"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 240
-    while time.time() < deadline and _saved_step(last) < 20:
-        time.sleep(0.2)
-        assert proc.poll() is None, proc.stdout.read().decode()
+    running = start_training(planted["path"], tmp_path, max_steps=200, until_step=20)
+    proc, last = running.proc, running.last
     proc.send_signal(signal.SIGTERM)  # what a scheduler (SLURM, Kubernetes) sends
     out = proc.communicate(timeout=120)[0].decode()
     # it used to exit 0 (Lightning's SIGTERMException is a SystemExit with no code)
@@ -43,7 +30,7 @@ def test_sigterm_stops_with_an_error_and_the_rerun_resumes(planted, tmp_path):
     # the checkpoint is the step it stopped at, not the last periodic one
     assert f"at step {stopped_at} of 200" in out
     assert not (tmp_path / "run" / "model.pt").exists()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    done = running.rerun()
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads((tmp_path / "run" / "run.json").read_text())
     assert summary["steps"] == 200 and summary["resumed_from"].endswith("last.ckpt")

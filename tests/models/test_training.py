@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +18,7 @@ from perturbflow.models.inference import predict_cells
 from perturbflow.models.run_dir import load_run
 from perturbflow.models.train import train_st
 from tests.models.conftest import loader_params, make_split, training_params, with_training
+from tests.models.training_process import start_training
 from tests.synthetic import COLUMNS
 
 
@@ -106,52 +104,15 @@ def test_changed_config_moves_the_old_run_aside(planted, tmp_path):
     assert len(aside) == 1 and (aside[0] / "model.pt").is_file()
 
 
-RESUME_SCRIPT = """
-import sys
-from tests.models.conftest import loader_params, make_split, training_params
-from tests.synthetic import COLUMNS, make_screen, split_table
-from tests.models.conftest import planted_effects, N_GENES, CONTEXTS
-import anndata as ad
-from perturbflow.models.train import train_st
-root = sys.argv[1]
-adata = ad.read_h5ad(root + "/screen.h5ad")
-table = split_table(adata, {"zs": {("C", "p3"): "test", ("B", "p2"): "val"}})
-split = make_split(adata, root + "/screen.h5ad", table, "zs")
-params = training_params(root, max_steps=int(sys.argv[2]), val_every_n_steps=20,
-                         ckpt_every_n_steps=10)
-print(train_st(split, columns=COLUMNS, loader=loader_params(), training=params,
-               run_dir=root + "/run"))
-"""
-
-
-def _saved_step(checkpoint: Path) -> int:
-    """The global step a checkpoint holds; -1 while it is missing or being written."""
-    try:
-        return int(torch.load(checkpoint, weights_only=True)["global_step"])
-    except Exception:  # absent, or half-written by the running training
-        return -1
-
-
 def test_killed_training_resumes_from_last(planted, tmp_path):
-    (tmp_path / "screen.h5ad").write_bytes(Path(planted["path"]).read_bytes())
-    script = tmp_path / "train.py"
-    script.write_text(RESUME_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    cmd = [sys.executable, str(script), str(tmp_path), "200"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 240
-    # wait until last.ckpt holds step 20 or later (it is written just after step=20.ckpt,
-    # so waiting for that file alone races with its write on a loaded machine)
-    while time.time() < deadline and _saved_step(last) < 20:
-        time.sleep(0.2)
-        assert proc.poll() is None, proc.stdout.read().decode()
+    running = start_training(planted["path"], tmp_path, max_steps=200, until_step=20)
+    proc, last = running.proc, running.last
     proc.send_signal(signal.SIGKILL)  # a hard kill: no chance to clean up
     proc.wait()
     assert last.is_file() and not (tmp_path / "run" / "model.pt").exists()
     killed_at = torch.load(last, weights_only=True)["global_step"]
     assert 20 <= killed_at < 200
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    out = running.rerun()
     assert out.returncode == 0, out.stdout + out.stderr
     summary = json.loads((tmp_path / "run" / "run.json").read_text())
     assert summary["steps"] == 200

@@ -1,0 +1,28 @@
+"""The evaluation data of an inference input (cells of the planted screen, one dataset)."""
+
+from __future__ import annotations
+
+import anndata as ad
+import pandas as pd
+
+from perturbflow.evaluation.design import CONTEXT_SEP, EvaluationData
+from perturbflow.models.inference import aligned_matrix
+from perturbflow.models.run_dir import TrainedRun
+
+
+def evaluation_data(data_in: ad.AnnData, run: TrainedRun) -> EvaluationData:
+    """``data_in`` (``celltype``, ``pert``; control ``ctrl``) as the test split of ``ds``."""
+    obs = data_in.obs
+    cells = pd.DataFrame(
+        {
+            "dataset": "ds",
+            "celltype": obs["celltype"].astype(str).to_numpy(),
+            "perturbation": obs["pert"].astype(str).to_numpy(),
+            "is_control": (obs["pert"] == "ctrl").to_numpy(),
+            "split": "test",
+        },
+        index=data_in.obs_names,
+    )
+    cells["context"] = "ds" + CONTEXT_SEP + cells["celltype"]
+    X = aligned_matrix(data_in, run, source="in")
+    return EvaluationData(X=X, genes=list(run.genes), cells=cells, split_name="t")
