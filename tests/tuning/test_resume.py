@@ -39,22 +39,31 @@ def _states(db: Path) -> dict[int, str]:
     return dict(_query(db, "SELECT number, state FROM trials"))
 
 
-def _running_with_params(db: Path) -> int:
-    """RUNNING trials whose parameters are already stored (the objective is past suggest)."""
+def _running_with_params(db: Path, n_params: int = 1) -> int:
+    """RUNNING trials with ``n_params`` parameters stored (the objective is past suggest).
+
+    Optuna stores a trial's parameters one by one: a worker killed between two of them
+    leaves a trial with part of its parameters, whose retry then draws the rest anew.
+    """
     sql = (
-        "SELECT COUNT(DISTINCT t.trial_id) FROM trials t JOIN trial_params p "
-        "ON p.trial_id = t.trial_id WHERE t.state = 'RUNNING'"
+        "SELECT COUNT(*) FROM (SELECT t.trial_id FROM trials t JOIN trial_params p "
+        "ON p.trial_id = t.trial_id WHERE t.state = 'RUNNING' "
+        f"GROUP BY t.trial_id HAVING COUNT(p.param_id) >= {int(n_params)})"
     )
     rows = _query(db, sql)
     return int(rows[0][0]) if rows else 0
 
 
-def _kill_when(proc: subprocess.Popen, db: Path, *, complete: int, running: int) -> None:
-    """SIGKILL ``proc`` once the DB holds ``complete`` COMPLETE and ``running`` RUNNING trials."""
+def _kill_when(
+    proc: subprocess.Popen, db: Path, *, complete: int, running: int, n_params: int = 1
+) -> None:
+    """SIGKILL ``proc`` once the DB holds ``complete`` COMPLETE and ``running`` RUNNING trials
+    (each with ``n_params`` parameters drawn)."""
     deadline = time.monotonic() + 300  # a hang guard, not a timing assertion
     while time.monotonic() < deadline:
         states = list(_states(db).values())
-        if states.count("COMPLETE") >= complete and _running_with_params(db) >= running:
+        ready = _running_with_params(db, n_params) >= running
+        if states.count("COMPLETE") >= complete and ready:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             return
@@ -84,7 +93,7 @@ def test_killed_sweep_resumes_keeps_finished_trials_and_retries_the_dead_one(tmp
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    _kill_when(proc, db, complete=2, running=1)
+    _kill_when(proc, db, complete=2, running=1, n_params=len(space))
     assert proc.returncode == -signal.SIGKILL
     assert _states(db) == {0: "COMPLETE", 1: "COMPLETE", 2: "RUNNING"}
 
