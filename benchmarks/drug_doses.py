@@ -47,8 +47,8 @@ from tests.synthetic import (  # noqa: E402
     make_drug_screen,
 )
 
-from perturbflow.models.inference import predict_cells  # noqa: E402
 from perturbflow.models.plates import predict_per_plate  # noqa: E402
+from perturbflow.models.predict import predict_cells  # noqa: E402
 from perturbflow.models.run_dir import load_run  # noqa: E402
 from perturbflow.models.train import train_st  # noqa: E402
 

@@ -39,7 +39,7 @@ from perturbflow.evaluation.benchmark import build_baseline_predictions, evaluat
 from perturbflow.evaluation.cells import assemble_predictions
 from perturbflow.models.adapter import load_finetuned
 from perturbflow.models.finetune import FinetuningParams, LoraParams, finetune_st
-from perturbflow.models.inference import predict_cells
+from perturbflow.models.predict import predict_cells
 from perturbflow.models.run_dir import load_run
 from perturbflow.models.train import split_data, train_st
 from perturbflow.params import (

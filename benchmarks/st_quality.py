@@ -29,7 +29,7 @@ from perturbflow.commands import load_params
 from perturbflow.evaluation.benchmark import build_baseline_predictions, evaluate_predictions
 from perturbflow.evaluation.cells import assemble_predictions
 from perturbflow.evaluation.variability import variability_table
-from perturbflow.models.inference import predict_cells
+from perturbflow.models.predict import predict_cells
 from perturbflow.models.run_dir import load_run
 from perturbflow.models.train import split_data, train_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from perturbflow.exceptions import InputError
-from perturbflow.models.inference import predict_cells
+from perturbflow.models.predict import predict_cells
 from perturbflow.models.run_dir import TrainedRun, load_run
 from perturbflow.models.train import train_st
 from tests.drugs.conftest import CONTEXT, EC50, HELD_OUT, drug_training

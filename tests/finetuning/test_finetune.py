@@ -25,7 +25,7 @@ from perturbflow.models.finetune import (
     finetune_st,
     restrict_contexts,
 )
-from perturbflow.models.inference import predict_cells
+from perturbflow.models.predict import predict_cells
 from perturbflow.models.run_dir import WEIGHTS, load_run
 from tests.finetuning.conftest import _train_base, finetuning_params
 from tests.models.conftest import loader_params

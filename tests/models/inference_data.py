@@ -6,7 +6,7 @@ import anndata as ad
 import pandas as pd
 
 from perturbflow.evaluation.design import CONTEXT_SEP, EvaluationData
-from perturbflow.models.inference import aligned_matrix
+from perturbflow.models.gene_space import aligned_matrix
 from perturbflow.models.run_dir import TrainedRun
 
 

@@ -121,7 +121,7 @@ def test_two_ddp_processes_share_each_epoch_train_and_resume_after_a_kill(plante
         assert not shared, f"epoch {epoch}: {len(shared)} sentences on both ranks"
 
     # the model trained: the held-out planted effect is predicted from controls
-    from perturbflow.models.inference import predict_cells
+    from perturbflow.models.predict import predict_cells
     from perturbflow.models.run_dir import load_run
 
     split = make_split(planted["adata"], planted["path"], planted["table"], "zs")

@@ -19,8 +19,9 @@ import scipy.sparse as sp
 from perturbflow.commands import build_parser, run_cli
 from perturbflow.evaluation.design import CONTEXT_SEP
 from perturbflow.exceptions import InputError
-from perturbflow.models import inference
-from perturbflow.models.inference import infer_adata, predict_cells
+from perturbflow.models import gene_space
+from perturbflow.models.inference import infer_adata
+from perturbflow.models.predict import predict_cells
 from perturbflow.models.run_dir import load_run
 from tests.models.inference_data import evaluation_data
 from tests.synthetic import COLUMNS
@@ -150,7 +151,7 @@ def test_non_finite_values_are_refused_in_sparse_x_and_in_other_genes(trained_ru
     data.X[1, list(data.var_names).index("x2")] = np.nan  # a gene the model does not read
     with pytest.raises(InputError, match=r"'x2'"):
         infer_adata(run, data, COLUMNS, source="in.h5ad")
-    monkeypatch.setattr(inference, "BLOCK_ROWS", 7)  # the check reads blocks of rows
+    monkeypatch.setattr(gene_space, "BLOCK_ROWS", 7)  # the check reads blocks of rows
     with pytest.raises(InputError, match=r"'x2'"):
         infer_adata(run, data, COLUMNS, source="in.h5ad")
 

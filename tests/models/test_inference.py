@@ -11,7 +11,8 @@ import pytest
 
 from perturbflow.evaluation.design import CONTEXT_SEP
 from perturbflow.exceptions import InputError
-from perturbflow.models.inference import infer_adata, predict_cells
+from perturbflow.models.inference import infer_adata
+from perturbflow.models.predict import predict_cells
 from perturbflow.models.run_dir import load_run
 from tests.models.inference_data import evaluation_data
 from tests.synthetic import COLUMNS

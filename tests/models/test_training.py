@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from perturbflow.exceptions import InputError
-from perturbflow.models.inference import predict_cells
+from perturbflow.models.predict import predict_cells
 from perturbflow.models.run_dir import load_run
 from perturbflow.models.train import train_st
 from tests.models.conftest import loader_params, make_split, training_params, with_training

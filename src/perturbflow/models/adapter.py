@@ -16,7 +16,7 @@
 plain :class:`~perturbflow.models.components.StateTransitionNet` (LoRA folded into the
 weights, new slots into the first encoder layer), returned as a
 :class:`~perturbflow.models.run_dir.TrainedRun` for
-:func:`~perturbflow.models.inference.predict_cells`. :func:`merge_adapter` writes that as a
+:func:`~perturbflow.models.predict.predict_cells`. :func:`merge_adapter` writes that as a
 standalone run directory that :func:`~perturbflow.models.run_dir.load_run` reads without
 the base.
 """

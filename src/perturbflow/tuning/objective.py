@@ -12,7 +12,7 @@ Objectives (``tune.objective``), both computed on the split's **validation** per
 * ``pearson_delta``: the finetuning run's best validation pearson_delta, as logged by the
   Lightning module during training (``val/pearson_delta``, on sentence means).
 * ``cell_eval``: the finetuned model predicts every validation perturbation from its
-  context's control cells (:func:`perturbflow.models.inference.predict_cells`, as many
+  context's control cells (:func:`perturbflow.models.predict.predict_cells`, as many
   cells as the real ones), cell-eval scores them context by context
   (:func:`perturbflow.evaluation.scoring.score_predictions`), and the objective is
   ``sum_m w_m * mean_p(m) / sum_m |w_m|``: the weighted mean over the metrics ``m`` of
@@ -116,7 +116,7 @@ def cell_eval_score(
     """
     from perturbflow.evaluation.cells import assemble_predictions, real_adata
     from perturbflow.evaluation.scoring import score_predictions
-    from perturbflow.models.inference import predict_cells
+    from perturbflow.models.predict import predict_cells
 
     keys = validation_keys(data)
     if not keys:

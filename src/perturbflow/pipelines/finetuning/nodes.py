@@ -12,7 +12,7 @@ from perturbflow.evaluation.cells import assemble_predictions
 from perturbflow.exceptions import InputError
 from perturbflow.models.adapter import load_finetuned
 from perturbflow.models.finetune import FinetuningParams, finetune_st
-from perturbflow.models.inference import predict_cells
+from perturbflow.models.predict import predict_cells
 from perturbflow.models.train import split_data_from_file
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams
 

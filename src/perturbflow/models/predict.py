@@ -1,0 +1,320 @@
+"""Predict perturbed cells from control cells with a trained ST model (seed 004's fix).
+
+A prediction starts from **control cells** of the context (or their mean, per batch when
+the run has batch codes): never from the perturbed cells themselves, which would hand the
+model the answer. Each requested perturbation gets as many predicted cells as asked (by
+default as many as the real ones, when the input has any), drawn from the context's
+controls, cut into sentences of the model's ``cell_set_len`` and predicted set by set.
+
+:func:`predict_cells` works on :class:`~perturbflow.evaluation.design.EvaluationData` (the
+training, finetuning and evaluation pipelines); :mod:`perturbflow.models.inference` is the
+same on a user's AnnData (``perturbflow infer``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from perturbflow.evaluation.design import EvaluationData
+from perturbflow.exceptions import InputError
+from perturbflow.loading._messages import listed
+from perturbflow.models.inputs import EncodedPerturbations
+from perturbflow.models.prior import prior_deltas
+from perturbflow.models.run_dir import TrainedRun
+from perturbflow.perturbations import components
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class CellPredictions:
+    """Predicted cells per key and how each perturbation was encoded.
+
+    Attributes:
+        cells: ``n x genes`` predicted cells per ``(context, perturbation)``.
+        encoded: The perturbation vectors and their sources.
+        starts: Per key, the row of the data each predicted cell's control input was drawn
+            from (with ``control_mean``, a control cell of the batch whose control mean the
+            prediction started from); empty when not recorded.
+    """
+
+    cells: dict[Key, np.ndarray]
+    encoded: EncodedPerturbations
+    starts: dict[Key, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def sources(self) -> pd.DataFrame:
+        """One row per key: what its perturbation vector was built from."""
+        return pd.DataFrame(
+            {
+                "context": [c for c, _ in self.encoded.keys],
+                "perturbation": [p for _, p in self.encoded.keys],
+                "source": self.encoded.sources,
+                "unknown_components": ["+".join(u) for u in self.encoded.unknown_components],
+            }
+        )
+
+
+def check_known(encoded: EncodedPerturbations, *, allow_unknown: bool) -> None:
+    """Fail on perturbations the model knows nothing about (unless allowed).
+
+    A perturbation is unknown when it has components without an identity slot and no
+    evidence or feature vector stands in for them.
+
+    Raises:
+        InputError: Listing the unknown perturbations and their unseen components.
+    """
+    bad = []
+    for (context, pert), source, missing in zip(
+        encoded.keys, encoded.sources, encoded.unknown_components, strict=True
+    ):
+        covered = "evidence" in source or "features" in source
+        if source == "none" or (missing and not covered):
+            bad.append(f"{pert} in {context} (unseen: {'+'.join(missing) or pert})")
+    if bad and not allow_unknown:
+        raise InputError(
+            f"{len(bad)} perturbation(s) unknown to the model: {listed(bad)}. The model never "
+            "trained them and has no evidence for them; pass a features file that covers "
+            "them (training.model.inputs.features_file), or pass --allow-unknown "
+            "(allow_unknown=True from Python) to predict them as the average training "
+            "response."
+        )
+    if bad:
+        logger.warning(
+            "Predicting %d unknown perturbation(s) as the average response: %s",
+            len(bad),
+            listed(bad),
+        )
+
+
+def _control_inputs(
+    data: EvaluationData,
+    context: str,
+    n: int,
+    rng: np.random.Generator,
+    *,
+    control_mean: bool,
+    batch: np.ndarray | None,
+    inputs: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """``n`` control inputs of ``context`` (cells, or their batch's mean), batch codes, rows.
+
+    ``inputs`` (rows like ``data.X``) replaces ``data.X`` as what the model reads. The rows
+    are the control cells drawn (with ``control_mean``, the cells whose batch's mean is
+    the input).
+    """
+    M = data.X if inputs is None else inputs
+    ctrl = data.control_rows(context)  # not empty: predict_cells checked every context
+    picked = rng.choice(ctrl, size=n, replace=n > len(ctrl))
+    X = M[picked]
+    codes = None if batch is None else batch[picked]
+    if control_mean:
+        if codes is None:
+            X = np.broadcast_to(M[ctrl].mean(axis=0), X.shape).copy()
+        else:
+            X = X.copy()
+            for code in np.unique(codes):
+                X[codes == code] = M[ctrl[batch[ctrl] == code]].mean(axis=0)
+    return X, codes, picked
+
+
+@torch.no_grad()
+def predict_cells(
+    run: TrainedRun,
+    data: EvaluationData,
+    n_cells: dict[Key, int],
+    *,
+    seed: int,
+    control_mean: bool = False,
+    batch: np.ndarray | None = None,
+    allow_unknown: bool = False,
+    combine: Literal["additive", "joint"] = "joint",
+    control_offset: Literal["keep", "subtract"] = "keep",
+    sentences_per_batch: int = 64,
+    control_inputs: np.ndarray | None = None,
+    output_map: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> CellPredictions:
+    """Predict ``n_cells[key]`` cells for every ``(context, perturbation)`` key.
+
+    Args:
+        run: A trained run.
+        data: Cells in the model's space (``data.genes == run.genes``) with their labels;
+            the contexts' control cells are the inputs.
+        n_cells: How many cells to predict per key.
+        seed: Seed of the control sampling.
+        control_mean: Start from the control mean (per batch with ``batch``) instead of
+            individual control cells.
+        batch: Batch code per cell of ``data`` (into the run's batch map), or ``None``.
+        allow_unknown: Predict perturbations unknown to the model as the average response.
+        combine: How to predict a combination ``A+B`` that was not trained in its context
+            but whose components all were trained: ``additive`` sums the model's predicted
+            deltas of ``A`` and of ``B`` from the same control cells (the additive model of
+            double perturbations, with the model's own single predictions); ``joint``
+            encodes ``A+B`` as the sum of the components' vectors in one forward pass.
+        control_offset: ``subtract`` also runs each control sentence through the model
+            as the control (the all-zero perturbation vector) and subtracts what the
+            model does to it (its control offset, cell by cell) from the prediction, so
+            the control label returns its inputs exactly; ``keep`` (default) does not.
+        sentences_per_batch: Sentences per forward pass.
+        control_inputs: What the model reads for each row of ``data.X`` (same shape), e.g.
+            control cells moved by a domain adapter (:mod:`perturbflow.adaptation`);
+            default ``data.X``. Only control rows are read.
+        output_map: Applied to each key's predicted cells before clipping at zero, e.g.
+            an adapter's inverse that maps predictions back to the data's space.
+
+    Returns:
+        The predicted cells, the perturbation encodings and the control rows each
+        predicted cell started from.
+
+    Raises:
+        InputError: Genes that differ from the model's, unknown perturbations, or a
+            context without control cells (all checked before any prediction).
+    """
+    if list(data.genes) != list(run.genes):
+        raise InputError("The data's genes are not the model's genes in the model's order.")
+    keys = list(n_cells)
+    encoded = run.inputs.encode(keys, data)
+    check_known(encoded, allow_unknown=allow_unknown)
+    _check_prediction_inputs(run, data, keys, batch, control_offset, control_inputs)
+    rng = np.random.default_rng(seed)
+    S = run.cell_set_len
+    clip = run.config["training"]["model"]["output_space"] != "embedding"
+    additive = _additive_plan(run, keys, data) if combine == "additive" else {}
+    sources = list(encoded.sources)
+    kind = run.config["training"]["model"].get("response_prior", "none")  # older runs: none
+    priors = prior_deltas(
+        run.inputs.effects, keys, control_label=run.inputs.control_label, kind=kind
+    )
+    priors = [None] * len(keys) if priors is None else priors
+    out: dict[Key, np.ndarray] = {}
+    starts: dict[Key, np.ndarray] = {}
+    for row, key in enumerate(keys):
+        n = int(n_cells[key])
+        n_sent = max(1, -(-n // S))
+        X, codes, picked = _control_inputs(
+            data,
+            key[0],
+            n_sent * S,
+            rng,
+            control_mean=control_mean,
+            batch=batch,
+            inputs=control_inputs,
+        )
+        ctrl = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).view(n_sent, S, -1)
+        codes_t = None if codes is None else torch.from_numpy(codes.astype(np.int64))
+        codes_t = None if codes_t is None else codes_t.view(n_sent, S)
+        if key in additive:
+            vectors = additive[key]
+            sources[row] = "additive:" + sources[row]
+        else:
+            vectors = encoded.vectors[row : row + 1]
+        pred = _forward(
+            run,
+            ctrl,
+            vectors,
+            codes_t,
+            sentences_per_batch,
+            priors[row],
+            subtract_offset=control_offset == "subtract",
+        )
+        cells = pred.reshape(n_sent * S, -1)[:n].numpy()
+        if output_map is not None:
+            cells = np.asarray(output_map(cells), dtype=np.float32)
+        out[key] = np.clip(cells, 0.0, None) if clip else cells
+        starts[key] = picked[:n]
+    encoded = dataclasses.replace(encoded, sources=sources)
+    return CellPredictions(out, encoded, starts)
+
+
+def _check_prediction_inputs(
+    run: TrainedRun,
+    data: EvaluationData,
+    keys: list[Key],
+    batch: np.ndarray | None,
+    control_offset: str,
+    control_inputs: np.ndarray | None,
+) -> None:
+    """The checks of :func:`predict_cells` that follow the genes and the perturbations.
+
+    Raises:
+        InputError: A context without control cells, no batch codes for a batch encoder,
+            a bad ``control_offset`` or ``control_inputs`` of another shape than ``data.X``.
+    """
+    without = [c for c in sorted({c for c, _ in keys}) if not len(data.control_rows(c))]
+    if without:
+        raise InputError(
+            f"Context(s) {listed(without)} have no control cells: a prediction starts from them."
+        )
+    if run.net.batch_encoder is not None and batch is None:
+        raise InputError("The model has a batch encoder: give each cell's batch.")
+    if control_offset not in ("keep", "subtract"):
+        raise InputError(f"control_offset {control_offset!r}: expected 'keep' or 'subtract'.")
+    if control_inputs is not None and control_inputs.shape != data.X.shape:
+        raise InputError(
+            f"control_inputs has shape {control_inputs.shape}, the data {data.X.shape}."
+        )
+
+
+def _additive_plan(run: TrainedRun, keys: list[Key], data: EvaluationData) -> dict[Key, np.ndarray]:
+    """Component vectors of the untrained combinations whose components were all trained."""
+    trained = set(run.inputs.effects.keys)
+    plan = {}
+    for context, pert in keys:
+        parts = [c for c in components(pert) if c != run.inputs.control_label]
+        if len(parts) < 2 or (context, pert) in trained:
+            continue
+        if all((context, c) in trained for c in parts):
+            plan[(context, pert)] = run.inputs.encode([(context, c) for c in parts], data).vectors
+    return plan
+
+
+def _forward(
+    run: TrainedRun,
+    ctrl: torch.Tensor,
+    vectors: np.ndarray,
+    codes: torch.Tensor | None,
+    sentences_per_batch: int,
+    prior: np.ndarray | None = None,
+    *,
+    subtract_offset: bool = False,
+) -> torch.Tensor:
+    """Predicted sentences; several vectors (components) add their predicted deltas.
+
+    ``prior`` is the key's prior delta (:mod:`perturbflow.models.prior`), or ``None``.
+    ``subtract_offset`` removes the model's output for the same sentence given as the
+    control (the all-zero vector, no prior) minus its input from every prediction.
+    """
+    device = next(run.net.parameters()).device
+    preds = []
+    for start in range(0, len(ctrl), sentences_per_batch):
+        chunk = ctrl[start : start + sentences_per_batch].to(device)
+        b = None if codes is None else codes[start : start + sentences_per_batch].to(device)
+        total = chunk.clone()
+        offset = None
+        if subtract_offset:
+            zero = torch.zeros(len(chunk), vectors.shape[1], device=device)
+            offset = run.net(chunk, zero, b)[0] - chunk
+        for vector in vectors:
+            pert = torch.from_numpy(vector).to(device).expand(len(chunk), -1)
+            prior_t = None
+            if prior is not None:
+                prior_t = torch.from_numpy(prior).to(device).expand(len(chunk), -1)
+            pred, _ = run.net(chunk, pert, b, prior=prior_t)
+            if offset is not None:
+                pred = pred - offset
+            total = total + (pred - chunk) if len(vectors) > 1 else pred
+        preds.append(total.float().cpu())
+    return torch.cat(preds)
+
+
+# ---- perturbflow infer ------------------------------------------------------------
+#: Rows read at a time when an input's values are checked or the output is assembled.
