@@ -249,7 +249,7 @@ def write_state_inputs(
     """One h5ad per dataset (HVG matrix in X and obsm['X_hvg']) plus the TOML.
 
     Args:
-        data: Our ``EvaluationData`` of the split.
+        data: Our ``SplitCells`` of the split.
         table: Our per-cell split table.
         split: The split column.
         batch: Batch label per cell (``None``: one batch).
@@ -373,7 +373,7 @@ def check_counts(args: argparse.Namespace, toml: Path, control: str, data) -> di
         args: Command line.
         toml: The STATE TOML.
         control: The control label.
-        data: Our ``EvaluationData`` of the split.
+        data: Our ``SplitCells`` of the split.
 
     Returns:
         The comparison table and the contexts left out of STATE's files.
@@ -538,7 +538,7 @@ def infer_input(data, columns: dict, seed: int) -> tuple[ad.AnnData, list[tuple]
     """Held-out contexts' controls plus, per test perturbation, relabelled control copies.
 
     Args:
-        data: Our ``EvaluationData`` of the split.
+        data: Our ``SplitCells`` of the split.
         columns: The ``columns`` params.
         seed: Seed of the choice of control copies (STATE resamples the basal cells itself).
 
@@ -625,7 +625,7 @@ def prediction_adata(data, infer_in: ad.AnnData, infer_out: Path, cols) -> ad.An
     """Our prediction form: real controls unchanged, then STATE's predicted cells.
 
     Args:
-        data: Our ``EvaluationData`` of the split.
+        data: Our ``SplitCells`` of the split.
         infer_in: The input given to ``state tx infer``.
         infer_out: Its output file (predictions in ``obsm['X_hvg']``).
         cols: ``ColumnsParams``.
@@ -734,8 +734,8 @@ def bench_split(args: argparse.Namespace, spec: SplitSpec) -> dict:
         The split's part of the JSON report.
     """
     from perturbflow.evaluation.benchmark import build_baseline_predictions, evaluate_predictions
-    from perturbflow.evaluation.design import evaluation_data
     from perturbflow.params import ColumnsParams, EvaluationParams, LinearBaselineParams
+    from perturbflow.splits.data import split_cells
 
     columns, evaluation, root = load_conf(args.project, spec.env)
     cols = ColumnsParams(**columns)
@@ -752,7 +752,7 @@ def bench_split(args: argparse.Namespace, spec: SplitSpec) -> dict:
     genes = json.loads((root / "02_intermediate" / "hvg_genes.json").read_text())
     table = pd.read_parquet(root / "03_primary" / "splits.parquet")
     table = table[[*DESIGN, spec.split]]
-    data = evaluation_data(adata, table, spec.split, genes=genes, obsm_key="X_hvg")
+    data = split_cells(adata, table, spec.split, genes=genes, obsm_key="X_hvg")
     work = args.work_dir / spec.label.replace("/", "_")
     batch = adata.obs[cols.batch_col] if cols.batch_col else None
     toml, files = write_state_inputs(

@@ -36,7 +36,6 @@ import torch
 
 from perturbflow.commands import load_params
 from perturbflow.evaluation.benchmark import build_baseline_predictions, evaluate_predictions
-from perturbflow.evaluation.cells import assemble_predictions
 from perturbflow.models.adapter import load_finetuned
 from perturbflow.models.finetune import FinetuningParams, LoraParams, finetune_st
 from perturbflow.models.predict import predict_cells
@@ -50,6 +49,7 @@ from perturbflow.params import (
     OptimizerParams,
     TrainingParams,
 )
+from perturbflow.predictions import assemble_predictions
 from perturbflow.splits import build_split_table, design_table, load_split_toml
 
 METRICS = ["pearson_delta", "discrimination_score_l1", "overlap_at_N", "mse"]

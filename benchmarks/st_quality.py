@@ -27,12 +27,12 @@ import pandas as pd
 
 from perturbflow.commands import load_params
 from perturbflow.evaluation.benchmark import build_baseline_predictions, evaluate_predictions
-from perturbflow.evaluation.cells import assemble_predictions
 from perturbflow.evaluation.variability import variability_table
 from perturbflow.models.predict import predict_cells
 from perturbflow.models.run_dir import load_run
 from perturbflow.models.train import split_data, train_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams
+from perturbflow.predictions import assemble_predictions
 
 METRICS = ["pearson_delta", "discrimination_score_l1", "overlap_at_N", "mse"]
 

@@ -37,12 +37,12 @@ import numpy as np
 import pandas as pd
 
 from perturbflow.evaluation.benchmark import build_baseline_predictions, evaluate_predictions
-from perturbflow.evaluation.cells import assemble_predictions
 from perturbflow.models.predict import predict_cells
 from perturbflow.models.run_dir import load_run
 from perturbflow.models.train import split_data, train_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams
 from perturbflow.perturbations import components
+from perturbflow.predictions import assemble_predictions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from st_quality import load_environment  # noqa: E402  (a sibling script)

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from perturbflow.evaluation.design import training_effects
 from perturbflow.exceptions import InputError
 from perturbflow.models.dose import check_interpolation, fit_dose_encoding
 from perturbflow.models.inputs import PerturbationInputs
 from perturbflow.models.predict import check_known
+from perturbflow.splits.effects import training_effects
 from tests.drugs.conftest import CONTEXT, input_params
 from tests.models.conftest import make_split, write_screen
 from tests.synthetic import make_screen, split_table

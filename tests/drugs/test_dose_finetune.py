@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from perturbflow.evaluation.design import TrainingEffects
 from perturbflow.exceptions import InputError
 from perturbflow.models.finetune import extend_inputs
+from perturbflow.splits.effects import TrainingEffects
 from tests.drugs.test_dose_encoding import _fit
 
 

@@ -6,16 +6,15 @@ import numpy as np
 import pytest
 
 from perturbflow.evaluation import (
-    evaluation_data,
     predict_context_mean,
     predict_control,
     predict_perturbation_mean,
     predicted_adata,
     real_adata,
     select_and_fit_linear,
-    training_effects,
 )
 from perturbflow.evaluation.linear import predict_linear_with
+from perturbflow.splits import split_cells, training_effects
 from tests.synthetic import COLUMNS, make_screen, split_table
 
 N_GENES = 40
@@ -38,7 +37,7 @@ def shared_shift_screen():
 
 def test_perturbation_mean_recovers_planted_shared_shift(shared_shift_screen):
     adata, table, shared = shared_shift_screen
-    data = evaluation_data(adata, table, "s", genes=list(adata.var_names))
+    data = split_cells(adata, table, "s", genes=list(adata.var_names))
     effects = training_effects(data)
     pred = predict_perturbation_mean(data, effects, [("ds.A", "p6")])[("ds.A", "p6")]
     assert pred.source == "mean_of_context"
@@ -48,14 +47,14 @@ def test_perturbation_mean_recovers_planted_shared_shift(shared_shift_screen):
 
 def test_control_predicts_no_effect(shared_shift_screen):
     adata, table, _ = shared_shift_screen
-    data = evaluation_data(adata, table, "s", genes=list(adata.var_names))
+    data = split_cells(adata, table, "s", genes=list(adata.var_names))
     pred = predict_control(data, training_effects(data), [("ds.A", "p6")])
     assert not pred[("ds.A", "p6")].delta.any()
 
 
 def test_training_effects_ignore_heldout_cells(shared_shift_screen):
     adata, table, _ = shared_shift_screen
-    data = evaluation_data(adata, table, "s", genes=list(adata.var_names))
+    data = split_cells(adata, table, "s", genes=list(adata.var_names))
     effects = training_effects(data)
     assert ("ds.A", "p6") not in effects.keys and ("ds.A", "p7") not in effects.keys
     assert len(effects.keys) == 6
@@ -67,7 +66,7 @@ def test_context_mean_transfers_effect_from_other_contexts():
     effects = {(c, p): d for c in ("A", "B", "C") for p, d in specific.items()}
     adata = make_screen(effects, n_genes=N_GENES, contexts=["A", "B", "C"])
     table = split_table(adata, {"z": {("C", "*"): "test"}})
-    data = evaluation_data(adata, table, "z", genes=list(adata.var_names))
+    data = split_cells(adata, table, "z", genes=list(adata.var_names))
     eff = training_effects(data)
     preds = predict_context_mean(data, eff, [("ds.C", p) for p in specific])
     for p, truth in specific.items():
@@ -81,7 +80,7 @@ def test_context_mean_transfers_effect_from_other_contexts():
 
 def test_context_mean_falls_back_for_unseen_perturbation(shared_shift_screen):
     adata, table, _ = shared_shift_screen
-    data = evaluation_data(adata, table, "s", genes=list(adata.var_names))
+    data = split_cells(adata, table, "s", genes=list(adata.var_names))
     pred = predict_context_mean(data, training_effects(data), [("ds.A", "p6")])
     assert pred[("ds.A", "p6")].source == "fallback:perturbation_mean"
 
@@ -94,7 +93,7 @@ def test_linear_recovers_additive_double_and_chooses_rank_on_validation():
         effects[("A", f"{x}+{y}")] = singles[x] + singles[y]
     adata = make_screen(effects, n_genes=N_GENES, contexts=["A"])
     table = split_table(adata, {"s": {("A", "a+e"): "test", ("A", "b+e"): "val"}})
-    data = evaluation_data(adata, table, "s", genes=list(adata.var_names))
+    data = split_cells(adata, table, "s", genes=list(adata.var_names))
     eff = training_effects(data)
     model, evidence, report = select_and_fit_linear(data, eff, ranks=[1, 2, 4, 8], ridge=0.01)
     assert report["n_validation_perturbations"] == 1
@@ -110,7 +109,7 @@ def test_linear_recovers_additive_double_and_chooses_rank_on_validation():
 
 def test_linear_without_evidence_falls_back_and_says_so(shared_shift_screen):
     adata, table, _ = shared_shift_screen
-    data = evaluation_data(adata, table, "s", genes=list(adata.var_names))
+    data = split_cells(adata, table, "s", genes=list(adata.var_names))
     model, evidence, _ = select_and_fit_linear(data, training_effects(data), ranks=[2], ridge=0.1)
     pred = predict_linear_with(model, evidence, [("ds.A", "p6")])[("ds.A", "p6")]
     assert pred.source == "fallback:perturbation_mean"
@@ -118,7 +117,7 @@ def test_linear_without_evidence_falls_back_and_says_so(shared_shift_screen):
 
 def test_cell_level_predictions_have_cell_eval_shape(shared_shift_screen):
     adata, table, _ = shared_shift_screen
-    data = evaluation_data(adata, table, "s", genes=list(adata.var_names))
+    data = split_cells(adata, table, "s", genes=list(adata.var_names))
     keys = [("ds.A", "p6")]
     effects = predict_perturbation_mean(data, training_effects(data), keys)
     real = real_adata(data, "test", COLUMNS)
@@ -144,7 +143,7 @@ def test_zero_shot_controls_are_inputs_but_not_training(shared_shift_screen):
     effects = {(c, "p0"): rng.normal(0, 0.3, N_GENES) for c in ("A", "B")}
     adata = make_screen(effects, n_genes=N_GENES, contexts=["A", "B"])
     table = split_table(adata, {"z": {("B", "*"): "test"}})
-    data = evaluation_data(adata, table, "z", genes=list(adata.var_names))
+    data = split_cells(adata, table, "z", genes=list(adata.var_names))
     eff = training_effects(data)
     assert set(eff.control_means) == {"ds.A"}  # B's controls are not training data
     assert len(data.control_rows("ds.B")) == 120  # but they are B's prediction inputs
@@ -193,7 +192,7 @@ def test_linear_learns_the_sign_of_target_signatures():
     targets = ["T0", "T1", "T2", "T3", "T4", "T5"]
     adata, loadings = _program_screen(targets, seed=7)
     table = split_table(adata, {"s": {("A", "T5"): "test", ("A", "T4"): "val"}})
-    data = evaluation_data(adata, table, "s", genes=list(adata.var_names))
+    data = split_cells(adata, table, "s", genes=list(adata.var_names))
     model, evidence, report = select_and_fit_linear(
         data, training_effects(data), ranks=[4, 8], ridge=0.1
     )
@@ -211,7 +210,7 @@ def test_target_signature_without_training_support_is_not_used():
     targets = ["T0", "T1"]
     adata, _ = _program_screen(targets, seed=8)
     table = split_table(adata, {"s": {("A", "T1"): "test"}})
-    data = evaluation_data(adata, table, "s", genes=list(adata.var_names))
+    data = split_cells(adata, table, "s", genes=list(adata.var_names))
     model, evidence, report = select_and_fit_linear(
         data, training_effects(data), ranks=[2], ridge=0.1
     )

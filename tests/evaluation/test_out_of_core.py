@@ -9,12 +9,13 @@ import scipy.sparse as sp
 
 from perturbflow.datasets import read_h5ad_cells
 from perturbflow.evaluation.benchmark import build_baseline_predictions
-from perturbflow.evaluation.design import evaluation_data, split_design, training_effects
 from perturbflow.loading.h5reader import H5RowReader
 from perturbflow.loading.row_matrix import RowMatrix, matrix_sha256
 from perturbflow.params import SplitsParams, SplitSpec
 from perturbflow.preprocess.hvg import hvg_matrix
 from perturbflow.splits import split_table_from_params
+from perturbflow.splits.data import split_cells, split_design
+from perturbflow.splits.effects import training_effects
 from tests.conftest import PERTURBENCH_COLUMNS
 from tests.synthetic import evaluation_params
 
@@ -93,14 +94,14 @@ def test_training_effects_and_digest_do_not_depend_on_storage(screen, monkeypatc
     dense = adata.obsm["X_hvg"].toarray()
     holder = ad.AnnData(obs=adata.obs[[]].copy())
     holder.obsm["X_hvg"] = dense
-    reference = training_effects(evaluation_data(holder, table, "fs", genes=genes))
+    reference = training_effects(split_cells(holder, table, "fs", genes=genes))
     reader = H5RowReader(screen["path"], key="X_hvg", preload=False)
     lazy = RowMatrix(reader)
     # small blocks: the sums are accumulated over many blocks of rows
     monkeypatch.setattr(row_matrix.row_blocks, "__defaults__", (None, 97))
     holder.obsm["X_hvg"] = adata.obsm["X_hvg"]  # CSR in RAM
     for data in (
-        evaluation_data(holder, table, "fs", genes=genes),
+        split_cells(holder, table, "fs", genes=genes),
         split_design(adata.obs_names, table, "fs", genes=genes, matrix=reader),
     ):
         assert isinstance(data.X, RowMatrix)
@@ -120,7 +121,7 @@ def test_training_effects_and_digest_do_not_depend_on_storage(screen, monkeypatc
 
 
 def test_the_streamed_target_signature_equals_the_one_piece_formula():
-    from perturbflow.evaluation.linear import _streamed_slopes
+    from perturbflow.splits.evidence import _streamed_slopes
 
     rng = np.random.default_rng(0)
     t = rng.normal(2, 1, 500)
@@ -147,7 +148,7 @@ def test_the_streamed_target_signature_equals_the_one_piece_formula():
 
 def test_target_signatures_in_one_pass_equal_the_per_gene_formula(monkeypatch):
     import perturbflow.loading.row_matrix as row_matrix
-    from perturbflow.evaluation.linear import Evidence
+    from perturbflow.splits.evidence import Evidence
     from tests.synthetic import make_screen, split_table
 
     rng = np.random.default_rng(0)

@@ -9,14 +9,13 @@ import pytest
 from perturbflow.evaluation import (
     add_normalised_scores,
     aggregate_metrics,
-    evaluation_data,
     predict_context_mean,
     predict_control,
     predicted_adata,
     real_adata,
     score_predictions,
-    training_effects,
 )
+from perturbflow.splits import split_cells, training_effects
 from tests.synthetic import COLUMNS, make_screen, split_table
 
 N_GENES = 60
@@ -34,7 +33,7 @@ def zero_shot():
     effects = {(c, p): d for c in ("A", "B", "C") for p, d in specific.items()}
     adata = make_screen(effects, n_genes=N_GENES, contexts=["A", "B", "C"], noise=0.3)
     table = split_table(adata, {"z": {("C", "*"): "test"}})
-    data = evaluation_data(adata, table, "z", genes=list(adata.var_names))
+    data = split_cells(adata, table, "z", genes=list(adata.var_names))
     return data, training_effects(data)
 
 

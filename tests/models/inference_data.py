@@ -5,12 +5,12 @@ from __future__ import annotations
 import anndata as ad
 import pandas as pd
 
-from perturbflow.evaluation.design import CONTEXT_SEP, EvaluationData
 from perturbflow.models.gene_space import aligned_matrix
 from perturbflow.models.run_dir import TrainedRun
+from perturbflow.splits.data import CONTEXT_SEP, SplitCells
 
 
-def evaluation_data(data_in: ad.AnnData, run: TrainedRun) -> EvaluationData:
+def split_cells(data_in: ad.AnnData, run: TrainedRun) -> SplitCells:
     """``data_in`` (``celltype``, ``pert``; control ``ctrl``) as the test split of ``ds``."""
     obs = data_in.obs
     cells = pd.DataFrame(
@@ -25,4 +25,4 @@ def evaluation_data(data_in: ad.AnnData, run: TrainedRun) -> EvaluationData:
     )
     cells["context"] = "ds" + CONTEXT_SEP + cells["celltype"]
     X = aligned_matrix(data_in, run, source="in")
-    return EvaluationData(X=X, genes=list(run.genes), cells=cells, split_name="t")
+    return SplitCells(X=X, genes=list(run.genes), cells=cells, split_name="t")

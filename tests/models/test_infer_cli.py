@@ -17,13 +17,13 @@ import pytest
 import scipy.sparse as sp
 
 from perturbflow.commands import build_parser, run_cli
-from perturbflow.evaluation.design import CONTEXT_SEP
 from perturbflow.exceptions import InputError
 from perturbflow.models import gene_space
 from perturbflow.models.inference import infer_adata
 from perturbflow.models.predict import predict_cells
 from perturbflow.models.run_dir import load_run
-from tests.models.inference_data import evaluation_data
+from perturbflow.splits.data import CONTEXT_SEP
+from tests.models.inference_data import split_cells
 from tests.synthetic import COLUMNS
 
 EXTRA = ["x0", "x1", "x2", "x3", "x4", "x5"]
@@ -215,7 +215,7 @@ def test_per_batch_output_takes_other_genes_from_the_plate_controls(trained_run)
 def test_starts_are_the_control_cells_each_prediction_started_from(trained_run):
     run = load_run(trained_run["run_dir"])
     data_in = _input(trained_run["adata"], extra=False)
-    data = evaluation_data(data_in, run)
+    data = split_cells(data_in, run)
     key = ("ds" + CONTEXT_SEP + "C", "ctrl")
     # the control label with the offset subtracted returns each cell's input exactly
     out = predict_cells(run, data, {key: 20}, seed=3, control_offset="subtract")

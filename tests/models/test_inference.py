@@ -9,12 +9,12 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from perturbflow.evaluation.design import CONTEXT_SEP
 from perturbflow.exceptions import InputError
 from perturbflow.models.inference import infer_adata
 from perturbflow.models.predict import predict_cells
 from perturbflow.models.run_dir import load_run
-from tests.models.inference_data import evaluation_data
+from perturbflow.splits.data import CONTEXT_SEP
+from tests.models.inference_data import split_cells
 from tests.synthetic import COLUMNS
 
 
@@ -194,7 +194,7 @@ def test_batch_encoder_trains_and_infers_with_batch_codes(planted, tmp_path):
 def test_subtracted_control_offset_returns_controls_and_shifts_predictions(trained_run):
     run = load_run(trained_run["run_dir"])
     data_in = _test_input(trained_run["adata"])
-    data = evaluation_data(data_in, run)
+    data = split_cells(data_in, run)
     keys = {("ds" + CONTEXT_SEP + "C", p): 8 for p in ("ctrl", "p3")}  # the control, a key
 
     def predicted(offset: str) -> dict[str, np.ndarray]:

@@ -72,9 +72,9 @@ def test_every_cell_is_in_exactly_one_group():
 
 
 def test_the_real_screens_split_is_indexed_like_a_scan(perturbench):
-    from perturbflow.evaluation.design import evaluation_data
     from perturbflow.params import SplitsParams, SplitSpec
     from perturbflow.splits import split_table_from_params
+    from perturbflow.splits.data import split_cells
     from tests.conftest import PERTURBENCH_COLUMNS
 
     adata = perturbench
@@ -82,7 +82,7 @@ def test_the_real_screens_split_is_indexed_like_a_scan(perturbench):
     table = split_table_from_params(
         adata.obs, SplitsParams(splits={"zs": spec}), PERTURBENCH_COLUMNS, project_root="."
     )
-    data = evaluation_data(adata, table, "zs", genes=list(adata.var_names), obsm_key=None)
+    data = split_cells(adata, table, "zs", genes=list(adata.var_names), obsm_key=None)
     cells = data.cells
     for context in cells["context"].unique():
         np.testing.assert_array_equal(data.control_rows(context), _scan_controls(cells, context))

@@ -12,12 +12,6 @@ from perturbflow.evaluation.benchmark import (
     split_names,
 )
 from perturbflow.evaluation.cells import predicted_adata, real_adata
-from perturbflow.evaluation.design import (
-    EvaluationData,
-    TrainingEffects,
-    evaluation_data,
-    training_effects,
-)
 from perturbflow.evaluation.linear import select_and_fit_linear
 from perturbflow.evaluation.plots import delta_scatter_figure, metric_comparison_figure
 from perturbflow.evaluation.scoring import (
@@ -28,15 +22,12 @@ from perturbflow.evaluation.scoring import (
 from perturbflow.evaluation.variability import std_ratio, variability_table
 
 __all__ = [
-    "EvaluationData",
     "PredictedEffect",
-    "TrainingEffects",
     "add_normalised_scores",
     "aggregate_metrics",
     "build_baseline_predictions",
     "delta_scatter_figure",
     "evaluate_predictions",
-    "evaluation_data",
     "metric_comparison_figure",
     "predict_context_mean",
     "predict_control",
@@ -47,6 +38,5 @@ __all__ = [
     "select_and_fit_linear",
     "split_names",
     "std_ratio",
-    "training_effects",
     "variability_table",
 ]

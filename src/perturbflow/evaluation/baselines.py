@@ -3,7 +3,7 @@
 Every predictor returns, per held-out ``(context, perturbation)``, a predicted delta (the
 shift from the context's control mean) and the *source* of that prediction, so a report
 can say which perturbations a baseline really predicted and which fell back to another
-rule. Only training effects (:class:`~perturbflow.evaluation.design.TrainingEffects`) are
+rule. Only training effects (:class:`~perturbflow.splits.data.TrainingEffects`) are
 read; held-out cells never are.
 """
 
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from perturbflow.evaluation.design import EvaluationData, TrainingEffects
+from perturbflow.splits.data import SplitCells
+from perturbflow.splits.effects import TrainingEffects
 
 Key = tuple[str, str]
 
@@ -29,13 +30,11 @@ class PredictedEffect:
     source: str
 
 
-EffectPredictor = Callable[
-    [EvaluationData, TrainingEffects, Sequence[Key]], dict[Key, PredictedEffect]
-]
+EffectPredictor = Callable[[SplitCells, TrainingEffects, Sequence[Key]], dict[Key, PredictedEffect]]
 
 
 def predict_control(
-    data: EvaluationData, effects: TrainingEffects, keys: Sequence[Key]
+    data: SplitCells, effects: TrainingEffects, keys: Sequence[Key]
 ) -> dict[Key, PredictedEffect]:
     """No effect: every perturbation looks like its context's controls."""
     zero = np.zeros(len(data.genes))
@@ -43,7 +42,7 @@ def predict_control(
 
 
 def predict_perturbation_mean(
-    data: EvaluationData, effects: TrainingEffects, keys: Sequence[Key]
+    data: SplitCells, effects: TrainingEffects, keys: Sequence[Key]
 ) -> dict[Key, PredictedEffect]:
     """The mean training delta over all training perturbations (cell-eval's baseline).
 
@@ -59,7 +58,7 @@ def predict_perturbation_mean(
 
 
 def predict_context_mean(
-    data: EvaluationData, effects: TrainingEffects, keys: Sequence[Key]
+    data: SplitCells, effects: TrainingEffects, keys: Sequence[Key]
 ) -> dict[Key, PredictedEffect]:
     """The perturbation's mean training delta in the other contexts where it was seen.
 

@@ -22,13 +22,6 @@ from perturbflow.evaluation.baselines import (
     predict_perturbation_mean,
 )
 from perturbflow.evaluation.cells import predicted_adata, real_adata
-from perturbflow.evaluation.design import (
-    EvaluationData,
-    TrainingEffects,
-    evaluation_data,
-    split_design,
-    training_effects,
-)
 from perturbflow.evaluation.linear import predict_linear_with, select_and_fit_linear
 from perturbflow.evaluation.scoring import (
     CEILING,
@@ -39,6 +32,9 @@ from perturbflow.evaluation.scoring import (
 from perturbflow.exceptions import InputError
 from perturbflow.loading.h5reader import H5RowReader
 from perturbflow.params import ColumnsParams, EvaluationParams
+from perturbflow.splits.data import SplitCells, split_cells, split_design
+from perturbflow.splits.effects import TrainingEffects, training_effects
+from perturbflow.splits.table import DESIGN_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +43,6 @@ SIMPLE_PREDICTORS: dict[str, EffectPredictor] = {
     "perturbation_mean": predict_perturbation_mean,
     "context_mean": predict_context_mean,
 }
-DESIGN_COLUMNS = ("dataset", "context", "perturbation", "is_control")
 PREDICTION_SEP = "/"
 
 
@@ -58,7 +53,7 @@ def split_names(split_table: pd.DataFrame) -> list[str]:
 
 def _predict(
     name: str,
-    data: EvaluationData,
+    data: SplitCells,
     effects: TrainingEffects,
     keys: list[Key],
     params: EvaluationParams,
@@ -125,7 +120,7 @@ def build_baseline_predictions(
         )
     for split in split_names(split_table):
         if reader is None:
-            data = evaluation_data(adata, split_table, split, genes=genes, obsm_key=obsm_key)
+            data = split_cells(adata, split_table, split, genes=genes, obsm_key=obsm_key)
         else:
             data = split_design(adata.obs_names, split_table, split, genes=genes, matrix=reader)
         effects = training_effects(data)

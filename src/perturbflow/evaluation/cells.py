@@ -15,39 +15,14 @@ from collections.abc import Mapping
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 
 from perturbflow.evaluation.baselines import Key, PredictedEffect
-from perturbflow.evaluation.design import EvaluationData
 from perturbflow.params import ColumnsParams
+from perturbflow.predictions import _obs, assemble_predictions
+from perturbflow.splits.data import SplitCells
 
 
-def _obs(
-    columns: ColumnsParams,
-    *,
-    perturbation: list[str],
-    dataset: list[str],
-    celltype: list[str],
-    context: list[str],
-    names: list[str],
-) -> pd.DataFrame:
-    frame = {
-        columns.pert_col: perturbation,
-        columns.celltype_col: celltype,
-        "context": context,
-    }
-    frame[columns.dataset_col or "dataset"] = dataset
-    obs = pd.DataFrame(frame, index=pd.Index(names, name=None))
-    for col in obs.columns:
-        obs[col] = obs[col].astype("category")
-    return obs
-
-
-def _context_parts(data: EvaluationData, context: str) -> tuple[str, str]:
-    return data.context_parts[context]
-
-
-def real_adata(data: EvaluationData, label: str, columns: ColumnsParams) -> ad.AnnData:
+def real_adata(data: SplitCells, label: str, columns: ColumnsParams) -> ad.AnnData:
     """The real held-out cells of ``label`` plus the control cells of their contexts.
 
     Args:
@@ -84,7 +59,7 @@ def real_adata(data: EvaluationData, label: str, columns: ColumnsParams) -> ad.A
 
 
 def predicted_adata(
-    data: EvaluationData,
+    data: SplitCells,
     label: str,
     effects: Mapping[Key, PredictedEffect],
     columns: ColumnsParams,
@@ -117,51 +92,3 @@ def predicted_adata(
             delta = effects[(context, pert)].delta.astype(np.float32)
             cells[(context, pert)] = np.clip(data.X[picked] + delta, 0.0, None)
     return assemble_predictions(data, cells, columns)
-
-
-def assemble_predictions(
-    data: EvaluationData,
-    cells: Mapping[Key, np.ndarray],
-    columns: ColumnsParams,
-) -> ad.AnnData:
-    """Predicted cells in cell-eval's form: per context its real controls, then predictions.
-
-    Args:
-        data: Expression and labels (the contexts' control cells are copied from it).
-        cells: Predicted cells (``n x genes``) per ``(context, perturbation)``, in the
-            order they should appear within each context.
-        columns: Column names; the control cells carry ``columns.control_label``.
-
-    Returns:
-        The AnnData, genes as in ``data.genes``.
-    """
-    blocks, perts, contexts, names = [], [], [], []
-    by_context: dict[str, list[Key]] = {}
-    for key in cells:
-        by_context.setdefault(key[0], []).append(key)
-    for context in sorted(by_context):
-        ctrl = data.control_rows(context)
-        blocks.append(data.X[ctrl])
-        perts += [columns.control_label] * len(ctrl)
-        contexts += [context] * len(ctrl)
-        names += [f"ctrl:{n}" for n in data.cells.index[ctrl]]
-        for key in by_context[context]:
-            pert = key[1]
-            n = len(cells[key])
-            blocks.append(np.asarray(cells[key], dtype=np.float32))
-            perts += [pert] * n
-            contexts += [context] * n
-            names += [f"pred:{context}:{pert}:{i}" for i in range(n)]
-    parts = {c: _context_parts(data, c) for c in set(contexts)}
-    obs = _obs(
-        columns,
-        perturbation=perts,
-        dataset=[parts[c][0] for c in contexts],
-        celltype=[parts[c][1] for c in contexts],
-        context=contexts,
-        names=names,
-    )
-    X = np.vstack(blocks) if blocks else np.zeros((0, len(data.genes)), dtype=np.float32)
-    out = ad.AnnData(X=X.astype(np.float32, copy=False), obs=obs)
-    out.var_names = data.genes
-    return out

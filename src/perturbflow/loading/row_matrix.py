@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from perturbflow.loading.h5reader import H5RowReader
 
 #: Bytes of float32 values per block when a long list of rows is streamed (the float64
-#: sums of :func:`~perturbflow.evaluation.design.group_means` take twice that).
+#: sums of :func:`~perturbflow.splits.effects.group_means` take twice that).
 BLOCK_BYTES = 1 << 28
 
 

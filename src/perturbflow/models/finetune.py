@@ -38,7 +38,6 @@ from lightning.pytorch.callbacks import Callback
 from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass
 
-from perturbflow.evaluation.design import CONTEXT_SEP, TrainingEffects, training_effects
 from perturbflow.exceptions import InputError
 from perturbflow.loading._messages import listed
 from perturbflow.loading.datamodule import PerturbationDataModule
@@ -67,6 +66,8 @@ from perturbflow.models.train import (
 )
 from perturbflow.models.trainer import build_trainer
 from perturbflow.params import ColumnsParams, LoaderParams, TrainerParams
+from perturbflow.splits.data import CONTEXT_SEP
+from perturbflow.splits.effects import TrainingEffects, training_effects
 
 logger = logging.getLogger(__name__)
 

@@ -20,13 +20,13 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from perturbflow.evaluation.design import EvaluationData
 from perturbflow.exceptions import InputError
 from perturbflow.loading._messages import listed
 from perturbflow.models.predict import Key
 from perturbflow.models.run_dir import TrainedRun
 from perturbflow.params import ColumnsParams
 from perturbflow.preprocess.validation import detect_expression_kind, value_counts
+from perturbflow.splits.data import SplitCells
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def model_columns(adata: ad.AnnData, run: TrainedRun, *, source: str) -> np.ndar
 
 def prediction_origins(
     obs: pd.DataFrame,
-    data: EvaluationData,
+    data: SplitCells,
     columns: ColumnsParams,
     starts: dict[Key, np.ndarray] | None,
     groups: np.ndarray | None,
@@ -218,7 +218,7 @@ def control_means(
     X: Any,
     origin: np.ndarray,
     is_pred: np.ndarray,
-    data: EvaluationData,
+    data: SplitCells,
     groups: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean of every gene over the controls a control-mean prediction started from.

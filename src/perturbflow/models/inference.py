@@ -20,8 +20,6 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from perturbflow.evaluation.cells import assemble_predictions
-from perturbflow.evaluation.design import CONTEXT_SEP, EvaluationData
 from perturbflow.exceptions import InputError
 from perturbflow.loading._messages import listed
 from perturbflow.loading.categories import CategoryMap
@@ -37,6 +35,8 @@ from perturbflow.models.plates import infer_plates
 from perturbflow.models.predict import CellPredictions, Key, predict_cells
 from perturbflow.models.run_dir import TrainedRun
 from perturbflow.params import ColumnsParams
+from perturbflow.predictions import assemble_predictions
+from perturbflow.splits.data import CONTEXT_SEP, SplitCells
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def infer(
 
 def _input_data(
     run: TrainedRun, adata: ad.AnnData, columns: ColumnsParams, source: str
-) -> EvaluationData:
+) -> SplitCells:
     """The input's design and its expression in the model's genes, checked.
 
     Raises:
@@ -224,7 +224,7 @@ def _input_data(
         index=adata.obs_names.astype(str),
     )
     cells["context"] = cells["dataset"] + CONTEXT_SEP + cells["celltype"]
-    data = EvaluationData(X=X, genes=list(run.genes), cells=cells, split_name="infer")
+    data = SplitCells(X=X, genes=list(run.genes), cells=cells, split_name="infer")
     contexts = sorted(cells["context"].unique())
     without = [c for c in contexts if not len(data.control_rows(c))]
     if without:
@@ -253,7 +253,7 @@ def _check_other_genes(adata: ad.AnnData, run: TrainedRun, source: str) -> None:
 
 def _infer_per_batch(
     run: TrainedRun,
-    data: EvaluationData,
+    data: SplitCells,
     obs: pd.DataFrame,
     columns: ColumnsParams,
     options: InferOptions,
@@ -280,7 +280,7 @@ def _infer_per_batch(
 
 def _infer_contexts(
     run: TrainedRun,
-    data: EvaluationData,
+    data: SplitCells,
     obs: pd.DataFrame,
     columns: ColumnsParams,
     options: InferOptions,

@@ -11,7 +11,7 @@ a ``(context, perturbation)`` key concatenates parts that each generalise in the
     into a fake slot).
 ``evidence``
     the honest gene-space evidence of the linear baseline
-    (:class:`perturbflow.evaluation.linear.Evidence`): the sum of the components' training
+    (:class:`perturbflow.splits.evidence.Evidence`): the sum of the components' training
     effects in the context, else the perturbation's effect in the other training contexts,
     else the target gene's co-expression signature in the context's control cells. None of
     them reads the key's own cells. Divided by one global scale fitted on the training keys.
@@ -44,8 +44,6 @@ from typing import Any
 
 import numpy as np
 
-from perturbflow.evaluation.design import EvaluationData, TrainingEffects
-from perturbflow.evaluation.linear import SOURCES, Evidence
 from perturbflow.exceptions import InputError
 from perturbflow.io_utils import atomic_path
 from perturbflow.loading.features import FeatureTable
@@ -56,6 +54,9 @@ from perturbflow.models.dose import (
     params_for_class,
 )
 from perturbflow.params import PerturbationInputParams
+from perturbflow.splits.data import SplitCells
+from perturbflow.splits.effects import TrainingEffects
+from perturbflow.splits.evidence import SOURCES, Evidence
 
 Key = tuple[str, str]
 
@@ -119,7 +120,7 @@ class PerturbationInputs:
     @classmethod
     def fit(
         cls,
-        data: EvaluationData,
+        data: SplitCells,
         effects: TrainingEffects,
         params: PerturbationInputParams,
         *,
@@ -202,7 +203,7 @@ class PerturbationInputs:
             return None, names
         return self.features.lookup(known).sum(axis=0), [c for c in names if c not in known]
 
-    def encode(self, keys: Sequence[Key], data: EvaluationData) -> EncodedPerturbations:
+    def encode(self, keys: Sequence[Key], data: SplitCells) -> EncodedPerturbations:
         """Input vectors of ``keys``.
 
         Args:

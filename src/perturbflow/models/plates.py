@@ -22,21 +22,21 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from perturbflow.evaluation.cells import assemble_predictions
-from perturbflow.evaluation.design import EvaluationData
 from perturbflow.exceptions import InputError
 from perturbflow.loading._messages import listed
 from perturbflow.loading.categories import CategoryMap
 from perturbflow.models.predict import CellPredictions, check_known, predict_cells
 from perturbflow.models.run_dir import TrainedRun
 from perturbflow.params import ColumnsParams
+from perturbflow.predictions import assemble_predictions
+from perturbflow.splits.data import SplitCells
 
 PlateKey = tuple[str, str, str]  # context, plate, perturbation
 
 
 def predict_per_plate(
     run: TrainedRun,
-    data: EvaluationData,
+    data: SplitCells,
     plates: np.ndarray,
     n_cells: Mapping[PlateKey, int],
     *,
@@ -87,7 +87,7 @@ def predict_per_plate(
     out: dict[PlateKey, np.ndarray] = {}
     for i, plate in enumerate(sorted({p for _, p, _ in n_cells})):
         rows = np.flatnonzero(plates == plate)
-        sub = EvaluationData(
+        sub = SplitCells(
             X=data.X[rows], genes=data.genes, cells=cells.iloc[rows], split_name=data.split_name
         )
         wanted = {(c, p): int(n) for (c, pl, p), n in n_cells.items() if pl == plate}
@@ -107,7 +107,7 @@ def predict_per_plate(
 
 
 def plate_keys(
-    data: EvaluationData,
+    data: SplitCells,
     plates: np.ndarray,
     perturbations: Sequence[str] | None,
     cells_per_perturbation: int | None,
@@ -139,7 +139,7 @@ def plate_keys(
 
 def infer_plates(
     run: TrainedRun,
-    data: EvaluationData,
+    data: SplitCells,
     plates: np.ndarray,
     columns: ColumnsParams,
     *,

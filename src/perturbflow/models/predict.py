@@ -6,7 +6,7 @@ model the answer. Each requested perturbation gets as many predicted cells as as
 default as many as the real ones, when the input has any), drawn from the context's
 controls, cut into sentences of the model's ``cell_set_len`` and predicted set by set.
 
-:func:`predict_cells` works on :class:`~perturbflow.evaluation.design.EvaluationData` (the
+:func:`predict_cells` works on :class:`~perturbflow.splits.data.SplitCells` (the
 training, finetuning and evaluation pipelines); :mod:`perturbflow.models.inference` is the
 same on a user's AnnData (``perturbflow infer``).
 """
@@ -23,13 +23,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from perturbflow.evaluation.design import EvaluationData
 from perturbflow.exceptions import InputError
 from perturbflow.loading._messages import listed
 from perturbflow.models.inputs import EncodedPerturbations
 from perturbflow.models.prior import prior_deltas
 from perturbflow.models.run_dir import TrainedRun
 from perturbflow.perturbations import components
+from perturbflow.splits.data import SplitCells
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def check_known(encoded: EncodedPerturbations, *, allow_unknown: bool) -> None:
 
 
 def _control_inputs(
-    data: EvaluationData,
+    data: SplitCells,
     context: str,
     n: int,
     rng: np.random.Generator,
@@ -130,7 +130,7 @@ def _control_inputs(
 @torch.no_grad()
 def predict_cells(
     run: TrainedRun,
-    data: EvaluationData,
+    data: SplitCells,
     n_cells: dict[Key, int],
     *,
     seed: int,
@@ -237,7 +237,7 @@ def predict_cells(
 
 def _check_prediction_inputs(
     run: TrainedRun,
-    data: EvaluationData,
+    data: SplitCells,
     keys: list[Key],
     batch: np.ndarray | None,
     control_offset: str,
@@ -264,7 +264,7 @@ def _check_prediction_inputs(
         )
 
 
-def _additive_plan(run: TrainedRun, keys: list[Key], data: EvaluationData) -> dict[Key, np.ndarray]:
+def _additive_plan(run: TrainedRun, keys: list[Key], data: SplitCells) -> dict[Key, np.ndarray]:
     """Component vectors of the untrained combinations whose components were all trained."""
     trained = set(run.inputs.effects.keys)
     plan = {}

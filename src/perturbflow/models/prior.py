@@ -25,8 +25,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from perturbflow.evaluation.design import TrainingEffects
 from perturbflow.perturbations import components
+from perturbflow.splits.effects import TrainingEffects
 
 Key = tuple[str, str]
 

@@ -18,12 +18,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from perturbflow.evaluation.design import EvaluationData
+from perturbflow.splits.data import SplitCells
 
 
 def control_offset(
     predicted_controls: Mapping[str, np.ndarray],
-    data: EvaluationData,
+    data: SplitCells,
     label: str = "test",
 ) -> dict[str, dict[str, float]]:
     """Offset the model puts on each context's controls, absolute and relative.

@@ -34,7 +34,6 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from perturbflow.datasets.anndata_dataset import describe_h5ad
-from perturbflow.evaluation.design import EvaluationData, split_design, training_effects
 from perturbflow.exceptions import InputError
 from perturbflow.io_utils import atomic_path
 from perturbflow.loading.categories import CategoryMap
@@ -60,6 +59,8 @@ from perturbflow.models.run_dir import (
 from perturbflow.models.st_module import STModule, architecture_dict
 from perturbflow.models.trainer import build_trainer, check_ema_decay
 from perturbflow.params import ColumnsParams, LoaderParams, TrainingParams
+from perturbflow.splits.data import SplitCells, split_design
+from perturbflow.splits.effects import training_effects
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class SplitData:
     split_name: str
     genes: list[str]
     all_genes: list[str]
-    data: EvaluationData
+    data: SplitCells
 
 
 def split_data(

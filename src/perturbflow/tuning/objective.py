@@ -44,9 +44,9 @@ from perturbflow.tuning.params import CellEvalObjectiveParams, TuneParams
 from perturbflow.tuning.space import apply, suggest
 
 if TYPE_CHECKING:  # the evaluation and model stack (torch, cell-eval) loads on first use
-    from perturbflow.evaluation.design import EvaluationData
     from perturbflow.models.finetune import FinetuningParams
     from perturbflow.models.train import SplitData
+    from perturbflow.splits.data import SplitCells
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def trial_dir(storage_dir: str | Path, study_name: str, number: int) -> Path:
     return Path(storage_dir) / study_name / f"trial-{number:04d}"
 
 
-def validation_keys(data: EvaluationData) -> dict[tuple[str, str], int]:
+def validation_keys(data: SplitCells) -> dict[tuple[str, str], int]:
     """Every validation (context, perturbation) and its number of real cells."""
     return {
         (c, p): len(data.perturbation_rows(c, p, "val"))
@@ -92,7 +92,7 @@ def combine(means: Mapping[str, float], weights: Mapping[str, float]) -> float:
 
 def cell_eval_score(
     run: Any,
-    data: EvaluationData,
+    data: SplitCells,
     columns: ColumnsParams,
     params: CellEvalObjectiveParams,
     *,
@@ -114,9 +114,10 @@ def cell_eval_score(
         InputError: The split has no validation perturbation, or the profile does not
             compute a weighted metric.
     """
-    from perturbflow.evaluation.cells import assemble_predictions, real_adata
+    from perturbflow.evaluation.cells import real_adata
     from perturbflow.evaluation.scoring import score_predictions
     from perturbflow.models.predict import predict_cells
+    from perturbflow.predictions import assemble_predictions
 
     keys = validation_keys(data)
     if not keys:

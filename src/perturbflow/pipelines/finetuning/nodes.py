@@ -8,13 +8,13 @@ import anndata as ad
 import pandas as pd
 
 from perturbflow.evaluation.benchmark import PREDICTION_SEP, split_names
-from perturbflow.evaluation.cells import assemble_predictions
 from perturbflow.exceptions import InputError
 from perturbflow.models.adapter import load_finetuned
 from perturbflow.models.finetune import FinetuningParams, finetune_st
 from perturbflow.models.predict import predict_cells
 from perturbflow.models.train import split_data_from_file
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams
+from perturbflow.predictions import assemble_predictions
 
 logger = logging.getLogger(__name__)
 

@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 
 from perturbflow.evaluation.benchmark import PREDICTION_SEP, split_names
-from perturbflow.evaluation.cells import assemble_predictions
 from perturbflow.exceptions import InputError
 from perturbflow.models.predict import predict_cells
 from perturbflow.models.quality import control_offset
 from perturbflow.models.run_dir import load_run
 from perturbflow.models.train import SplitData, split_data_from_file, train_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams
+from perturbflow.predictions import assemble_predictions
 
 logger = logging.getLogger(__name__)
 
