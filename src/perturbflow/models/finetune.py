@@ -25,15 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
-import torch
 from lightning.pytorch.callbacks import Callback
 from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass
@@ -44,7 +41,7 @@ from perturbflow.loading.datamodule import PerturbationDataModule
 from perturbflow.loading.row_matrix import matrix_sha256
 from perturbflow.models.adapter import ADAPTER_FORMAT, FINETUNE_CONFIG, save_adapter
 from perturbflow.models.components import Architecture
-from perturbflow.models.fit import fit_or_stop
+from perturbflow.models.fit_loop import fit_run, prepare_run_dir, reused_summary, start
 from perturbflow.models.inputs import PerturbationInputs
 from perturbflow.models.lora import add_lora, check_targets, lora_config, with_slots
 from perturbflow.models.prior import prior_deltas
@@ -53,18 +50,15 @@ from perturbflow.models.run_dir import (
     TrainedRun,
     config_digest,
     load_run,
-    read_json,
     write_json,
 )
 from perturbflow.models.st_module import STModule, architecture_dict
 from perturbflow.models.train import (
     SplitData,
     _has_val,
-    _prepare_run_dir,
     shared_reader,
     write_run_files,
 )
-from perturbflow.models.trainer import build_trainer
 from perturbflow.params import ColumnsParams, LoaderParams, TrainerParams
 from perturbflow.splits.data import CONTEXT_SEP
 from perturbflow.splits.effects import TrainingEffects, training_effects
@@ -370,9 +364,7 @@ def finetune_st(
     split = restrict_contexts(split, finetuning.contexts)
     _check(split, base, finetuning)
     run = Path(run_dir)
-    if finetuning.cpu_threads:
-        torch.set_num_threads(finetuning.cpu_threads)
-    pl.seed_everything(finetuning.seed, workers=True, verbose=False)
+    start(finetuning)
     space = base.config["training"]["model"]["output_space"]
     dm = PerturbationDataModule(
         split.path,
@@ -389,49 +381,28 @@ def finetune_st(
     )
     config = _resolved_config(split, base, columns, loader, finetuning, arch, new)
     digest = config_digest(config | {"base": {"digest": base.digest}})
-    if (run / SUMMARY).is_file() and (run / "adapter.pt").is_file():
-        old = read_json(run / SUMMARY)
-        if old.get("config_sha256") == digest and old.get("status") == "finished":
-            logger.info("%s: finished finetuning with this configuration found, reused.", run)
-            return old
-    resume_from = _prepare_run_dir(run, digest, finetuning.resume)
+    reused = reused_summary(run, digest, "adapter.pt")
+    if reused is not None:
+        return reused
+    resume_from = prepare_run_dir(run, digest, finetuning.resume)
     write_run_files(
         run, config, digest, split, dm, inputs, sources, columns, config_name=FINETUNE_CONFIG
     )
-    has_val = _has_val(split)
-    trainer, best, meter = build_trainer(
-        run, finetuning, has_val=has_val, callbacks=callbacks, resume=resume_from
-    )
-    precision = str(trainer.precision)  # what build_trainer resolved
     n_trainable = sum(p.numel() for p in module.net.parameters() if p.requires_grad)
-    logger.info(
-        "Finetuning %s (%s, %d trainable parameters, %d new identity slots) on split %s: "
-        "%d steps%s.",
-        base.path,
-        finetuning.method,
-        n_trainable,
-        len(new),
-        split.split_name,
-        finetuning.max_steps,
-        f", resuming from {resume_from.path}" if resume_from else "",
-    )
-    started = time.perf_counter()
-    fit_or_stop(
-        trainer,
+    fit = fit_run(
         module,
         dm,
-        resume=resume_from,
         run=run,
-        max_steps=finetuning.max_steps,
+        settings=finetuning,
+        resume=resume_from,
+        has_val=_has_val(split),
+        callbacks=callbacks,
         what="Finetuning",
+        describe=(
+            f"{base.path} ({finetuning.method}, {n_trainable} trainable parameters, "
+            f"{len(new)} new identity slots) on split {split.split_name}"
+        ),
     )
-    wall = time.perf_counter() - started
-    chosen, best_score = "last", None
-    if best is not None and best.best_model_path:
-        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
-        module.load_state_dict(state["state_dict"], strict=False)
-        chosen = f"best ({Path(best.best_model_path).name})"
-        best_score = float(best.best_model_score) if best.best_model_score is not None else None
     state = {
         n: p.detach().cpu().clone() for n, p in module.net.named_parameters() if p.requires_grad
     }
@@ -449,19 +420,10 @@ def finetune_st(
     }
     save_adapter(run, state, meta)
     summary = {
-        "status": "finished",
-        "config_sha256": digest,
-        "split": split.split_name,
+        **fit.summary(digest, split.split_name),
         "method": finetuning.method,
         "base_run": str(finetuning.init_from),
         "base_digest": base.digest,
-        "steps": int(trainer.global_step),
-        "resumed_from": str(resume_from.path) if resume_from else None,
-        "fit_wall_seconds": round(wall, 2),
-        "train_cells_per_s": round(meter.cells_per_s, 1) if meter.cells_per_s else None,
-        "best_val_pearson_delta": best_score,
-        "weights": chosen,
-        "precision": precision,
         "new_identity_slots": new,
         "n_trainable_parameters": int(n_trainable),
         "n_parameters": int(sum(p.numel() for p in module.net.parameters())),
@@ -470,9 +432,9 @@ def finetune_st(
     logger.info(
         "Finetuned %s: %d steps in %.0f s, weights %s, best val pearson_delta %s.",
         run,
-        summary["steps"],
-        wall,
-        chosen,
-        best_score,
+        fit.steps,
+        fit.wall_s,
+        fit.weights,
+        fit.best_score,
     )
     return summary

@@ -19,17 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
@@ -42,22 +38,20 @@ from perturbflow.loading.h5reader import H5RowReader
 from perturbflow.loading.row_matrix import RowMatrix, matrix_sha256
 from perturbflow.models.components import Architecture, resolve_size
 from perturbflow.models.dose import check_interpolation, interpolation_rate
-from perturbflow.models.fit import Resume, fit_or_stop, resume_checkpoint
+from perturbflow.models.fit_loop import fit_run, prepare_run_dir, reused_summary, start
 from perturbflow.models.inputs import PerturbationInputs
 from perturbflow.models.prior import prior_deltas
 from perturbflow.models.run_dir import (
-    CHECKPOINTS,
     CONFIG,
     SUMMARY,
     WEIGHTS,
     config_digest,
-    read_json,
     save_weights,
     write_json,
     write_yaml,
 )
 from perturbflow.models.st_module import STModule, architecture_dict
-from perturbflow.models.trainer import build_trainer, check_ema_decay
+from perturbflow.models.trainer import check_ema_decay
 from perturbflow.params import ColumnsParams, LoaderParams, TrainingParams
 from perturbflow.splits.data import SplitCells, split_design
 from perturbflow.splits.effects import training_effects
@@ -306,30 +300,6 @@ def _resolved_config(
     }
 
 
-def _prepare_run_dir(run: Path, digest: str, resume: bool) -> Resume | None:
-    """Return the checkpoint to resume from (or ``None``); move a different run aside.
-
-    Every DDP rank calls this and must get the same answer (a rank that resumed while
-    another started afresh would train a different step count and hang the collectives):
-    only rank 0 moves a run aside, the others then see no checkpoint of this digest.
-    """
-    summary_path = run / SUMMARY
-    if not run.exists() or not any(run.iterdir()):
-        return None
-    old = read_json(summary_path) if summary_path.is_file() else {}
-    if old.get("config_sha256") == digest:
-        return resume_checkpoint(run / CHECKPOINTS) if resume else None
-    if rank_zero_only.rank != 0:
-        return None
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    aside = run.with_name(f"{run.name}.previous-{stamp}")
-    logger.warning(
-        "%s holds a run with another configuration: moved to %s (nothing is deleted).", run, aside
-    )
-    shutil.move(str(run), str(aside))
-    return None
-
-
 def train_st(
     split: SplitData,
     *,
@@ -360,9 +330,7 @@ def train_st(
     """
     _check(split, columns, training)
     run = Path(run_dir)
-    if training.cpu_threads:
-        torch.set_num_threads(training.cpu_threads)
-    pl.seed_everything(training.seed, workers=True, verbose=False)
+    start(training)
     all_key = "X" if training.model.output_space == "all" else None
     dm = PerturbationDataModule(
         split.path,
@@ -381,59 +349,28 @@ def train_st(
     digest = config_digest(
         {**config, "data": {k: v for k, v in config["data"].items() if k != "path"}}
     )
-    summary_path = run / SUMMARY
-    if summary_path.is_file() and (run / WEIGHTS).is_file():
-        old = read_json(summary_path)
-        if old.get("config_sha256") == digest and old.get("status") == "finished":
-            logger.info("%s: finished run with this configuration found, reused.", run)
-            return old
-    resume_from = _prepare_run_dir(run, digest, training.resume)
+    reused = reused_summary(run, digest, WEIGHTS)
+    if reused is not None:
+        return reused
+    resume_from = prepare_run_dir(run, digest, training.resume)
     if rank_zero_only.rank == 0:
         write_run_files(run, config, digest, split, dm, inputs, sources, columns)
-    has_val = _has_val(split)
-    trainer, best, meter = build_trainer(
-        run, training, has_val=has_val, callbacks=callbacks, resume=resume_from
-    )
-    precision = str(trainer.precision)  # what build_trainer resolved (auto -> bf16 / 32)
-    logger.info(
-        "Training ST (%s, hidden %d, %d layers) on split %s: %d steps, precision %s%s.",
-        training.model.size,
-        arch.hidden_dim,
-        arch.n_layers,
-        split.split_name,
-        training.max_steps,
-        precision,
-        f", resuming from {resume_from.path}" if resume_from else "",
-    )
-    started = time.perf_counter()
-    fit_or_stop(
-        trainer,
+    fit = fit_run(
         module,
         dm,
-        resume=resume_from,
         run=run,
-        max_steps=training.max_steps,
+        settings=training,
+        resume=resume_from,
+        has_val=_has_val(split),
+        callbacks=callbacks,
         what="Training",
+        describe=(
+            f"ST ({training.model.size}, hidden {arch.hidden_dim}, {arch.n_layers} layers) "
+            f"on split {split.split_name}"
+        ),
     )
-    wall = time.perf_counter() - started
-    chosen = "last"
-    best_score = None
-    if best is not None and best.best_model_path:
-        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
-        module.load_state_dict(state["state_dict"], strict=False)
-        chosen = f"best ({Path(best.best_model_path).name})"
-        best_score = float(best.best_model_score) if best.best_model_score is not None else None
     summary = {
-        "status": "finished",
-        "config_sha256": digest,
-        "split": split.split_name,
-        "steps": int(trainer.global_step),
-        "resumed_from": str(resume_from.path) if resume_from else None,
-        "fit_wall_seconds": round(wall, 2),
-        "train_cells_per_s": round(meter.cells_per_s, 1) if meter.cells_per_s else None,
-        "best_val_pearson_delta": best_score,
-        "weights": chosen,
-        "precision": precision,
+        **fit.summary(digest, split.split_name),
         "n_parameters": int(sum(p.numel() for p in module.net.parameters())),
     }
     if rank_zero_only.rank == 0:
@@ -442,11 +379,11 @@ def train_st(
     logger.info(
         "ST %s: %d steps in %.0f s (%s cells/s), weights %s, best val pearson_delta %s.",
         split.split_name,
-        summary["steps"],
-        wall,
+        fit.steps,
+        fit.wall_s,
         summary["train_cells_per_s"],
-        chosen,
-        best_score,
+        fit.weights,
+        fit.best_score,
     )
     return summary
 
