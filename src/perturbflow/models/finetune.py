@@ -38,7 +38,6 @@ from pydantic.dataclasses import dataclass
 from perturbflow.exceptions import InputError
 from perturbflow.loading._messages import listed
 from perturbflow.loading.datamodule import PerturbationDataModule
-from perturbflow.loading.row_matrix import matrix_sha256
 from perturbflow.models.adapter import ADAPTER_FORMAT, FINETUNE_CONFIG, save_adapter
 from perturbflow.models.components import Architecture
 from perturbflow.models.fit_loop import fit_run, prepare_run_dir, reused_summary, start
@@ -56,6 +55,7 @@ from perturbflow.models.st_module import STModule, architecture_dict
 from perturbflow.models.train import (
     SplitData,
     _has_val,
+    data_identity,
     shared_reader,
     write_run_files,
 )
@@ -222,16 +222,6 @@ def _check(split: SplitData, base: TrainedRun, finetuning: FinetuningParams) -> 
         )
 
 
-def _data_identity(split: SplitData) -> dict[str, Any]:
-    table = split.split_table[[split.split_name, "perturbation", "is_control"]]
-    table_sha = pd.util.hash_pandas_object(table.astype(str), index=True).sum()
-    return {
-        "matrix_sha256": matrix_sha256(split.data.X, split.genes),  # in blocks
-        "split_table_hash": str(int(table_sha) & (2**64 - 1)),
-        "n_cells": int(len(split.obs)),
-    }
-
-
 def build_finetune_module(
     split: SplitData,
     dm: PerturbationDataModule,
@@ -325,7 +315,7 @@ def _resolved_config(
         "finetuning": learned,
         "architecture": architecture_dict(arch),
         "new_vocabulary": new,
-        "data": _data_identity(split),
+        "data": data_identity(split),
     }
 
 

@@ -278,11 +278,6 @@ def _resolved_config(
     if learned.get("ema_decay") is None:
         # recorded only when set: runs from before the option keep their digest (reused)
         learned.pop("ema_decay", None)
-    table = split.split_table[[split.split_name, "perturbation", "is_control"]]
-    table_sha = pd.util.hash_pandas_object(table.astype(str), index=True).sum()
-    # the content the model learns from, not the file's mtime: the preprocessing pipeline
-    # rewrites the same bytes on every `kedro run`, and that must not force a retraining
-    matrix = matrix_sha256(split.data.X, split.genes)  # in blocks: bounded memory
     return {
         "format": "perturbflow.STRun",
         "version": 1,
@@ -291,12 +286,22 @@ def _resolved_config(
         "loader": dataclasses.asdict(loader),
         "training": learned,
         "architecture": architecture_dict(arch),
-        "data": {
-            "path": str(split.path),
-            "matrix_sha256": matrix,
-            "split_table_hash": str(int(table_sha) & (2**64 - 1)),
-            "n_cells": int(len(split.obs)),
-        },
+        "data": {"path": str(split.path), **data_identity(split)},
+    }
+
+
+def data_identity(split: SplitData) -> dict[str, Any]:
+    """What a run learns from: the content of its matrix and split labels, not the file.
+
+    The preprocessing pipeline rewrites the same bytes on every ``kedro run``: a file's
+    mtime must not force a retraining. The matrix is hashed in blocks (bounded memory).
+    """
+    table = split.split_table[[split.split_name, "perturbation", "is_control"]]
+    table_sha = pd.util.hash_pandas_object(table.astype(str), index=True).sum()
+    return {
+        "matrix_sha256": matrix_sha256(split.data.X, split.genes),
+        "split_table_hash": str(int(table_sha) & (2**64 - 1)),
+        "n_cells": int(len(split.obs)),
     }
 
 
