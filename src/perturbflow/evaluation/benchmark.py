@@ -124,11 +124,7 @@ def build_baseline_predictions(
         else:
             data = split_design(adata.obs_names, split_table, split, genes=genes, matrix=reader)
         effects = training_effects(data)
-        keys = [
-            (context, pert)
-            for context in data.heldout_contexts("test")
-            for pert in data.heldout_perturbations(context, "test")
-        ]
+        keys = list(data.heldout_keys("test"))
         if not keys:
             raise InputError(f"Split {split!r} has no test perturbation to evaluate.")
         reals[split] = partial(real_adata, data, "test", columns)

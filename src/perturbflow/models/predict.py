@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
@@ -28,7 +29,9 @@ from perturbflow.loading._messages import listed
 from perturbflow.models.inputs import EncodedPerturbations
 from perturbflow.models.prior import prior_deltas
 from perturbflow.models.run_dir import TrainedRun
+from perturbflow.params import ColumnsParams
 from perturbflow.perturbations import components
+from perturbflow.predictions import assemble_predictions
 from perturbflow.splits.data import SplitCells
 
 logger = logging.getLogger(__name__)
@@ -318,3 +321,44 @@ def _forward(
 
 # ---- perturbflow infer ------------------------------------------------------------
 #: Rows read at a time when an input's values are checked or the output is assembled.
+
+
+def predict_heldout(
+    run: TrainedRun,
+    data: SplitCells,
+    columns: ColumnsParams,
+    *,
+    seed: int,
+    label: str = "test",
+) -> tuple[ad.AnnData, pd.DataFrame]:
+    """Predict every held-out perturbation of a split from its context's control cells.
+
+    As many cells per perturbation as the real ones; perturbations the model never saw are
+    predicted from what it knows of them (their evidence, or the average response), as
+    ``perturbation_sources`` says.
+
+    Args:
+        run: A trained (or finetuned) run, in the split's genes.
+        data: The split's cells.
+        columns: Where the design lives (the output's columns).
+        seed: Seed of the control sampling.
+        label: ``"test"`` or ``"val"``.
+
+    Returns:
+        The predictions in cell-eval's form (:func:`~perturbflow.predictions.assemble_predictions`)
+        and how each perturbation was encoded.
+
+    Raises:
+        InputError: The split has no perturbation labelled ``label``, or the run was trained
+            on other genes.
+    """
+    if list(data.genes) != list(run.genes):
+        raise InputError(
+            f"{run.path} was trained on other genes than split {data.split_name!r} now has; "
+            "retrain it (kedro run --pipelines training)."
+        )
+    keys = data.heldout_keys(label)
+    if not keys:
+        raise InputError(f"Split {data.split_name!r} has no {label} perturbation to predict.")
+    result = predict_cells(run, data, keys, seed=seed, allow_unknown=True)
+    return assemble_predictions(data, result.cells, columns), result.sources()

@@ -15,9 +15,13 @@ the held-out context's control cells. Two figures catch both:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
+from perturbflow.models.predict import predict_cells
+from perturbflow.models.run_dir import TrainedRun
+from perturbflow.params import ColumnsParams
 from perturbflow.splits.data import SplitCells
 
 
@@ -53,3 +57,26 @@ def control_offset(
             "relative": rms / rms_real if rms_real and rms_real > 0 else float("nan"),
         }
     return out
+
+
+def control_offset_report(
+    run: TrainedRun, data: SplitCells, columns: ColumnsParams, *, seed: int, label: str = "test"
+) -> dict[str, Any]:
+    """The model's control offset in every context with ``label`` perturbations.
+
+    Every control cell of those contexts is predicted with the control label; the report
+    holds :func:`control_offset` per context and its mean relative offset
+    (``st_quality.json``).
+    """
+    contexts = data.heldout_contexts(label)
+    control = columns.control_label
+    predicted = predict_cells(
+        run, data, {(c, control): len(data.control_rows(c)) for c in contexts}, seed=seed
+    )
+    offsets = control_offset({c: predicted.cells[(c, control)] for c in contexts}, data, label)
+    relative = [o["relative"] for o in offsets.values()]
+    return {
+        "run_dir": str(run.path),
+        "control_offset": offsets,
+        "mean_relative_control_offset": float(np.nanmean(relative)) if relative else float("nan"),
+    }

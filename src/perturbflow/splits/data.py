@@ -72,6 +72,14 @@ class SplitCells:
         """Perturbations of ``context`` whose cells are labelled ``label`` (sorted)."""
         return self.rows.heldout_perturbations(context, label)
 
+    def heldout_keys(self, label: str) -> dict[tuple[str, str], int]:
+        """Every ``(context, perturbation)`` labelled ``label`` and its number of real cells."""
+        return {
+            (context, pert): len(self.perturbation_rows(context, pert, label))
+            for context in self.heldout_contexts(label)
+            for pert in self.heldout_perturbations(context, label)
+        }
+
     def control_rows(self, context: str) -> np.ndarray:
         """Row indices of all control cells of ``context``, whatever their split label.
 

@@ -58,11 +58,7 @@ def trial_dir(storage_dir: str | Path, study_name: str, number: int) -> Path:
 
 def validation_keys(data: SplitCells) -> dict[tuple[str, str], int]:
     """Every validation (context, perturbation) and its number of real cells."""
-    return {
-        (c, p): len(data.perturbation_rows(c, p, "val"))
-        for c in data.heldout_contexts("val")
-        for p in data.heldout_perturbations(c, "val")
-    }
+    return data.heldout_keys("val")
 
 
 def check_cell_eval_weights(params: CellEvalObjectiveParams) -> None:

@@ -11,10 +11,9 @@ from perturbflow.evaluation.benchmark import PREDICTION_SEP, split_names
 from perturbflow.exceptions import InputError
 from perturbflow.models.adapter import load_finetuned
 from perturbflow.models.finetune import FinetuningParams, finetune_st
-from perturbflow.models.predict import predict_cells
+from perturbflow.models.predict import predict_heldout
 from perturbflow.models.train import split_data_from_file
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams
-from perturbflow.predictions import assemble_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -81,16 +80,12 @@ def predict_finetuned(
         genes=hvg_genes,
         loader=loader,
     ).data
-    keys = {
-        (c, p): len(data.perturbation_rows(c, p, "test"))
-        for c in data.heldout_contexts("test")
-        for p in data.heldout_perturbations(c, "test")
-    }
-    if not keys:
-        raise InputError(f"Split {name!r} has no test perturbations to predict.")
-    result = predict_cells(run, data, keys, seed=evaluation.seed, allow_unknown=True)
-    logger.info("Finetuned %s: predicted %d test perturbations of %s", predictor, len(keys), name)
-    predictions = {
-        f"{name}{PREDICTION_SEP}{predictor}": assemble_predictions(data, result.cells, columns)
-    }
-    return predictions, result.sources().assign(split=name, predictor=predictor)
+    predicted, encoded = predict_heldout(run, data, columns, seed=evaluation.seed)
+    logger.info(
+        "Finetuned %s: predicted %d test perturbations of %s",
+        predictor,
+        len(data.heldout_keys("test")),
+        name,
+    )
+    predictions = {f"{name}{PREDICTION_SEP}{predictor}": predicted}
+    return predictions, encoded.assign(split=name, predictor=predictor)

@@ -6,17 +6,15 @@ import logging
 from pathlib import Path
 
 import anndata as ad
-import numpy as np
 import pandas as pd
 
 from perturbflow.evaluation.benchmark import PREDICTION_SEP, split_names
 from perturbflow.exceptions import InputError
-from perturbflow.models.predict import predict_cells
-from perturbflow.models.quality import control_offset
+from perturbflow.models.predict import predict_heldout
+from perturbflow.models.quality import control_offset_report
 from perturbflow.models.run_dir import load_run
 from perturbflow.models.train import SplitData, split_data_from_file, train_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams
-from perturbflow.predictions import assemble_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +76,7 @@ def train_models(
     return runs
 
 
-def predict_heldout(
+def predict_st_models(
     st_runs: dict,
     preprocessed_adata: ad.AnnData,
     split_table: pd.DataFrame,
@@ -98,42 +96,15 @@ def predict_heldout(
     for name, info in st_runs.items():
         run = load_run(info["run_dir"])
         data = _split(preprocessed_adata, split_table, name, hvg_genes, loader).data
-        if list(data.genes) != run.genes:
-            raise InputError(
-                f"{info['run_dir']} was trained on other genes than {name!r} now has; "
-                "retrain it (kedro run --pipelines training)."
-            )
-        keys = {
-            (c, p): len(data.perturbation_rows(c, p, "test"))
-            for c in data.heldout_contexts("test")
-            for p in data.heldout_perturbations(c, "test")
-        }
-        result = predict_cells(run, data, keys, seed=evaluation.seed, allow_unknown=True)
-        predictions[f"{name}{PREDICTION_SEP}{MODEL_NAME}"] = assemble_predictions(
-            data, result.cells, columns
-        )
-        sources.append(result.sources().assign(split=name, predictor=MODEL_NAME))
-        contexts = sorted({c for c, _ in keys})
-        controls = predict_cells(
-            run,
-            data,
-            {(c, columns.control_label): len(data.control_rows(c)) for c in contexts},
-            seed=evaluation.seed,
-        )
-        offsets = control_offset(
-            {c: controls.cells[(c, columns.control_label)] for c in contexts}, data
-        )
-        quality[name] = {
-            "run_dir": info["run_dir"],
-            "control_offset": offsets,
-            "mean_relative_control_offset": float(
-                np.nanmean([o["relative"] for o in offsets.values()])
-            ),
-        }
+        predicted, encoded = predict_heldout(run, data, columns, seed=evaluation.seed)
+        predictions[f"{name}{PREDICTION_SEP}{MODEL_NAME}"] = predicted
+        sources.append(encoded.assign(split=name, predictor=MODEL_NAME))
+        quality[name] = control_offset_report(run, data, columns, seed=evaluation.seed)
+        quality[name]["run_dir"] = info["run_dir"]
         logger.info(
             "ST %s: predicted %d test perturbations; control offset %.3f of the real deltas",
             name,
-            len(keys),
+            len(data.heldout_keys("test")),
             quality[name]["mean_relative_control_offset"],
         )
     table = pd.concat(sources, ignore_index=True) if sources else pd.DataFrame()

@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Pipeline, node
 
-from perturbflow.pipelines.training.nodes import predict_heldout, train_models
+from perturbflow.pipelines.training.nodes import predict_st_models, train_models
 
 
 def create_pipeline(**kwargs: object) -> Pipeline:
@@ -23,7 +23,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                 name="train_st_models",
             ),
             node(
-                predict_heldout,
+                predict_st_models,
                 inputs=[
                     "st_runs",
                     "preprocessed_adata@cells",
