@@ -36,12 +36,12 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from perturbflow.exceptions import InputError, closest, suggest
+from perturbflow.exceptions import InputError, suggest
 from perturbflow.params import ColumnsParams, KnockdownParams
-from perturbflow.preprocess._knockdown_utils import control_means, gather, targets_per_label
+from perturbflow.preprocess._knockdown_utils import control_means
+from perturbflow.preprocess.knockdown_groups import KnockdownGroups, LabelCodes, TargetSlots
 from perturbflow.preprocess.normalize import record_uns
 from perturbflow.preprocess.validation import (
-    context_labels,
     detect_expression_kind,
     require_columns,
 )
@@ -105,16 +105,6 @@ def knockdown_settings(
     return dataclasses.replace(params, **dict.fromkeys(missing))
 
 
-def _exempt_labels(
-    obs: pd.DataFrame, pert_codes: np.ndarray, n_labels: int, params: KnockdownParams
-) -> np.ndarray:
-    """Per perturbation label: True when none of its cells has a knockdown type."""
-    if params.type_col is None:
-        return np.zeros(n_labels, dtype=bool)
-    is_kd = obs[params.type_col].astype(str).isin(params.knockdown_types).to_numpy()
-    return np.bincount(pert_codes[is_kd], minlength=n_labels) == 0
-
-
 def filter_on_target_knockdown(
     adata: ad.AnnData,
     columns: ColumnsParams,
@@ -151,11 +141,47 @@ def filter_on_target_knockdown(
         InputError: Missing column or layer, raw counts in the matrix, absent control
             label, or a perturbation with several targets in ``target_col``.
     """
+    X, where = _checked_matrix(adata, columns, params, layer=layer, scale=scale, source=source)
+    design = LabelCodes.of(adata.obs, columns, source)
+    slots = TargetSlots.of(adata.obs, adata.var_names, design, params, source)
+    ctrl_mean = control_means(
+        X, np.flatnonzero(design.is_ctrl), design.ctx_codes, design.n_ctx, slots.gene_cols, scale
+    )
+    groups = KnockdownGroups.of(X, design, slots, ctrl_mean, params, scale)
+    keep = groups.kept_cells(design, params)
+    report = _report(design, slots, groups, keep, params)
+    out = adata[keep].copy()
+    record_uns(
+        out,
+        "knockdown",
+        {
+            "enabled": bool(params.enabled),
+            "scale": scale,
+            "matrix": where,
+            "residual_expression": float(params.residual_expression),
+            "cell_residual_expression": float(params.cell_residual_expression),
+            "min_cells": int(params.min_cells),
+            "n_cells_dropped": int(adata.n_obs - keep.sum()),
+        },
+    )
+    _log_outcome(report, keep, n_genes=len(slots.genes), scale=scale, enabled=params.enabled)
+    return out, report
+
+
+def _checked_matrix(
+    adata: ad.AnnData,
+    columns: ColumnsParams,
+    params: KnockdownParams,
+    *,
+    layer: str | None,
+    scale: str,
+    source: str,
+) -> tuple[object, str]:
+    """The log1p matrix the filter reads and its name; every input check before any work."""
     if scale not in ("linear", "log1p"):
         raise InputError(f"{source}: scale={scale!r} must be 'linear' or 'log1p'.")
-    obs = adata.obs
     require_columns(
-        obs,
+        adata.obs,
         [
             ("columns.pert_col", columns.pert_col),
             ("columns.celltype_col", columns.celltype_col),
@@ -177,159 +203,91 @@ def filter_on_target_knockdown(
             f"{source}: {where} holds raw counts; the knockdown filter needs log1p-normalised "
             "expression. Run normalize_log1p(adata, kind='counts', ...) first."
         )
+    return X, where
 
-    pert_codes, pert_uniques = pd.factorize(obs[columns.pert_col].astype(str))
-    labels = [str(p) for p in pert_uniques]
-    ctx_codes, ctx_uniques = pd.factorize(context_labels(obs, columns))
-    n_ctx = len(ctx_uniques)
-    control = columns.control_label
-    if control not in labels:
-        raise InputError(
-            f"{source}: control label {control!r} does not occur in obs column "
-            f"{columns.pert_col!r} ({len(labels):,} distinct values); closest: "
-            f"{closest(control, labels, n=5) or labels[:5]}."
+
+def _reason(g: int, design: LabelCodes, slots: TargetSlots, groups: KnockdownGroups, params) -> str:
+    """Why group ``g`` was kept or dropped, in words (the report's ``reason``)."""
+    meas = slots.measured[groups.pert[g]]
+    if not params.enabled:
+        return "knockdown filter disabled"
+    if slots.exempt[groups.pert[g]]:
+        return f"not a knockdown ({params.type_col} not in {list(params.knockdown_types)})"
+    if not groups.any_measured[g]:
+        return "target not measured"
+    if groups.zero_ctrl[g]:
+        return "target not expressed in control cells"
+    if not groups.stage1[g]:
+        ratio = groups.ratio[g, : len(meas)]
+        at = "" if len(meas) == 1 else f" for {meas[int(np.nanargmax(ratio))]}"
+        up = "; target up-regulated" if groups.worst[g] >= UPREGULATED else ""
+        return (
+            f"weak knockdown (residual {groups.worst[g]:.2f} >= "
+            f"{params.residual_expression:.2f}{at}{up})"
         )
-    control_code = labels.index(control)
-    is_ctrl = pert_codes == control_code
+    if groups.n_passing[g] < params.min_cells:
+        return f"too few cells after cell filter ({groups.n_passing[g]} < {params.min_cells})"
+    return "kept"
 
-    # Target genes -> slots (columns of the gathered sub-matrix).
-    targets = targets_per_label(obs, labels, pert_codes, params.target_col, source)
-    exempt = _exempt_labels(obs, pert_codes, len(labels), params)
-    var_index = pd.Index(adata.var_names)
-    measured = [
-        tuple(g for g in t if g in var_index) if i != control_code and not exempt[i] else ()
-        for i, t in enumerate(targets)
-    ]
-    genes = sorted({g for m in measured for g in m})
-    slot_of = {g: s for s, g in enumerate(genes)}
-    gene_cols = var_index.get_indexer(genes).astype(np.int64)
-    kmax = max([len(m) for m in measured] + [1])
-    table = np.full((len(labels), kmax), -1, dtype=np.int64)
-    for i, m in enumerate(measured):
-        table[i, : len(m)] = [slot_of[g] for g in m]
 
-    ctrl_mean = control_means(X, np.flatnonzero(is_ctrl), ctx_codes, n_ctx, gene_cols, scale)
-
-    # One (cell, measured target) pair per row.
-    cell_slots = table[pert_codes]
-    rows, ks = np.nonzero(cell_slots >= 0)
-    slots = cell_slots[rows, ks]
-    vals = gather(X, rows, gene_cols[slots])
-    if scale == "linear":
-        vals = np.expm1(vals)
-    pair_ctrl = ctrl_mean[ctx_codes[rows], slots]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        pair_ok = (
-            np.where(pair_ctrl > 0, vals / pair_ctrl, np.inf) < params.cell_residual_expression
-        )
-
-    # (perturbation, context) groups.
-    group_codes, group_keys = pd.factorize(pert_codes.astype(np.int64) * n_ctx + ctx_codes)
-    n_groups = len(group_keys)
-    g_pert, g_ctx = group_keys // n_ctx, group_keys % n_ctx
-    key = group_codes[rows] * kmax + ks
-    psum = np.bincount(key, weights=vals, minlength=n_groups * kmax).reshape(n_groups, kmax)
-    pcnt = np.bincount(key, minlength=n_groups * kmax).reshape(n_groups, kmax)
-    g_slots = table[g_pert]
-    g_measured = g_slots >= 0
-    g_ctrl = np.where(g_measured, ctrl_mean[g_ctx[:, None], np.maximum(g_slots, 0)], np.nan)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(g_measured & (g_ctrl > 0), psum / np.maximum(pcnt, 1) / g_ctrl, np.nan)
-    zero_ctrl = (g_measured & ~(g_ctrl > 0)).any(axis=1)
-    any_measured = g_measured.any(axis=1)
-    worst = np.where(
-        any_measured & ~zero_ctrl, np.nanmax(np.where(g_measured, ratio, -np.inf), axis=1), np.nan
-    )
-    stage1 = any_measured & ~zero_ctrl & (worst < params.residual_expression)
-
-    n_obs = adata.n_obs
-    cell_fail = np.bincount(rows, weights=(~pair_ok).astype(float), minlength=n_obs) > 0
-    cell_measured = np.bincount(rows, minlength=n_obs) > 0
-    passing = cell_measured & ~cell_fail
-    n_before = np.bincount(group_codes, minlength=n_groups)
-    n_passing = np.bincount(group_codes[passing], minlength=n_groups)
-    group_kept = ~any_measured | (stage1 & (n_passing >= params.min_cells))
-    if params.enabled:
-        keep = is_ctrl | ~cell_measured | (group_kept[group_codes] & passing)
-    else:
-        keep = np.ones(n_obs, dtype=bool)
-    n_after = np.bincount(group_codes[keep], minlength=n_groups)
-
+def _report(
+    design: LabelCodes,
+    slots: TargetSlots,
+    groups: KnockdownGroups,
+    keep: np.ndarray,
+    params: KnockdownParams,
+) -> pd.DataFrame:
+    """One row per (perturbation, context), controls excluded (see REPORT_COLUMNS)."""
+    n_after = np.bincount(groups.codes[keep], minlength=len(groups.pert))
     records = []
-    for g in range(n_groups):
-        if g_pert[g] == control_code:
+    for g in range(len(groups.pert)):
+        label = groups.pert[g]
+        if label == design.control_code:
             continue
-        meas = measured[g_pert[g]]
-        by_target = ", ".join(f"{gene}={ratio[g, k]:.3f}" for k, gene in enumerate(meas))
-        if not params.enabled:
-            reason = "knockdown filter disabled"
-        elif exempt[g_pert[g]]:
-            reason = f"not a knockdown ({params.type_col} not in {list(params.knockdown_types)})"
-        elif not any_measured[g]:
-            reason = "target not measured"
-        elif zero_ctrl[g]:
-            reason = "target not expressed in control cells"
-        elif not stage1[g]:
-            at = "" if len(meas) == 1 else f" for {meas[int(np.nanargmax(ratio[g, : len(meas)]))]}"
-            up = "; target up-regulated" if worst[g] >= UPREGULATED else ""
-            reason = (
-                f"weak knockdown (residual {worst[g]:.2f} >= "
-                f"{params.residual_expression:.2f}{at}{up})"
-            )
-        elif n_passing[g] < params.min_cells:
-            reason = f"too few cells after cell filter ({n_passing[g]} < {params.min_cells})"
-        else:
-            reason = "kept"
+        meas = slots.measured[label]
+        measured = bool(groups.any_measured[g])
         records.append(
             {
-                "perturbation": labels[g_pert[g]],
-                "context": str(ctx_uniques[g_ctx[g]]),
-                "targets": "+".join(targets[g_pert[g]]),
+                "perturbation": design.labels[label],
+                "context": design.contexts[groups.ctx[g]],
+                "targets": "+".join(slots.targets[label]),
                 "measured_targets": "+".join(meas),
-                "measured": bool(any_measured[g]),
-                "n_cells_before": int(n_before[g]),
-                "n_cells_passing": int(n_passing[g] if any_measured[g] else n_before[g]),
+                "measured": measured,
+                "n_cells_before": int(groups.n_before[g]),
+                "n_cells_passing": int(groups.n_passing[g] if measured else groups.n_before[g]),
                 "n_cells_after": int(n_after[g]),
-                "residual_expression": float(worst[g]),
-                "residual_by_target": by_target,
-                "kept": bool(group_kept[g] or not params.enabled),
-                "reason": reason,
+                "residual_expression": float(groups.worst[g]),
+                "residual_by_target": ", ".join(
+                    f"{gene}={groups.ratio[g, k]:.3f}" for k, gene in enumerate(meas)
+                ),
+                "kept": bool(groups.kept[g] or not params.enabled),
+                "reason": _reason(g, design, slots, groups, params),
             }
         )
     report = pd.DataFrame.from_records(records, columns=REPORT_COLUMNS)
-    report = report.sort_values(["context", "perturbation"], ignore_index=True)
+    return report.sort_values(["context", "perturbation"], ignore_index=True)
 
-    out = adata[keep].copy()
-    record_uns(
-        out,
-        "knockdown",
-        {
-            "enabled": bool(params.enabled),
-            "scale": scale,
-            "matrix": where,
-            "residual_expression": float(params.residual_expression),
-            "cell_residual_expression": float(params.cell_residual_expression),
-            "min_cells": int(params.min_cells),
-            "n_cells_dropped": int(n_obs - keep.sum()),
-        },
-    )
+
+def _log_outcome(
+    report: pd.DataFrame, keep: np.ndarray, *, n_genes: int, scale: str, enabled: bool
+) -> None:
+    """What the filter kept and dropped; a warning when targets went up (CRISPRa data)."""
     dropped = report.loc[~report["kept"], "perturbation"]
     logger.info(
         "Knockdown filter (%s ratios, %d measured targets): kept %d of %d cells; dropped %d "
         "perturbation/context pair(s)%s",
         scale,
-        len(genes),
+        n_genes,
         int(keep.sum()),
-        n_obs,
+        len(keep),
         len(dropped),
         f": {sorted(set(dropped))}" if len(dropped) else "",
     )
     upregulated = report.loc[report["residual_expression"] >= UPREGULATED, "perturbation"]
-    if params.enabled and len(upregulated):
+    if enabled and len(upregulated):
         logger.warning(
             "%d perturbation(s) raise their target's expression (%s): the knockdown filter "
             "drops them; disable it (knockdown.enabled: false) for CRISPRa/overexpression data",
             len(upregulated),
             sorted(set(upregulated))[:10],
         )
-    return out, report
