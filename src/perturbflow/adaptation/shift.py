@@ -20,6 +20,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -228,49 +229,25 @@ def fit_shift(
     eval_t = target[torch.randperm(n_t, generator=gen)[:n_eval].to(device)]
     eval_s = source[torch.randperm(n_s, generator=gen)[:n_eval].to(device)]
     adapter = GeneShift(target.shape[1], scale=params.scale).to(device)
-    optimiser = torch.optim.Adam(adapter.parameters(), lr=params.lr)
-    # Constant-lr Adam leaves the shift jittering around the optimum by about lr (the
-    # minibatch gradients never vanish); a cosine decay lets it settle.
-    schedule = None
-    if params.lr_schedule == "cosine":
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimiser, T_max=params.max_steps, eta_min=params.lr * MIN_LR_RATIO
-        )
-    rows: list[dict[str, float]] = []
+    optimiser, schedule = _optimiser(adapter, params)
     with frozen(encoder):
-        with torch.no_grad():
-            start_emb = encoder(eval_t)
-        median = median_bandwidth(
-            [eval_s, start_emb],
-            subsample=params.median_subsample,
-            generator=gen,
-            min_bandwidth=params.min_bandwidth,
-            max_bandwidth=params.max_bandwidth,
-        )
-        bandwidths = multiscale_bandwidths(
-            median,
-            params.bandwidth_factors,
-            min_bandwidth=params.min_bandwidth,
-            max_bandwidth=params.max_bandwidth,
-        )
+        bandwidths = _bandwidths(encoder, eval_t, eval_s, params, gen)
 
         def evaluate() -> float:
             with torch.no_grad():
                 return float(mmd2(encoder(adapter(eval_t)), eval_s, bandwidths))
 
-        best = evaluate()
-        mmd_before = best
-        rows.append({"step": 0, "eval_mmd2": best, "batch_mmd2": float("nan")})
-        best_state = {k: v.detach().clone() for k, v in adapter.state_dict().items()}
-        best_step, bad, step, stopped, running = 0, 0, 0, False, []
+        tracker = _BestState(evaluate(), adapter)
         logger.info(
             "Adapter fit: %d target, %d source cells, batch %d, bandwidths %s, MMD^2 %.4g",
             n_t,
             n_s,
             batch,
             [round(b, 4) for b in bandwidths],
-            best,
+            tracker.best,
         )
+        running: list[float] = []
+        step = 0
         for step in range(1, params.max_steps + 1):
             ti = torch.randperm(n_t, generator=gen)[:batch].to(device)
             si = torch.randperm(n_s, generator=gen)[:batch].to(device)
@@ -286,36 +263,99 @@ def fit_shift(
                 schedule.step()
             if step % params.eval_every and step != params.max_steps:
                 continue
-            current = evaluate()
-            rows.append({"step": step, "eval_mmd2": current, "batch_mmd2": float(np.mean(running))})
+            if tracker.update(step, evaluate(), float(np.mean(running)), adapter, params):
+                break
             running = []
-            if current < best - params.min_delta:
-                best, best_step, bad = current, step, 0
-                best_state = {k: v.detach().clone() for k, v in adapter.state_dict().items()}
-            else:
-                bad += 1
-                if bad >= params.patience:
-                    stopped = step < params.max_steps
-                    break
-    adapter.load_state_dict(best_state)
+    adapter.load_state_dict(tracker.state)
     adapter = adapter.cpu().requires_grad_(False)
     logger.info(
         "Adapter fit: MMD^2 %.4g -> %.4g (best step %d of %d%s)",
-        mmd_before,
-        best,
-        best_step,
+        tracker.before,
+        tracker.best,
+        tracker.best_step,
         step,
-        ", stopped early" if stopped else "",
+        ", stopped early" if tracker.stopped else "",
     )
     return ShiftFit(
         adapter=adapter,
-        curve=pd.DataFrame(rows, columns=["step", "eval_mmd2", "batch_mmd2"]),
+        curve=pd.DataFrame(tracker.rows, columns=["step", "eval_mmd2", "batch_mmd2"]),
         bandwidths=bandwidths,
-        mmd_before=mmd_before,
-        mmd_after=best,
-        best_step=best_step,
+        mmd_before=tracker.before,
+        mmd_after=tracker.best,
+        best_step=tracker.best_step,
         steps=step,
-        stopped_early=stopped,
+        stopped_early=tracker.stopped,
         n_target=n_t,
         n_source=n_s,
     )
+
+
+def _optimiser(adapter: nn.Module, params: ShiftFitParams) -> tuple[torch.optim.Optimizer, Any]:
+    """Adam, with a cosine decay unless ``lr_schedule`` says constant.
+
+    Constant-lr Adam leaves the shift jittering around the optimum by about lr (the
+    minibatch gradients never vanish); a cosine decay lets it settle.
+    """
+    optimiser = torch.optim.Adam(adapter.parameters(), lr=params.lr)
+    schedule = None
+    if params.lr_schedule == "cosine":
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimiser, T_max=params.max_steps, eta_min=params.lr * MIN_LR_RATIO
+        )
+    return optimiser, schedule
+
+
+def _bandwidths(
+    encoder: nn.Module,
+    eval_t: torch.Tensor,
+    eval_s: torch.Tensor,
+    params: ShiftFitParams,
+    gen: torch.Generator,
+) -> list[float]:
+    """The kernel bandwidths: multiples of the median distance, before any shift."""
+    with torch.no_grad():
+        start_emb = encoder(eval_t)
+    median = median_bandwidth(
+        [eval_s, start_emb],
+        subsample=params.median_subsample,
+        generator=gen,
+        min_bandwidth=params.min_bandwidth,
+        max_bandwidth=params.max_bandwidth,
+    )
+    return multiscale_bandwidths(
+        median,
+        params.bandwidth_factors,
+        min_bandwidth=params.min_bandwidth,
+        max_bandwidth=params.max_bandwidth,
+    )
+
+
+class _BestState:
+    """The best held-out MMD^2 so far, its weights, the curve, and early stopping."""
+
+    def __init__(self, start: float, adapter: nn.Module) -> None:
+        self.before = self.best = start
+        self.best_step, self.bad, self.stopped = 0, 0, False
+        self.rows: list[dict[str, float]] = [
+            {"step": 0, "eval_mmd2": start, "batch_mmd2": float("nan")}
+        ]
+        self.state = _copy(adapter)
+
+    def update(
+        self, step: int, current: float, batch: float, adapter: nn.Module, params: ShiftFitParams
+    ) -> bool:
+        """Record an evaluation; ``True`` when ``patience`` evaluations brought no gain."""
+        self.rows.append({"step": step, "eval_mmd2": current, "batch_mmd2": batch})
+        if current < self.best - params.min_delta:
+            self.best, self.best_step, self.bad = current, step, 0
+            self.state = _copy(adapter)
+            return False
+        self.bad += 1
+        if self.bad >= params.patience:
+            self.stopped = step < params.max_steps
+            return True
+        return False
+
+
+def _copy(adapter: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in adapter.state_dict().items()}
