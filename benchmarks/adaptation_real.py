@@ -48,8 +48,8 @@ from perturbflow.adaptation import (
 from perturbflow.adaptation.io import control_expression
 from perturbflow.commands import load_params
 from perturbflow.evaluation.benchmark import build_baseline_predictions, evaluate_predictions
-from perturbflow.models.run_dir import load_run
-from perturbflow.models.train import split_data, train_st
+from perturbflow.models.runs.run_dir import load_run
+from perturbflow.models.training.train import split_data, train_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams
 
 SPLIT = "zeroshot"

@@ -47,10 +47,10 @@ from tests.synthetic import (  # noqa: E402
     make_drug_screen,
 )
 
-from perturbflow.models.plates import predict_per_plate  # noqa: E402
-from perturbflow.models.predict import predict_cells  # noqa: E402
-from perturbflow.models.run_dir import load_run  # noqa: E402
-from perturbflow.models.train import train_st  # noqa: E402
+from perturbflow.models.inference.plates import predict_per_plate  # noqa: E402
+from perturbflow.models.inference.predict import predict_cells  # noqa: E402
+from perturbflow.models.runs.run_dir import load_run  # noqa: E402
+from perturbflow.models.training.train import train_st  # noqa: E402
 
 GRIDS = {
     "decades": [0.01, 0.1, 1.0, 10.0, 100.0],

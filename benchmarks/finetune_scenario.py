@@ -36,11 +36,11 @@ import torch
 
 from perturbflow.commands import load_params
 from perturbflow.evaluation.benchmark import build_baseline_predictions, evaluate_predictions
-from perturbflow.models.adapter import load_finetuned
-from perturbflow.models.finetune import FinetuningParams, LoraParams, finetune_st
-from perturbflow.models.predict import predict_cells
-from perturbflow.models.run_dir import load_run
-from perturbflow.models.train import split_data, train_st
+from perturbflow.models.inference.predict import predict_cells
+from perturbflow.models.runs.adapter import load_finetuned
+from perturbflow.models.runs.run_dir import load_run
+from perturbflow.models.training.finetune import FinetuningParams, LoraParams, finetune_st
+from perturbflow.models.training.train import split_data, train_st
 from perturbflow.params import (
     ColumnsParams,
     EvaluationParams,

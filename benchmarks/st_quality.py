@@ -28,9 +28,9 @@ import pandas as pd
 from perturbflow.commands import load_params
 from perturbflow.evaluation.benchmark import build_baseline_predictions, evaluate_predictions
 from perturbflow.evaluation.variability import variability_table
-from perturbflow.models.predict import predict_cells
-from perturbflow.models.run_dir import load_run
-from perturbflow.models.train import split_data, train_st
+from perturbflow.models.inference.predict import predict_cells
+from perturbflow.models.runs.run_dir import load_run
+from perturbflow.models.training.train import split_data, train_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams
 from perturbflow.predictions import assemble_predictions
 

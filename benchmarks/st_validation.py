@@ -18,7 +18,7 @@ import anndata as ad
 import pandas as pd
 
 from perturbflow.commands import load_params
-from perturbflow.models.train import split_data, train_st
+from perturbflow.models.training.train import split_data, train_st
 from perturbflow.params import ColumnsParams, LoaderParams, TrainingParams
 
 

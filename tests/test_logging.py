@@ -17,7 +17,7 @@ from kedro.logging import RichHandler
 
 from perturbflow.hooks import ConsoleLoggingHooks
 from perturbflow.logs import ConsoleHandler, route_lightning_logs, use_plain_console
-from perturbflow.models.trainer import build_trainer
+from perturbflow.models.training.trainer import build_trainer
 from tests.models.conftest import training_params
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "logging.yml"
@@ -95,7 +95,7 @@ def test_lightning_lines_print_once(project_logging, tmp_path, monkeypatch):
 def test_without_the_fix_lightning_lines_print_twice(project_logging, tmp_path, monkeypatch):
     lightning_imported_after_config()
     seen = count_handled(monkeypatch, "GPU available")
-    monkeypatch.setattr("perturbflow.models.trainer.route_lightning_logs", lambda: None)
+    monkeypatch.setattr("perturbflow.models.training.trainer.route_lightning_logs", lambda: None)
     build_trainer(tmp_path / "run", training_params(tmp_path), has_val=True)
     assert len(seen) == 2  # what users saw: Lightning's handler and the root's
 

@@ -5,7 +5,7 @@
 ``train`` is how multi-GPU and multi-node training is launched: Lightning's DDP starts one
 process per device by re-running this command, which a Kedro node could not survive (each
 process would re-run ``kedro run``). It reads the same configuration as the pipeline
-(``conf/<env>``) and calls the same function, :func:`perturbflow.models.train.train_st`.
+(``conf/<env>``) and calls the same function, :func:`perturbflow.models.training.train.train_st`.
 ``infer`` predicts perturbations on any AnnData from its control cells.
 """
 
@@ -82,7 +82,7 @@ def _existing(path: str, flag: str, hint: str) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train the ST model of one split (DDP when ``training.strategy`` says so)."""
-    from perturbflow.models.train import split_data_from_file, train_st
+    from perturbflow.models.training.train import split_data_from_file, train_st
 
     params = load_params(args.conf, args.env, args.params)
     columns = ColumnsParams(**params["columns"])
@@ -174,9 +174,9 @@ def checked_output(output: str, inputs: dict[str, str | None]) -> Path:
 
 def cmd_infer(args: argparse.Namespace) -> int:
     """Predict perturbations from the control cells of an AnnData."""
-    from perturbflow.models.adapter import ADAPTER_CONFIG, load_finetuned
-    from perturbflow.models.inference import InferOptions, infer
-    from perturbflow.models.run_dir import load_run
+    from perturbflow.models.inference.infer import InferOptions, infer
+    from perturbflow.models.runs.adapter import ADAPTER_CONFIG, load_finetuned
+    from perturbflow.models.runs.run_dir import load_run
 
     output = checked_output(
         args.output, {"--adata": args.adata, "--perturbations": args.perturbations}

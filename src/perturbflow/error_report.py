@@ -1,7 +1,8 @@
 """Errors a user can fix, printed as one short block instead of a 200-line traceback.
 
 Bad input is found before any long work (:class:`~perturbflow.exceptions.InputError`), a run
-stopped by SIGTERM says where it resumes (:class:`~perturbflow.models.fit.TrainingStopped`),
+stopped by SIGTERM says where it resumes
+(:class:`~perturbflow.models.training.fit.TrainingStopped`),
 a catalog file that cannot be read or a parameter of the wrong type is Kedro's own error.
 For these the traceback says nothing the message does not, and Kedro's rich traceback puts
 the message at the end of ~200 lines. :func:`short_report` turns them into a few lines:
@@ -49,7 +50,7 @@ def user_error(error: BaseException) -> tuple[str, BaseException] | None:
         ``(kind, exception)``: ``"bad input"`` (InputError, a Kedro parameter validation
         error, a catalog file that cannot be read) or ``"run stopped"`` (TrainingStopped).
     """
-    from perturbflow.models.fit import TrainingStopped
+    from perturbflow.models.training.fit import TrainingStopped
 
     chain = list(_chain(error))
     for exc in chain:

@@ -235,7 +235,7 @@ class PairingParams:
 
 @dataclass(frozen=True, config=_STRICT)
 class PerturbationInputParams:
-    """What the ST model's perturbation encoder reads (see :mod:`perturbflow.models.inputs`).
+    """What the ST model's perturbation encoder reads (:mod:`perturbflow.models.components.inputs`).
 
     Attributes:
         identity: A learned vector per training component (combinations summed).
@@ -249,7 +249,7 @@ class PerturbationInputParams:
             that the model also learns to predict from evidence alone (how it predicts a
             perturbation it has not seen).
         dose: How doses in the labels (``drug@10nM``) are read
-            (:mod:`perturbflow.models.dose`): ``log`` (one slot per drug plus a log-dose
+            (:mod:`perturbflow.models.components.dose`): ``log`` (one slot per drug plus a log-dose
             channel, so an unseen dose of a trained drug is interpolated), ``none`` (doses
             dropped), ``label`` (each drug-dose label its own identity) or ``auto``
             (``log`` when the training doses vary, else ``label``).
@@ -367,7 +367,7 @@ class TrainerParams:
         seed: Seed of the weights, dropout and the loader.
         logger: ``csv`` or ``tensorboard`` (needs the tensorboard package).
         progress_bar: Show the run's progress against ``max_steps`` (a bar on a terminal,
-            a log line every 30 s otherwise; :mod:`perturbflow.models.progress`).
+            a log line every 30 s otherwise; :mod:`perturbflow.models.training.progress`).
         cpu_threads: Torch intra-op threads on the CPU (``None``: torch's default, one
             per core). The shipped default is 1: measured on 2 cores, 2 threads train
             1.4x faster than 1 on an idle machine and 3.3x slower while another process

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from perturbflow.adaptation import ShiftFitParams
-from perturbflow.models.run_dir import load_run
-from perturbflow.models.train import train_st
+from perturbflow.models.runs.run_dir import load_run
+from perturbflow.models.training.train import train_st
 from tests.models.conftest import (
     CONTEXTS,
     N_GENES,

@@ -20,8 +20,8 @@ from perturbflow.adaptation import (
     save_adapter,
 )
 from perturbflow.exceptions import InputError
-from perturbflow.models.inference import infer_adata
-from perturbflow.models.run_dir import load_run
+from perturbflow.models.inference.infer import infer_adata
+from perturbflow.models.runs.run_dir import load_run
 from tests.adaptation.conftest import control_cloud, fit_params
 from tests.synthetic import COLUMNS
 

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from perturbflow.models.fit import resume_checkpoint
+from perturbflow.models.training.fit import resume_checkpoint
 from tests.bad_inputs.workspace import (
     FEWSHOT,
     Workspace,

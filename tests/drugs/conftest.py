@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from perturbflow.models.train import train_st
+from perturbflow.models.training.train import train_st
 from perturbflow.params import PerturbationInputParams, TrainingParams
 from tests.models.conftest import loader_params, make_split, training_params, write_screen
 from tests.synthetic import DRUG_COLUMNS, dose_label, drug_split_table, make_drug_screen

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from perturbflow.exceptions import InputError
-from perturbflow.models.predict import predict_cells
-from perturbflow.models.run_dir import TrainedRun, load_run
-from perturbflow.models.train import train_st
+from perturbflow.models.inference.predict import predict_cells
+from perturbflow.models.runs.run_dir import TrainedRun, load_run
+from perturbflow.models.training.train import train_st
 from tests.drugs.conftest import CONTEXT, EC50, HELD_OUT, drug_training
 from tests.models.conftest import loader_params, make_split, write_screen
 from tests.synthetic import DRUG_COLUMNS, dose_label, drug_split_table, hill, make_drug_screen

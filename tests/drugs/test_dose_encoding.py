@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from perturbflow.exceptions import InputError
-from perturbflow.models.dose import check_interpolation, fit_dose_encoding
-from perturbflow.models.inputs import PerturbationInputs
-from perturbflow.models.predict import check_known
+from perturbflow.models.components.dose import check_interpolation, fit_dose_encoding
+from perturbflow.models.components.inputs import PerturbationInputs
+from perturbflow.models.inference.predict import check_known
 from perturbflow.splits.effects import training_effects
 from tests.drugs.conftest import CONTEXT, input_params
 from tests.models.conftest import make_split, write_screen

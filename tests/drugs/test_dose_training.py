@@ -12,11 +12,11 @@ import pytest
 
 from perturbflow.commands import run_cli
 from perturbflow.exceptions import InputError
-from perturbflow.models.inference import infer_adata
-from perturbflow.models.inputs import PerturbationInputs
-from perturbflow.models.plates import predict_per_plate
-from perturbflow.models.predict import predict_cells
-from perturbflow.models.run_dir import load_run
+from perturbflow.models.components.inputs import PerturbationInputs
+from perturbflow.models.inference.infer import infer_adata
+from perturbflow.models.inference.plates import predict_per_plate
+from perturbflow.models.inference.predict import predict_cells
+from perturbflow.models.runs.run_dir import load_run
 from perturbflow.splits.effects import training_effects
 from tests.drugs.conftest import CONTEXT, DOSES, EC50, HELD_OUT, input_params, train_drugs
 from tests.synthetic import DRUG_COLUMNS, dose_label

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perturbflow.models.finetune import FinetuningParams, LoraParams
-from perturbflow.models.train import train_st
+from perturbflow.models.training.finetune import FinetuningParams, LoraParams
+from perturbflow.models.training.train import train_st
 from tests.models.conftest import (
     loader_params,
     loss_params,

@@ -13,20 +13,20 @@ import torch
 
 from perturbflow.exceptions import InputError
 from perturbflow.loading.datamodule import PerturbationDataModule
-from perturbflow.models.adapter import (
+from perturbflow.models.inference.predict import predict_cells
+from perturbflow.models.runs.adapter import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     load_finetuned,
     merge_adapter,
 )
-from perturbflow.models.finetune import (
+from perturbflow.models.runs.run_dir import WEIGHTS, load_run
+from perturbflow.models.training.finetune import (
     LoraParams,
     build_finetune_module,
     finetune_st,
     restrict_contexts,
 )
-from perturbflow.models.predict import predict_cells
-from perturbflow.models.run_dir import WEIGHTS, load_run
 from tests.finetuning.conftest import _train_base, finetuning_params
 from tests.models.conftest import loader_params
 from tests.synthetic import COLUMNS
@@ -248,7 +248,7 @@ def test_lora_params_are_typed():
 
 def test_cli_infer_reads_a_finetuned_run_like_load_finetuned(lora_run, screen, tmp_path):
     from perturbflow.commands import run_cli
-    from perturbflow.models.inference import infer_adata
+    from perturbflow.models.inference.infer import infer_adata
 
     obs = screen["adata"].obs
     keep = (obs["celltype"] == "D") & obs["pert"].isin(["ctrl", "p3"])

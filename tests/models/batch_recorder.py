@@ -51,7 +51,7 @@ def main(root: str, max_steps: int, devices: int) -> None:
     """Train the planted screen of ``root`` on ``devices`` CPU processes (DDP over gloo)."""
     import anndata as ad
 
-    from perturbflow.models.train import train_st
+    from perturbflow.models.training.train import train_st
     from tests.models.conftest import loader_params, make_split, training_params
     from tests.synthetic import COLUMNS, split_table
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from perturbflow.models.train import SplitData, split_data, train_st
+from perturbflow.models.training.train import SplitData, split_data, train_st
 from perturbflow.params import (
     LoaderParams,
     LossParams,

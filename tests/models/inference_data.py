@@ -5,8 +5,8 @@ from __future__ import annotations
 import anndata as ad
 import pandas as pd
 
-from perturbflow.models.gene_space import aligned_matrix
-from perturbflow.models.run_dir import TrainedRun
+from perturbflow.models.inference.gene_space import aligned_matrix
+from perturbflow.models.runs.run_dir import TrainedRun
 from perturbflow.splits.data import CONTEXT_SEP, SplitCells
 
 

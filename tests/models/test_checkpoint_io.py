@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from perturbflow.models import checkpoint_io
-from perturbflow.models.checkpoint_io import AtomicCheckpointIO
+from perturbflow.models.training import checkpoint_io
+from perturbflow.models.training.checkpoint_io import AtomicCheckpointIO
 
 
 def test_checkpoint_is_replaced_only_when_complete(tmp_path, monkeypatch):

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from perturbflow.models.components import (
+from perturbflow.models.components.losses import STLoss, pearson_rows, sentence_deltas
+from perturbflow.models.components.network import (
     SIZES,
     Architecture,
     SetTransformer,
     StateTransitionNet,
     resolve_size,
 )
-from perturbflow.models.losses import STLoss, pearson_rows, sentence_deltas
 from tests.models.conftest import loss_params
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from perturbflow.models.train import train_st
+from perturbflow.models.training.train import train_st
 from tests.models.batch_recorder import BatchRecorder, read_records
 from tests.models.conftest import loader_params, make_split, training_params
 from tests.synthetic import COLUMNS
@@ -121,8 +121,8 @@ def test_two_ddp_processes_share_each_epoch_train_and_resume_after_a_kill(plante
         assert not shared, f"epoch {epoch}: {len(shared)} sentences on both ranks"
 
     # the model trained: the held-out planted effect is predicted from controls
-    from perturbflow.models.predict import predict_cells
-    from perturbflow.models.run_dir import load_run
+    from perturbflow.models.inference.predict import predict_cells
+    from perturbflow.models.runs.run_dir import load_run
 
     split = make_split(planted["adata"], planted["path"], planted["table"], "zs")
     data = split.data

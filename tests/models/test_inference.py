@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from perturbflow.exceptions import InputError
-from perturbflow.models.inference import infer_adata
-from perturbflow.models.predict import predict_cells
-from perturbflow.models.run_dir import load_run
+from perturbflow.models.inference.infer import infer_adata
+from perturbflow.models.inference.predict import predict_cells
+from perturbflow.models.runs.run_dir import load_run
 from perturbflow.splits.data import CONTEXT_SEP
 from tests.models.inference_data import split_cells
 from tests.synthetic import COLUMNS
@@ -149,7 +149,7 @@ def test_cli_infer_writes_predictions_and_sources(trained_run, tmp_path):
 def test_batch_encoder_trains_and_infers_with_batch_codes(planted, tmp_path):
     import dataclasses
 
-    from perturbflow.models.train import train_st
+    from perturbflow.models.training.train import train_st
     from tests.models.conftest import loader_params, make_split, training_params
 
     adata = planted["adata"].copy()

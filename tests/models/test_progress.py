@@ -13,18 +13,18 @@ import torch
 from lightning.pytorch.callbacks import ProgressBar
 from torch.utils.data import DataLoader, TensorDataset
 
-from perturbflow.models.progress import (
+from perturbflow.models.training.progress import (
     LogProgress,
     StepProgressBar,
     format_duration,
     progress_display,
 )
-from perturbflow.models.train import train_st
-from perturbflow.models.trainer import build_trainer
+from perturbflow.models.training.train import train_st
+from perturbflow.models.training.trainer import build_trainer
 from tests.models.conftest import loader_params, make_split, training_params
 from tests.synthetic import COLUMNS
 
-PROGRESS_LOGGER = "perturbflow.models.progress"
+PROGRESS_LOGGER = "perturbflow.models.training.progress"
 
 
 class FakeClock:

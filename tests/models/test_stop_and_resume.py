@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from perturbflow.exceptions import InputError
-from perturbflow.models.fit import RunCSVLogger, resume_checkpoint
+from perturbflow.models.training.fit import RunCSVLogger, resume_checkpoint
 from tests.models.training_process import start_training
 
 
@@ -114,7 +114,7 @@ def _corrupt(kind: str, path: Path, marker: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["truncated", "random", "pickle"])
 def test_a_corrupt_model_file_is_named_and_never_run(trained_run, tmp_path, kind):
-    from perturbflow.models.run_dir import load_run
+    from perturbflow.models.runs.run_dir import load_run
 
     run = tmp_path / "run"
     shutil.copytree(trained_run["run_dir"], run, ignore=shutil.ignore_patterns("checkpoints"))

@@ -16,7 +16,7 @@ import sys
 from tests.models.conftest import loader_params, make_split, training_params
 from tests.synthetic import COLUMNS, make_screen, split_table
 import anndata as ad
-from perturbflow.models.train import train_st
+from perturbflow.models.training.train import train_st
 root = sys.argv[1]
 adata = ad.read_h5ad(root + "/screen.h5ad")
 table = split_table(adata, {"zs": {("C", "p3"): "test", ("B", "p2"): "val"}})

@@ -16,7 +16,7 @@ import yaml
 from optuna.trial import TrialState
 
 from perturbflow.exceptions import InputError
-from perturbflow.models.run_dir import read_json
+from perturbflow.models.runs.run_dir import read_json
 from perturbflow.tuning.objective import FinetuningObjective, combine
 from perturbflow.tuning.params import CategoricalDimension, FloatDimension, PrunerParams
 from perturbflow.tuning.study import open_study, run_study

@@ -12,7 +12,7 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from perturbflow.exceptions import InputError
-from perturbflow.models.finetune import FinetuningParams
+from perturbflow.models.training.finetune import FinetuningParams
 from perturbflow.pipelines.tune import create_pipeline
 from perturbflow.pipelines.tune.nodes import tune_finetuning_hyperparameters
 from perturbflow.settings import CONFIG_LOADER_ARGS

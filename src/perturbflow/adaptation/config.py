@@ -126,7 +126,7 @@ class AdaptationParams:
     """The ``adaptation`` pipeline's parameters.
 
     Attributes:
-        run_dir: The trained ST run directory (``perturbflow.models.run_dir``).
+        run_dir: The trained ST run directory (``perturbflow.models.runs.run_dir``).
         adapter_dir: Where the adapter (``shift.pt`` + ``adapter.json``) is written.
         control_label: Control label of the source and target files (``None``:
             ``columns.control_label``).

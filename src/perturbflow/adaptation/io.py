@@ -28,8 +28,8 @@ import pandas as pd
 from perturbflow.adaptation.shift import embed
 from perturbflow.exceptions import InputError
 from perturbflow.loading._messages import listed
-from perturbflow.models.gene_space import aligned_matrix
-from perturbflow.models.run_dir import TrainedRun
+from perturbflow.models.inference.gene_space import aligned_matrix
+from perturbflow.models.runs.run_dir import TrainedRun
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Each requested perturbation is predicted in the target context **from the target's
 control cells** moved by the adapter (the inputs the network reads), through
-:func:`perturbflow.models.inference.infer_adata`: the same gene alignment by name, refusal
+:func:`perturbflow.models.inference.infer.infer_adata`: the same gene alignment by name, refusal
 of counts, checks of unknown perturbations (an error unless ``allow_unknown``, as
 ``perturbflow infer``) and contexts without controls, and cell-eval's output form (the
 context's real control cells, then the predicted cells).
@@ -28,8 +28,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from perturbflow.adaptation.shift import GeneShift
-from perturbflow.models.inference import infer_adata
-from perturbflow.models.run_dir import TrainedRun
+from perturbflow.models.inference.infer import infer_adata
+from perturbflow.models.runs.run_dir import TrainedRun
 from perturbflow.params import ColumnsParams
 
 logger = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def predict_adapted(
         source: How to name the target in messages.
 
     Raises:
-        InputError: As :func:`perturbflow.models.inference.infer_adata`.
+        InputError: As :func:`perturbflow.models.inference.infer.infer_adata`.
     """
     input_map = output_map = None
     if adapter is not None:

@@ -172,7 +172,7 @@ def _check_inputs(target: np.ndarray, source: np.ndarray, encoder: nn.Module) ->
         raise InputError(
             f"The target expression has {target.shape[1]} genes, the basal encoder reads "
             f"{linears[0].in_features}: align it to the model's genes first "
-            "(perturbflow.models.gene_space.aligned_matrix)."
+            "(perturbflow.models.inference.gene_space.aligned_matrix)."
         )
     with torch.no_grad(), frozen(encoder):
         width = encoder(torch.as_tensor(target[:2], dtype=torch.float32)).shape[1]

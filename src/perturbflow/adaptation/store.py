@@ -24,7 +24,7 @@ from perturbflow.adaptation.config import ShiftFitParams
 from perturbflow.adaptation.shift import GeneShift, ShiftFit
 from perturbflow.exceptions import InputError
 from perturbflow.io_utils import atomic_path, load_tensors
-from perturbflow.models.run_dir import TrainedRun, read_json, write_json
+from perturbflow.models.runs.run_dir import TrainedRun, read_json, write_json
 
 WEIGHTS = "shift.pt"
 META = "adapter.json"

@@ -17,7 +17,7 @@ epoch from ``(seed, epoch)`` and keeps its own disjoint share of the shuffled se
 in an epoch and each rank runs the same number of steps (DDP's collectives need that).
 Lightning's own ``DistributedSampler`` cannot do this (it indexes a dataset by position,
 and ours is indexed by batches of sentence specs), so trainers are built with
-``use_distributed_sampler=False`` (:mod:`perturbflow.models.trainer`).
+``use_distributed_sampler=False`` (:mod:`perturbflow.models.training.trainer`).
 """
 
 from __future__ import annotations
@@ -308,7 +308,7 @@ class PerturbationDataModule(pl.LightningDataModule):
             an intermediate-dose sentence (:mod:`perturbflow.loading.dose_interpolation`);
             0 (the default) switches the augmentation off.
         reader: An open reader of the loader's space of ``path`` to use instead of opening
-            another one (e.g. the one :class:`~perturbflow.models.train.SplitData` reads
+            another one (e.g. the one :class:`~perturbflow.models.training.train.SplitData` reads
             its training effects with: a preloaded matrix is then held once, not twice).
     """
 

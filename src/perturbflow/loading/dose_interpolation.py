@@ -6,7 +6,8 @@ sentence of a single drug at dose ``d_i`` in a context becomes a sentence at an
 in the same context (same unit): a weight ``t ~ U(0, 1)`` is drawn, the sentence's cells
 are shifted by ``t * (delta_j - delta_i)`` (the difference of the two doses' mean training
 responses) and the perturbation vector is blended, ``(1 - t) v_i + t v_j``. With the
-``log`` dose encoding (:mod:`perturbflow.models.dose`) that blend *is* the encoding of the
+``log`` dose encoding (:mod:`perturbflow.models.components.dose`) that blend *is* the
+encoding of the
 dose whose log-dose coordinate lies a fraction ``t`` of the way from ``x_i`` to ``x_j``.
 
 Shifting real cells (rather than mixing the cells of both doses) keeps the cell-to-cell

@@ -1,10 +1,10 @@
 """The ST model as a LightningModule: steps, losses, validation pearson_delta, optimiser.
 
-The network is :class:`~perturbflow.models.components.StateTransitionNet`. A batch from
+The network is :class:`~perturbflow.models.components.network.StateTransitionNet`. A batch from
 :class:`~perturbflow.loading.datamodule.PerturbationDataModule` carries the perturbed and
 control sentences, the perturbation and context index of each sentence, and batch codes;
 the perturbation vector of a sentence is looked up in a table built by
-:class:`~perturbflow.models.inputs.PerturbationInputs` (one row per (context,
+:class:`~perturbflow.models.components.inputs.PerturbationInputs` (one row per (context,
 perturbation) key), so unseen perturbations are encoded from what generalises, never from
 an untrained slot.
 
@@ -22,8 +22,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from perturbflow.models.components import Architecture, StateTransitionNet
-from perturbflow.models.losses import STLoss, pearson_rows
+from perturbflow.models.components.losses import STLoss, pearson_rows
+from perturbflow.models.components.network import Architecture, StateTransitionNet
 from perturbflow.params import LossParams, OptimizerParams
 
 

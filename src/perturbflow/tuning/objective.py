@@ -1,6 +1,6 @@
 """The objective of a trial: finetune a base ST run with the trial's values, score it.
 
-One trial = :func:`perturbflow.models.finetune.finetune_st` on the split's training cells,
+One trial = :func:`perturbflow.models.training.finetune.finetune_st` on the split's training cells,
 from the base run, with the base finetuning config changed at the paths of ``tune.space``
 (LoRA rank and alpha, the loss weights, the learning rate), into its own run directory
 ``<storage_dir>/<study_name>/trial-<number>``. Every trial uses the base config's seed, so
@@ -12,7 +12,7 @@ Objectives (``tune.objective``), both computed on the split's **validation** per
 * ``pearson_delta``: the finetuning run's best validation pearson_delta, as logged by the
   Lightning module during training (``val/pearson_delta``, on sentence means).
 * ``cell_eval``: the finetuned model predicts every validation perturbation from its
-  context's control cells (:func:`perturbflow.models.predict.predict_cells`, as many
+  context's control cells (:func:`perturbflow.models.inference.predict.predict_cells`, as many
   cells as the real ones), cell-eval scores them context by context
   (:func:`perturbflow.evaluation.scoring.score_predictions`), and the objective is
   ``sum_m w_m * mean_p(m) / sum_m |w_m|``: the weighted mean over the metrics ``m`` of
@@ -44,8 +44,8 @@ from perturbflow.tuning.params import CellEvalObjectiveParams, TuneParams
 from perturbflow.tuning.space import apply, suggest
 
 if TYPE_CHECKING:  # the evaluation and model stack (torch, cell-eval) loads on first use
-    from perturbflow.models.finetune import FinetuningParams
-    from perturbflow.models.train import SplitData
+    from perturbflow.models.training.finetune import FinetuningParams
+    from perturbflow.models.training.train import SplitData
     from perturbflow.splits.data import SplitCells
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def cell_eval_score(
     """The ``cell_eval`` objective of a trained run on the validation perturbations.
 
     Args:
-        run: A loaded run (:class:`perturbflow.models.run_dir.TrainedRun`).
+        run: A loaded run (:class:`perturbflow.models.runs.run_dir.TrainedRun`).
         data: The split's data (validation cells and their contexts' controls).
         columns: Column names of the design.
         params: Metrics, weights, profile and threads.
@@ -112,7 +112,7 @@ def cell_eval_score(
     """
     from perturbflow.evaluation.cells import real_adata
     from perturbflow.evaluation.scoring import score_predictions
-    from perturbflow.models.predict import predict_cells
+    from perturbflow.models.inference.predict import predict_cells
     from perturbflow.predictions import assemble_predictions
 
     keys = validation_keys(data)
@@ -150,11 +150,11 @@ class FinetuningObjective:
     """``objective(trial) -> float`` for :meth:`optuna.Study.optimize`.
 
     Args:
-        split: The split's data (:class:`perturbflow.models.train.SplitData`).
+        split: The split's data (:class:`perturbflow.models.training.train.SplitData`).
         columns: Column names of the design.
         loader: Loader params of the finetuning.
         finetuning: The base finetuning config
-            (:class:`perturbflow.models.finetune.FinetuningParams`, ``init_from`` and
+            (:class:`perturbflow.models.training.finetune.FinetuningParams`, ``init_from`` and
             ``split`` already those of the sweep).
         tune: The tune params (space, objective, pruner, where the trials' runs go).
     """
@@ -185,7 +185,7 @@ class FinetuningObjective:
         Raises:
             optuna.TrialPruned: The pruner stopped the trial.
         """
-        from perturbflow.models.finetune import finetune_st
+        from perturbflow.models.training.finetune import finetune_st
         from perturbflow.tuning.pruning import StepPruningCallback
 
         values = suggest(trial, self.tune.space)
@@ -222,14 +222,14 @@ class FinetuningObjective:
         return value
 
     def _drop_checkpoints(self, run_dir: Path) -> None:
-        from perturbflow.models.run_dir import CHECKPOINTS
+        from perturbflow.models.runs.run_dir import CHECKPOINTS
 
         if not self.tune.keep_checkpoints and (run_dir / CHECKPOINTS).is_dir():
             # the finished trial's adapter.pt holds its weights; checkpoints only resume
             shutil.rmtree(run_dir / CHECKPOINTS)
 
     def _cell_eval(self, trial: optuna.Trial, run_dir: Path) -> float:
-        from perturbflow.models.adapter import load_finetuned
+        from perturbflow.models.runs.adapter import load_finetuned
 
         run = load_finetuned(run_dir)
         logger.info(

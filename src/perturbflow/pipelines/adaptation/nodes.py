@@ -34,7 +34,7 @@ from perturbflow.adaptation import (
 from perturbflow.adaptation.io import resolve_files
 from perturbflow.datasets.h5ad_cells import read_h5ad_cells
 from perturbflow.exceptions import InputError
-from perturbflow.models.run_dir import load_run
+from perturbflow.models.runs.run_dir import load_run
 from perturbflow.params import ColumnsParams
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,7 @@
-"""Nodes of the ``finetuning`` pipeline: thin wrappers over :mod:`perturbflow.models.finetune`."""
+"""Nodes of the ``finetuning`` pipeline: thin wrappers over the finetuning library.
+
+See :mod:`perturbflow.models.training.finetune`.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +12,10 @@ import pandas as pd
 
 from perturbflow.evaluation.benchmark import PREDICTION_SEP, split_names
 from perturbflow.exceptions import InputError
-from perturbflow.models.adapter import load_finetuned
-from perturbflow.models.finetune import FinetuningParams, finetune_st
-from perturbflow.models.predict import predict_heldout
-from perturbflow.models.train import split_data_from_file
+from perturbflow.models.inference.predict import predict_heldout
+from perturbflow.models.runs.adapter import load_finetuned
+from perturbflow.models.training.finetune import FinetuningParams, finetune_st
+from perturbflow.models.training.train import split_data_from_file
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams
 
 logger = logging.getLogger(__name__)

@@ -10,10 +10,10 @@ import pandas as pd
 
 from perturbflow.evaluation.benchmark import PREDICTION_SEP, split_names
 from perturbflow.exceptions import InputError
-from perturbflow.models.predict import predict_heldout
-from perturbflow.models.quality import control_offset_report
-from perturbflow.models.run_dir import load_run
-from perturbflow.models.train import SplitData, split_data_from_file, train_st
+from perturbflow.models.inference.predict import predict_heldout
+from perturbflow.models.inference.quality import control_offset_report
+from perturbflow.models.runs.run_dir import load_run
+from perturbflow.models.training.train import SplitData, split_data_from_file, train_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams
 
 logger = logging.getLogger(__name__)

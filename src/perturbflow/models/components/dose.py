@@ -2,7 +2,7 @@
 
 A drug screen labels a perturbation with its dose (``"drugX@10nM"``, ``"drugX_1uM"``, a
 STATE/Tahoe literal; see :mod:`perturbflow.perturbations`). How
-:class:`~perturbflow.models.inputs.PerturbationInputs` treats doses is its ``dose`` mode:
+:class:`~perturbflow.models.components.inputs.PerturbationInputs` treats doses is its ``dose`` mode:
 
 ``log``
     one identity slot per *drug name* (all doses of a drug share it) plus a dose block of

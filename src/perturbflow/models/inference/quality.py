@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from perturbflow.models.predict import predict_cells
-from perturbflow.models.run_dir import TrainedRun
+from perturbflow.models.inference.predict import predict_cells
+from perturbflow.models.runs.run_dir import TrainedRun
 from perturbflow.params import ColumnsParams
 from perturbflow.splits.data import SplitCells
 

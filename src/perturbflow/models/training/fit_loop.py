@@ -1,7 +1,7 @@
 """The one fit loop of training and finetuning: reuse, resume or fit, then keep the best.
 
-:func:`~perturbflow.models.train.train_st` and
-:func:`~perturbflow.models.finetune.finetune_st` differ in what they build (a network from
+:func:`~perturbflow.models.training.train.train_st` and
+:func:`~perturbflow.models.training.finetune.finetune_st` differ in what they build (a network from
 scratch, or LoRA on a base run) and what they save (weights, or an adapter); the steps in
 between are these, in this order:
 
@@ -30,9 +30,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from perturbflow.io_utils import load_tensors
-from perturbflow.models.fit import Resume, fit_or_stop, resume_checkpoint
-from perturbflow.models.run_dir import CHECKPOINTS, SUMMARY, read_json
-from perturbflow.models.trainer import build_trainer
+from perturbflow.models.runs.run_dir import CHECKPOINTS, SUMMARY, read_json
+from perturbflow.models.training.fit import Resume, fit_or_stop, resume_checkpoint
+from perturbflow.models.training.trainer import build_trainer
 from perturbflow.params import TrainerParams
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ a ``(context, perturbation)`` key concatenates parts that each generalise in the
     the target gene(s) marked in gene space when measured (which gene is hit, not how).
 ``features``
     a user's per-component feature table (ESM2, GenePT, ...), combinations summed.
-``dose`` (drug screens, :mod:`perturbflow.models.dose`)
+``dose`` (drug screens, :mod:`perturbflow.models.components.dose`)
     with ``dose: log`` the identity slots are per drug *name* and a dose block of the same
     width holds ``x(dose) * e`` (a log-dose coordinate), so an unseen dose of a trained
     drug is encoded between its neighbours instead of being unknown.
@@ -47,7 +47,7 @@ import numpy as np
 from perturbflow.exceptions import InputError
 from perturbflow.io_utils import atomic_path
 from perturbflow.loading.features import FeatureTable
-from perturbflow.models.dose import (
+from perturbflow.models.components.dose import (
     DoseEncoding,
     dose_param_values,
     fit_dose_encoding,

@@ -197,7 +197,7 @@ def fit_or_stop(
     """``trainer.fit`` that fails loudly when the run stops before ``max_steps``.
 
     Args:
-        trainer: Built by :func:`perturbflow.models.trainer.build_trainer`.
+        trainer: Built by :func:`perturbflow.models.training.trainer.build_trainer`.
         module: The Lightning module.
         datamodule: The data.
         resume: Where to resume from (``None``: from scratch).

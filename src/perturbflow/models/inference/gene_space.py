@@ -22,8 +22,8 @@ import scipy.sparse as sp
 
 from perturbflow.exceptions import InputError
 from perturbflow.loading._messages import listed
-from perturbflow.models.predict import Key
-from perturbflow.models.run_dir import TrainedRun
+from perturbflow.models.inference.predict import Key
+from perturbflow.models.runs.run_dir import TrainedRun
 from perturbflow.params import ColumnsParams
 from perturbflow.preprocess.validation import detect_expression_kind, value_counts
 from perturbflow.splits.data import SplitCells

@@ -38,7 +38,7 @@ from peft.tuners.lora import LoraModel
 from torch import nn
 
 from perturbflow.exceptions import InputError
-from perturbflow.models.components import Architecture, StateTransitionNet
+from perturbflow.models.components.network import Architecture, StateTransitionNet
 
 ADAPTER_NAME = "default"
 TARGET_GROUPS = (

@@ -4,10 +4,10 @@ The library function behind ``kedro run --pipelines finetuning`` (and the ``tune
 pipeline's objective). :func:`finetune_st` starts from a finished run (``init_from``),
 extends its perturbation encoder with new identity slots for components the base never
 trained (zero-initialised, always trained), adapts the network with LoRA on the chosen
-target groups (:mod:`perturbflow.models.lora`) or trains every weight, and saves only
-what was trained (:mod:`perturbflow.models.adapter`) with the identity of the base run.
+target groups (:mod:`perturbflow.models.components.lora`) or trains every weight, and saves only
+what was trained (:mod:`perturbflow.models.runs.adapter`) with the identity of the base run.
 
-It reuses the training machinery of :mod:`perturbflow.models.train`: the same data module
+It reuses the training machinery of :mod:`perturbflow.models.training.train`: the same data module
 (control pairing, sentences), :class:`~perturbflow.models.st_module.STModule` (losses
 including the delta-aware terms, AdamW with warmup + cosine, validation
 ``val/pearson_delta``), checkpoints every N steps plus ``last`` and ``best``, resuming an
@@ -38,13 +38,12 @@ from pydantic.dataclasses import dataclass
 from perturbflow.exceptions import InputError
 from perturbflow.loading._messages import listed
 from perturbflow.loading.datamodule import PerturbationDataModule
-from perturbflow.models.adapter import ADAPTER_FORMAT, FINETUNE_CONFIG, save_adapter
-from perturbflow.models.components import Architecture
-from perturbflow.models.fit_loop import fit_run, prepare_run_dir, reused_summary, start
-from perturbflow.models.inputs import PerturbationInputs
-from perturbflow.models.lora import add_lora, check_targets, lora_config, with_slots
-from perturbflow.models.prior import prior_deltas
-from perturbflow.models.run_dir import (
+from perturbflow.models.components.inputs import PerturbationInputs
+from perturbflow.models.components.lora import add_lora, check_targets, lora_config, with_slots
+from perturbflow.models.components.network import Architecture
+from perturbflow.models.components.prior import prior_deltas
+from perturbflow.models.runs.adapter import ADAPTER_FORMAT, FINETUNE_CONFIG, save_adapter
+from perturbflow.models.runs.run_dir import (
     SUMMARY,
     TrainedRun,
     config_digest,
@@ -52,7 +51,8 @@ from perturbflow.models.run_dir import (
     write_json,
 )
 from perturbflow.models.st_module import STModule, architecture_dict
-from perturbflow.models.train import (
+from perturbflow.models.training.fit_loop import fit_run, prepare_run_dir, reused_summary, start
+from perturbflow.models.training.train import (
     SplitData,
     _has_val,
     data_identity,
@@ -331,7 +331,7 @@ def finetune_st(
     """Finetune (or resume, or reuse) the base run ``finetuning.init_from`` on ``split``.
 
     Args:
-        split: The split's data (:func:`perturbflow.models.train.split_data_from_file`);
+        split: The split's data (:func:`perturbflow.models.training.train.split_data_from_file`);
             its training cells (within ``finetuning.contexts``) are finetuned on, its
             validation perturbations pick the weights kept.
         columns: Column names of the design.

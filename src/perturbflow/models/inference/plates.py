@@ -1,6 +1,6 @@
 """Predict per plate (batch): each prediction starts from the control cells of its own plate.
 
-:func:`~perturbflow.models.predict.predict_cells` draws a key's control inputs from every
+:func:`~perturbflow.models.inference.predict.predict_cells` draws a key's control inputs from every
 control of the context, whatever their plate, so one prediction mixes plates. In a drug
 screen the plate shifts every cell of it (controls included), and a compound is scored
 against the DMSO wells of *its* plate: :func:`predict_per_plate` predicts
@@ -25,8 +25,8 @@ import pandas as pd
 from perturbflow.exceptions import InputError
 from perturbflow.loading._messages import listed
 from perturbflow.loading.categories import CategoryMap
-from perturbflow.models.predict import CellPredictions, check_known, predict_cells
-from perturbflow.models.run_dir import TrainedRun
+from perturbflow.models.inference.predict import CellPredictions, check_known, predict_cells
+from perturbflow.models.runs.run_dir import TrainedRun
 from perturbflow.params import ColumnsParams
 from perturbflow.predictions import assemble_predictions
 from perturbflow.splits.data import SplitCells
@@ -55,7 +55,7 @@ def predict_per_plate(
         seed: Seed of the control sampling (plate ``i`` in sorted order uses ``seed + i``).
         control_mean: Start from the plate's control mean instead of its control cells.
         allow_unknown: Predict perturbations unknown to the model as the average response.
-        control_offset: As :func:`~perturbflow.models.predict.predict_cells`.
+        control_offset: As :func:`~perturbflow.models.inference.predict.predict_cells`.
 
     Returns:
         The predicted cells per key.
@@ -162,7 +162,7 @@ def infer_plates(
         seed: Seed of the control sampling.
         control_mean: Start from the plate's control mean instead of its control cells.
         allow_unknown: Predict perturbations the model knows nothing about.
-        control_offset: As :func:`~perturbflow.models.predict.predict_cells`.
+        control_offset: As :func:`~perturbflow.models.inference.predict.predict_cells`.
 
     Returns:
         The predictions (each context's real controls with their plates, then the

@@ -32,8 +32,8 @@ import yaml
 
 from perturbflow.exceptions import InputError
 from perturbflow.io_utils import atomic_path, load_tensors
-from perturbflow.models.components import Architecture, StateTransitionNet
-from perturbflow.models.inputs import PerturbationInputs
+from perturbflow.models.components.inputs import PerturbationInputs
+from perturbflow.models.components.network import Architecture, StateTransitionNet
 
 CONFIG = "config.yaml"
 WEIGHTS = "model.pt"
@@ -124,7 +124,7 @@ def load_run(path: str | os.PathLike[str], *, device: str = "cpu") -> TrainedRun
     """Read a finished run directory.
 
     Args:
-        path: The run directory (written by :func:`perturbflow.models.train.train_st`).
+        path: The run directory (written by :func:`perturbflow.models.training.train.train_st`).
         device: Where to put the network.
 
     Raises:

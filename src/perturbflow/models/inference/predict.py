@@ -7,7 +7,7 @@ default as many as the real ones, when the input has any), drawn from the contex
 controls, cut into sentences of the model's ``cell_set_len`` and predicted set by set.
 
 :func:`predict_cells` works on :class:`~perturbflow.splits.data.SplitCells` (the
-training, finetuning and evaluation pipelines); :mod:`perturbflow.models.inference` is the
+training, finetuning and evaluation pipelines); :mod:`perturbflow.models.inference.infer` is the
 same on a user's AnnData (``perturbflow infer``).
 """
 
@@ -26,9 +26,9 @@ import torch
 
 from perturbflow.exceptions import InputError
 from perturbflow.loading._messages import listed
-from perturbflow.models.inputs import EncodedPerturbations
-from perturbflow.models.prior import prior_deltas
-from perturbflow.models.run_dir import TrainedRun
+from perturbflow.models.components.inputs import EncodedPerturbations
+from perturbflow.models.components.prior import prior_deltas
+from perturbflow.models.runs.run_dir import TrainedRun
 from perturbflow.params import ColumnsParams
 from perturbflow.perturbations import components
 from perturbflow.predictions import assemble_predictions
@@ -292,7 +292,7 @@ def _forward(
 ) -> torch.Tensor:
     """Predicted sentences; several vectors (components) add their predicted deltas.
 
-    ``prior`` is the key's prior delta (:mod:`perturbflow.models.prior`), or ``None``.
+    ``prior`` is the key's prior delta (:mod:`perturbflow.models.components.prior`), or ``None``.
     ``subtract_offset`` removes the model's output for the same sentence given as the
     control (the all-zero vector, no prior) minus its input from every prediction.
     """

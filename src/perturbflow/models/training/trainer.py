@@ -1,8 +1,9 @@
 """The Lightning trainer of training and finetuning runs: checkpoints, logger, precision.
 
-One builder serves :func:`perturbflow.models.train.train_st` and
-:func:`perturbflow.models.finetune.finetune_st`: periodic, ``last`` and ``best`` checkpoints
-(written atomically, :mod:`perturbflow.models.checkpoint_io`), a CSV or TensorBoard logger,
+One builder serves :func:`perturbflow.models.training.train.train_st` and
+:func:`perturbflow.models.training.finetune.finetune_st`: periodic, ``last`` and ``best``
+checkpoints (written atomically, :mod:`perturbflow.models.training.checkpoint_io`), a CSV or
+TensorBoard logger,
 mixed precision where the device supports it, an optional moving average of the weights and
 a throughput meter.
 """
@@ -22,10 +23,10 @@ from torch.optim.swa_utils import get_ema_avg_fn
 
 from perturbflow.exceptions import InputError
 from perturbflow.logs import route_lightning_logs
-from perturbflow.models.checkpoint_io import AtomicCheckpointIO
-from perturbflow.models.fit import Resume, RunCSVLogger, StopCheckpoint
-from perturbflow.models.progress import progress_display, run_label
-from perturbflow.models.run_dir import CHECKPOINTS
+from perturbflow.models.runs.run_dir import CHECKPOINTS
+from perturbflow.models.training.checkpoint_io import AtomicCheckpointIO
+from perturbflow.models.training.fit import Resume, RunCSVLogger, StopCheckpoint
+from perturbflow.models.training.progress import progress_display, run_label
 from perturbflow.params import TrainerParams
 
 # Two Lightning warnings that say nothing about a run, printed in every training log:

@@ -13,11 +13,11 @@
 ```
 
 :func:`load_finetuned` rebuilds the base network, applies the adapter and merges it into a
-plain :class:`~perturbflow.models.components.StateTransitionNet` (LoRA folded into the
+plain :class:`~perturbflow.models.components.network.StateTransitionNet` (LoRA folded into the
 weights, new slots into the first encoder layer), returned as a
-:class:`~perturbflow.models.run_dir.TrainedRun` for
-:func:`~perturbflow.models.predict.predict_cells`. :func:`merge_adapter` writes that as a
-standalone run directory that :func:`~perturbflow.models.run_dir.load_run` reads without
+:class:`~perturbflow.models.runs.run_dir.TrainedRun` for
+:func:`~perturbflow.models.inference.predict.predict_cells`. :func:`merge_adapter` writes that as a
+standalone run directory that :func:`~perturbflow.models.runs.run_dir.load_run` reads without
 the base.
 """
 
@@ -33,10 +33,10 @@ import torch
 
 from perturbflow.exceptions import InputError
 from perturbflow.io_utils import atomic_path, load_tensors
-from perturbflow.models.components import Architecture
-from perturbflow.models.inputs import PerturbationInputs
-from perturbflow.models.lora import add_lora, lora_config, merge_network, with_slots
-from perturbflow.models.run_dir import (
+from perturbflow.models.components.inputs import PerturbationInputs
+from perturbflow.models.components.lora import add_lora, lora_config, merge_network, with_slots
+from perturbflow.models.components.network import Architecture
+from perturbflow.models.runs.run_dir import (
     CONFIG,
     SUMMARY,
     WEIGHTS,
@@ -162,7 +162,7 @@ def load_finetuned(
 
     Args:
         run_dir: The finetuned run directory (written by
-            :func:`perturbflow.models.finetune.finetune_st`).
+            :func:`perturbflow.models.training.finetune.finetune_st`).
         base: The base run directory; default the path recorded in the adapter.
         device: Where to put the network.
 
@@ -210,7 +210,7 @@ def merge_adapter(
         base: The base run directory; default the path recorded in the adapter.
 
     Returns:
-        ``out_dir``, loadable with :func:`perturbflow.models.run_dir.load_run`.
+        ``out_dir``, loadable with :func:`perturbflow.models.runs.run_dir.load_run`.
 
     Raises:
         InputError: As :func:`load_finetuned`, or ``out_dir`` already holds files.

@@ -1,12 +1,12 @@
 """``perturbflow infer``: predict the perturbations of any AnnData from its control cells.
 
 :func:`infer` (:func:`infer_adata` with keywords) reads a user's AnnData in the model's genes
-by name (:mod:`perturbflow.models.gene_space`), checks every requested perturbation and
-context, and NaN or inf values, before predicting (:mod:`perturbflow.models.predict`), and
+by name (:mod:`perturbflow.models.inference.gene_space`), checks every requested perturbation and
+context, and NaN or inf values, before predicting (:mod:`perturbflow.models.inference.predict`), and
 returns an AnnData that goes straight into ``cell-eval run`` against the input: control cells
 included, every gene of the input in its order, ``var['predicted']`` marking the genes the
 model predicted. ``per_batch`` predicts each plate from its own controls
-(:mod:`perturbflow.models.plates`).
+(:mod:`perturbflow.models.inference.plates`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pandas as pd
 from perturbflow.exceptions import InputError
 from perturbflow.loading._messages import listed
 from perturbflow.loading.categories import CategoryMap
-from perturbflow.models.gene_space import (
+from perturbflow.models.inference.gene_space import (
     aligned_matrix,
     check_finite,
     control_means,
@@ -31,9 +31,9 @@ from perturbflow.models.gene_space import (
     prediction_origins,
     with_input_genes,
 )
-from perturbflow.models.plates import infer_plates
-from perturbflow.models.predict import CellPredictions, Key, predict_cells
-from perturbflow.models.run_dir import TrainedRun
+from perturbflow.models.inference.plates import infer_plates
+from perturbflow.models.inference.predict import CellPredictions, Key, predict_cells
+from perturbflow.models.runs.run_dir import TrainedRun
 from perturbflow.params import ColumnsParams
 from perturbflow.predictions import assemble_predictions
 from perturbflow.splits.data import CONTEXT_SEP, SplitCells
@@ -55,7 +55,7 @@ class InferOptions:
         control_offset: ``subtract`` removes the model's own offset on each control
             sentence (:func:`predict_cells`), ``keep`` does not.
         per_batch: Predict per plate (``columns.batch_col``), each plate from its own
-            controls (:func:`perturbflow.models.plates.infer_plates`): the plates' own
+            controls (:func:`perturbflow.models.inference.plates.infer_plates`): the plates' own
             perturbations, or every requested one on every plate with controls.
         seed: Seed of the control sampling.
         input_map: Maps the aligned expression (cells x the model's genes) to what the

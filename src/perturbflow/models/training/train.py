@@ -4,7 +4,7 @@ The library function behind ``kedro run --pipelines training`` and ``perturbflow
 (multi-GPU / multi-node DDP).
 
 :func:`train_st` validates everything before the first step (columns, split, batch column,
-output space), writes the run directory (:mod:`perturbflow.models.run_dir`), trains with a
+output space), writes the run directory (:mod:`perturbflow.models.runs.run_dir`), trains with a
 Lightning ``Trainer`` (AdamW, warmup + cosine, gradient clipping, validation
 pearson_delta every N steps, checkpoints every N steps plus ``last`` and ``best``, mixed
 precision on GPUs that support it) and saves the weights used for inference.
@@ -36,12 +36,11 @@ from perturbflow.loading.categories import CategoryMap
 from perturbflow.loading.datamodule import PerturbationDataModule
 from perturbflow.loading.h5reader import H5RowReader
 from perturbflow.loading.row_matrix import RowMatrix, matrix_sha256
-from perturbflow.models.components import Architecture, resolve_size
-from perturbflow.models.dose import check_interpolation, interpolation_rate
-from perturbflow.models.fit_loop import fit_run, prepare_run_dir, reused_summary, start
-from perturbflow.models.inputs import PerturbationInputs
-from perturbflow.models.prior import prior_deltas
-from perturbflow.models.run_dir import (
+from perturbflow.models.components.dose import check_interpolation, interpolation_rate
+from perturbflow.models.components.inputs import PerturbationInputs
+from perturbflow.models.components.network import Architecture, resolve_size
+from perturbflow.models.components.prior import prior_deltas
+from perturbflow.models.runs.run_dir import (
     CONFIG,
     SUMMARY,
     WEIGHTS,
@@ -51,7 +50,8 @@ from perturbflow.models.run_dir import (
     write_yaml,
 )
 from perturbflow.models.st_module import STModule, architecture_dict
-from perturbflow.models.trainer import check_ema_decay
+from perturbflow.models.training.fit_loop import fit_run, prepare_run_dir, reused_summary, start
+from perturbflow.models.training.trainer import check_ema_decay
 from perturbflow.params import ColumnsParams, LoaderParams, TrainingParams
 from perturbflow.splits.data import SplitCells, split_design
 from perturbflow.splits.effects import training_effects

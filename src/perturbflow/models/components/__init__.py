@@ -1,0 +1,1 @@
+"""The ST network and its parts: transformer, perturbation encoder, losses, LoRA, doses, prior."""

@@ -1,0 +1,1 @@
+"""Run folders: what a training writes and inference reads; LoRA adapters of a base run."""

@@ -1,0 +1,1 @@
+"""Training and finetuning: one fit loop, the trainer, stopping and resuming, progress."""
