@@ -37,8 +37,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the generator lives with the tests' fixtures
 
-from tests.drugs.conftest import EC50, HELD_OUT, input_params  # noqa: E402
-from tests.models.conftest import loader_params, make_split, training_params  # noqa: E402
+from tests.drugs.support import EC50, HELD_OUT, input_params  # noqa: E402
+from tests.models.support import loader_params, make_split, training_params  # noqa: E402
 from tests.synthetic import (  # noqa: E402
     DRUG_COLUMNS,
     dose_label,

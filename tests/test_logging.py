@@ -18,7 +18,7 @@ from kedro.logging import RichHandler
 from perturbflow.hooks import ConsoleLoggingHooks
 from perturbflow.logs import ConsoleHandler, route_lightning_logs, use_plain_console
 from perturbflow.models.training.trainer import build_trainer
-from tests.models.conftest import training_params
+from tests.models.support import training_params
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "logging.yml"
 PLAIN_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO perturbflow\.test: x{300}$")

@@ -14,7 +14,7 @@ from perturbflow.adaptation import (
     source_embeddings,
 )
 from perturbflow.exceptions import InputError
-from tests.adaptation.conftest import cells_adata, control_cloud, write
+from tests.adaptation.support import cells_adata, control_cloud, write
 
 
 def _sources(run, adapt_run, tmp_path):

@@ -25,8 +25,8 @@ from perturbflow.commands import load_params
 from perturbflow.params import ColumnsParams
 from perturbflow.pipeline_registry import register_pipelines
 from perturbflow.pipelines.adaptation import create_pipeline
-from tests.adaptation.conftest import cells_adata, control_cloud, fit_params, write
-from tests.conftest import PROJECT_ROOT
+from tests.adaptation.support import cells_adata, control_cloud, fit_params, write
+from tests.support import PROJECT_ROOT
 from tests.synthetic import COLUMNS
 
 

@@ -22,7 +22,7 @@ from perturbflow.adaptation import (
 from perturbflow.exceptions import InputError
 from perturbflow.models.inference.infer import infer_adata
 from perturbflow.models.runs.run_dir import load_run
-from tests.adaptation.conftest import control_cloud, fit_params
+from tests.adaptation.support import control_cloud, fit_params
 from tests.synthetic import COLUMNS
 
 

@@ -8,7 +8,7 @@ import torch
 
 from perturbflow.adaptation import GeneShift, embed, fit_shift
 from perturbflow.exceptions import InputError
-from tests.adaptation.conftest import control_cloud, fit_params
+from tests.adaptation.support import control_cloud, fit_params
 
 
 def _planted(run, adapt_run, seed: int = 0):

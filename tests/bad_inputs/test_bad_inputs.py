@@ -36,7 +36,6 @@ from tests.bad_inputs.workspace import (
     rewritten_h5ad,
     snapshot,
 )
-from tests.models.conftest import planted, trained_run  # noqa: F401 (fixtures)
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "bad_inputs.md"
 
@@ -316,7 +315,7 @@ def _pickle_payload() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, trained_run) -> Workspace:  # noqa: F811 (imported fixture)
+def workspace(tmp_path_factory, trained_run) -> Workspace:
     """One project copy (preprocessed, split) and one run for every case."""
     return make_workspace(tmp_path_factory.mktemp("bad_inputs"), trained_run)
 

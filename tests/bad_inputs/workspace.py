@@ -17,7 +17,7 @@ from kedro.framework.startup import bootstrap_project
 
 from perturbflow.commands import run_cli
 from perturbflow.exceptions import InputError
-from tests.pipelines.conftest import copy_project
+from tests.pipelines.support import copy_project
 
 RAW = Path("data") / "01_raw" / "perturbench_devel.h5ad"
 FEWSHOT = Path("conf") / "base" / "splits" / "fewshot.toml"

@@ -11,8 +11,8 @@ from perturbflow.exceptions import InputError
 from perturbflow.models.inference.predict import predict_cells
 from perturbflow.models.runs.run_dir import TrainedRun, load_run
 from perturbflow.models.training.train import train_st
-from tests.drugs.conftest import CONTEXT, EC50, HELD_OUT, drug_training
-from tests.models.conftest import loader_params, make_split, write_screen
+from tests.drugs.support import CONTEXT, EC50, HELD_OUT, drug_training
+from tests.models.support import loader_params, make_split, write_screen
 from tests.synthetic import DRUG_COLUMNS, dose_label, drug_split_table, hill, make_drug_screen
 
 DECADES = [0.01, 0.1, 1.0, 10.0, 100.0]  # the held-out 1 uM sits in a two-decade gap

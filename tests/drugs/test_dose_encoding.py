@@ -12,8 +12,8 @@ from perturbflow.models.components.dose import check_interpolation, fit_dose_enc
 from perturbflow.models.components.inputs import PerturbationInputs
 from perturbflow.models.inference.predict import check_known
 from perturbflow.splits.effects import training_effects
-from tests.drugs.conftest import CONTEXT, input_params
-from tests.models.conftest import make_split, write_screen
+from tests.drugs.support import CONTEXT, input_params
+from tests.models.support import make_split, write_screen
 from tests.synthetic import make_screen, split_table
 
 

@@ -18,7 +18,7 @@ from perturbflow.models.inference.plates import predict_per_plate
 from perturbflow.models.inference.predict import predict_cells
 from perturbflow.models.runs.run_dir import load_run
 from perturbflow.splits.effects import training_effects
-from tests.drugs.conftest import CONTEXT, DOSES, EC50, HELD_OUT, input_params, train_drugs
+from tests.drugs.support import CONTEXT, DOSES, EC50, HELD_OUT, input_params, train_drugs
 from tests.synthetic import DRUG_COLUMNS, dose_label
 
 N = 36  # cells predicted per key (as many as the real ones: 12 per plate)

@@ -11,8 +11,8 @@ from perturbflow.loading.sentences import group_cells
 from perturbflow.models.inference.plates import predict_per_plate
 from perturbflow.models.runs.run_dir import load_run
 from perturbflow.models.training.train import train_st
-from tests.drugs.conftest import EC50, HELD_OUT, drug_training
-from tests.models.conftest import loader_params, make_split, write_screen
+from tests.drugs.support import EC50, HELD_OUT, drug_training
+from tests.models.support import loader_params, make_split, write_screen
 from tests.synthetic import DRUG_COLUMNS, dose_label, drug_split_table, make_drug_screen
 
 

@@ -16,7 +16,7 @@ from perturbflow.preprocess.hvg import hvg_matrix
 from perturbflow.splits import split_table_from_params
 from perturbflow.splits.data import split_cells, split_design
 from perturbflow.splits.effects import training_effects
-from tests.conftest import PERTURBENCH_COLUMNS
+from tests.support import PERTURBENCH_COLUMNS
 from tests.synthetic import evaluation_params
 
 PARAMS = evaluation_params()

@@ -27,8 +27,8 @@ from perturbflow.models.training.finetune import (
     finetune_st,
     restrict_contexts,
 )
-from tests.finetuning.conftest import _train_base, finetuning_params
-from tests.models.conftest import loader_params
+from tests.finetuning.support import _train_base, finetuning_params
+from tests.models.support import loader_params
 from tests.synthetic import COLUMNS
 
 

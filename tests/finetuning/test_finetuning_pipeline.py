@@ -10,8 +10,6 @@ import pandas as pd
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-from tests.pipelines.conftest import project_copy  # noqa: F401  (the fixture)
-
 # the scenario's splits (conf/base/splits/*.toml), registered as parameters_splits.yml would
 SCENARIO = {
     "splits": {
@@ -39,7 +37,7 @@ def _run(root: Path, pipeline: str, params: dict) -> None:
         session.run(pipeline_name=pipeline)
 
 
-def test_finetuning_then_evaluation_scores_st_lora(project_copy: Path):  # noqa: F811
+def test_finetuning_then_evaluation_scores_st_lora(project_copy: Path):
     for pipeline in ("preprocessing", "splits", "training", "finetuning", "evaluation"):
         _run(project_copy, pipeline, SCENARIO)
     data = project_copy / "data"

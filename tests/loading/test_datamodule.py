@@ -14,7 +14,7 @@ import torch
 from perturbflow.loading.datamodule import PerturbationDataModule
 from perturbflow.params import LoaderParams, SplitsParams, SplitSpec
 from perturbflow.splits import split_table_from_params
-from tests.conftest import PERTURBENCH_COLUMNS
+from tests.support import PERTURBENCH_COLUMNS
 
 PARAMS = LoaderParams(
     obsm_key=None,
@@ -35,7 +35,7 @@ PARAMS = LoaderParams(
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> tuple[Path, ad.AnnData, pd.DataFrame]:
-    from tests.conftest import PERTURBENCH_PATH
+    from tests.support import PERTURBENCH_PATH
 
     adata = ad.read_h5ad(PERTURBENCH_PATH)
     spec = SplitSpec(toml=None, training={}, zeroshot={"mcfaline23.A172": "test"}, fewshot={})

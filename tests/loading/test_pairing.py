@@ -19,7 +19,7 @@ from perturbflow.loading.pairing import (
     get_pairing_strategy,
 )
 from perturbflow.params import ColumnsParams
-from tests.conftest import PAPALEXI_COLUMNS, PERTURBENCH_COLUMNS
+from tests.support import PAPALEXI_COLUMNS, PERTURBENCH_COLUMNS
 
 BATCHED = dataclasses.replace(PERTURBENCH_COLUMNS, batch_col="batch")
 

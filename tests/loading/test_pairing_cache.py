@@ -14,7 +14,7 @@ import pytest
 from perturbflow.exceptions import InputError
 from perturbflow.loading.pairing import Pairing, PairingDesign, get_pairing_strategy
 from perturbflow.loading.pairing_cache import PairingCache
-from tests.conftest import PERTURBENCH_COLUMNS
+from tests.support import PERTURBENCH_COLUMNS
 
 
 class CountingStrategy:

@@ -21,8 +21,8 @@ from perturbflow.pipeline_registry import register_pipelines
 from perturbflow.pipelines.evaluation import create_pipeline as evaluation_pipeline
 from perturbflow.pipelines.preprocessing import create_pipeline as preprocessing_pipeline
 from perturbflow.pipelines.splits import create_pipeline as splits_pipeline
-from tests.conftest import PERTURBENCH_COLUMNS
-from tests.models.conftest import loader_params
+from tests.models.support import loader_params
+from tests.support import PERTURBENCH_COLUMNS
 from tests.synthetic import COLUMNS, evaluation_params, make_screen, split_table
 
 

@@ -10,7 +10,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.conftest import PROJECT_ROOT
+from tests.support import PROJECT_ROOT
 
 
 @pytest.mark.slow

@@ -12,8 +12,7 @@ import pytest
 from perturbflow.exceptions import InputError
 from perturbflow.params import PreprocessingParams
 from perturbflow.preprocess import preprocess_adata, report_to_frame
-
-from .conftest import (
+from tests.preprocess.support import (
     KD_COLUMNS,
     PAPALEXI_COLUMNS,
     PAPALEXI_MEASURED,

@@ -10,8 +10,7 @@ import pytest
 
 from perturbflow.exceptions import InputError
 from perturbflow.preprocess import filter_on_target_knockdown, normalize_log1p
-
-from .conftest import (
+from tests.preprocess.support import (
     KD_COLUMNS,
     PAPALEXI_COLUMNS,
     PAPALEXI_MEASURED,

@@ -10,8 +10,8 @@ import pytest
 from perturbflow.exceptions import InputError
 from perturbflow.preprocess import preprocess_adata
 from perturbflow.preprocess.stream import preprocess_h5ad
-from tests.conftest import PERTURBENCH_COLUMNS, PERTURBENCH_PATH
 from tests.preprocess.test_stream import KNOCKDOWN, PARAMS
+from tests.support import PERTURBENCH_COLUMNS, PERTURBENCH_PATH
 
 # the user's file of the report: the perturbation and cell-type columns, nothing else
 TYPE_PARAMS = dataclasses.replace(

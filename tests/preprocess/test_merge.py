@@ -9,8 +9,7 @@ import pytest
 
 from perturbflow.exceptions import InputError
 from perturbflow.preprocess import merge_datasets
-
-from .conftest import assert_unchanged, snapshot
+from tests.preprocess.support import assert_unchanged, snapshot
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ import scipy.sparse as sp
 
 from perturbflow.exceptions import InputError
 from perturbflow.preprocess import normalize_log1p, select_hvg
-
-from .conftest import assert_unchanged, snapshot
+from tests.preprocess.support import assert_unchanged, snapshot
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from perturbflow.params import KnockdownParams, PreprocessingParams
 from perturbflow.pipelines.preprocessing.nodes import preprocess
 from perturbflow.preprocess import preprocess_adata
 from perturbflow.preprocess.stream import WrittenH5ad, preprocess_h5ad, streams
-from tests.conftest import PAPALEXI_COLUMNS, PAPALEXI_PATH, PERTURBENCH_COLUMNS, PERTURBENCH_PATH
+from tests.support import PAPALEXI_COLUMNS, PAPALEXI_PATH, PERTURBENCH_COLUMNS, PERTURBENCH_PATH
 
 KNOCKDOWN = KnockdownParams(
     enabled=True,

@@ -10,8 +10,12 @@ import scipy.sparse as sp
 
 from perturbflow.exceptions import InputError
 from perturbflow.preprocess import detect_expression_kind, validate_adata
-
-from .conftest import PAPALEXI_COLUMNS, PERTURBENCH_COLUMNS, assert_unchanged, snapshot
+from tests.preprocess.support import (
+    PAPALEXI_COLUMNS,
+    PERTURBENCH_COLUMNS,
+    assert_unchanged,
+    snapshot,
+)
 
 SOURCE = "data/01_raw/screen.h5ad"
 

@@ -15,7 +15,7 @@ from perturbflow.splits import (
     split_table_from_params,
     summarise_split_table,
 )
-from tests.conftest import PERTURBENCH_COLUMNS
+from tests.support import PERTURBENCH_COLUMNS
 
 COLUMNS = PERTURBENCH_COLUMNS
 NAMES = ["fewshot", "zeroshot"]

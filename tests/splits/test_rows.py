@@ -75,7 +75,7 @@ def test_the_real_screens_split_is_indexed_like_a_scan(perturbench):
     from perturbflow.params import SplitsParams, SplitSpec
     from perturbflow.splits import split_table_from_params
     from perturbflow.splits.data import split_cells
-    from tests.conftest import PERTURBENCH_COLUMNS
+    from tests.support import PERTURBENCH_COLUMNS
 
     adata = perturbench
     spec = SplitSpec(toml=None, training={}, zeroshot={"mcfaline23.A172": "test"}, fewshot={})

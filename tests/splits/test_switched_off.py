@@ -9,7 +9,7 @@ import pytest
 from perturbflow.exceptions import InputError
 from perturbflow.params import SplitsParams, SplitSpec
 from perturbflow.splits import split_table_from_params
-from tests.conftest import PERTURBENCH_COLUMNS
+from tests.support import PERTURBENCH_COLUMNS
 
 
 def test_null_split_is_dropped(perturbench, project_root: Path):

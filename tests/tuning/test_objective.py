@@ -21,10 +21,10 @@ from perturbflow.tuning.objective import FinetuningObjective, combine
 from perturbflow.tuning.params import CategoricalDimension, FloatDimension, PrunerParams
 from perturbflow.tuning.study import open_study, run_study
 from perturbflow.tuning.sweep import base_config, tune_finetuning
-from tests.finetuning.conftest import finetuning_params
-from tests.models.conftest import loader_params
+from tests.finetuning.support import finetuning_params
+from tests.models.support import loader_params
 from tests.synthetic import COLUMNS
-from tests.tuning.conftest import tune_params
+from tests.tuning.support import tune_params
 
 SPACE = {
     "lora.rank": CategoricalDimension("categorical", [2, 4]),

@@ -17,9 +17,9 @@ from perturbflow.tuning.objective import FinetuningObjective, run_number
 from perturbflow.tuning.params import CategoricalDimension, FloatDimension
 from perturbflow.tuning.space import suggest
 from perturbflow.tuning.study import count_finished, open_study, run_study, storage_url
-from tests.finetuning.conftest import finetuning_params
+from tests.finetuning.support import finetuning_params
 from tests.synthetic import COLUMNS
-from tests.tuning.conftest import as_dict, tune_params
+from tests.tuning.support import as_dict, tune_params
 from tests.tuning.sweep_worker import value_of
 
 WORKER = Path(__file__).with_name("sweep_worker.py")

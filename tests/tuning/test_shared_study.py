@@ -14,8 +14,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.tuning.conftest import as_dict, tune_params
 from tests.tuning.postgres import PostgresUnavailable, start_server
+from tests.tuning.support import as_dict, tune_params
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = "tests.tuning.shared_sweep_worker"

@@ -13,8 +13,8 @@ from perturbflow.tuning.params import (
     TuneParams,
 )
 from perturbflow.tuning.space import apply, check_space, suggest
-from tests.models.conftest import training_params
-from tests.tuning.conftest import as_dict, tune_params
+from tests.models.support import training_params
+from tests.tuning.support import as_dict, tune_params
 
 
 def test_apply_replaces_nested_fields_and_leaves_the_base_alone():

@@ -16,7 +16,7 @@ from perturbflow.tuning.figures import study_figures
 from perturbflow.tuning.space import suggest
 from perturbflow.tuning.study import count_finished, open_study, run_study, storage_url
 from perturbflow.tuning.tables import best_params, trials_table
-from tests.tuning.conftest import tune_params
+from tests.tuning.support import tune_params
 from tests.tuning.sweep_worker import value_of
 
 

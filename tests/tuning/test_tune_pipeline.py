@@ -17,11 +17,11 @@ from perturbflow.pipelines.tune import create_pipeline
 from perturbflow.pipelines.tune.nodes import tune_finetuning_hyperparameters
 from perturbflow.settings import CONFIG_LOADER_ARGS
 from perturbflow.tuning.params import CategoricalDimension, FloatDimension, TuneParams
-from tests.conftest import PROJECT_ROOT
-from tests.finetuning.conftest import finetuning_params
-from tests.models.conftest import loader_params
+from tests.finetuning.support import finetuning_params
+from tests.models.support import loader_params
+from tests.support import PROJECT_ROOT
 from tests.synthetic import COLUMNS
-from tests.tuning.conftest import tune_params
+from tests.tuning.support import tune_params
 
 OUTPUTS = (
     "tune_best_params",

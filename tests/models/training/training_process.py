@@ -13,7 +13,7 @@ import torch
 
 TRAIN_SCRIPT = """
 import sys
-from tests.models.conftest import loader_params, make_split, training_params
+from tests.models.support import loader_params, make_split, training_params
 from tests.synthetic import COLUMNS, make_screen, split_table
 import anndata as ad
 from perturbflow.models.training.train import train_st
@@ -61,7 +61,7 @@ def start_training(screen: str | Path, root: Path, *, max_steps: int, until_step
     (root / "screen.h5ad").write_bytes(Path(screen).read_bytes())
     script = root / "train.py"
     script.write_text(TRAIN_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
     cmd = [sys.executable, str(script), str(root), str(max_steps)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     running = TrainingProcess(proc, cmd, env, root)

@@ -13,7 +13,7 @@ from perturbflow.models.components.network import (
     StateTransitionNet,
     resolve_size,
 )
-from tests.models.conftest import loss_params
+from tests.models.support import loss_params
 
 
 def _arch(**overrides) -> Architecture:

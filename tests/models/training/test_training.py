@@ -17,8 +17,8 @@ from perturbflow.exceptions import InputError
 from perturbflow.models.inference.predict import predict_cells
 from perturbflow.models.runs.run_dir import load_run
 from perturbflow.models.training.train import train_st
-from tests.models.conftest import loader_params, make_split, training_params, with_training
-from tests.models.training_process import start_training
+from tests.models.support import loader_params, make_split, training_params, with_training
+from tests.models.training.training_process import start_training
 from tests.synthetic import COLUMNS
 
 

@@ -14,7 +14,7 @@ import torch
 
 from perturbflow.exceptions import InputError
 from perturbflow.models.training.fit import RunCSVLogger, resume_checkpoint
-from tests.models.training_process import start_training
+from tests.models.training.training_process import start_training
 
 
 def test_sigterm_stops_with_an_error_and_the_rerun_resumes(planted, tmp_path):

@@ -21,7 +21,7 @@ from perturbflow.models.training.progress import (
 )
 from perturbflow.models.training.train import train_st
 from perturbflow.models.training.trainer import build_trainer
-from tests.models.conftest import loader_params, make_split, training_params
+from tests.models.support import loader_params, make_split, training_params
 from tests.synthetic import COLUMNS
 
 PROGRESS_LOGGER = "perturbflow.models.training.progress"

@@ -23,7 +23,7 @@ from perturbflow.models.inference.infer import infer_adata
 from perturbflow.models.inference.predict import predict_cells
 from perturbflow.models.runs.run_dir import load_run
 from perturbflow.splits.data import CONTEXT_SEP
-from tests.models.inference_data import split_cells
+from tests.models.inference.inference_data import split_cells
 from tests.synthetic import COLUMNS
 
 EXTRA = ["x0", "x1", "x2", "x3", "x4", "x5"]

@@ -1,7 +1,7 @@
 """A Lightning callback that records every training batch's perturbed rows, per rank.
 
 Used by the epoch and DDP tests (and runnable as a script: ``python -m
-tests.models.batch_recorder ROOT MAX_STEPS DEVICES`` trains the planted screen in ``ROOT``
+tests.models.training.batch_recorder ROOT MAX_STEPS DEVICES`` trains the planted screen in ``ROOT``
 with ``DEVICES`` CPU processes over gloo, recording into ``ROOT/batches-rank<R>.jsonl``).
 """
 
@@ -52,7 +52,7 @@ def main(root: str, max_steps: int, devices: int) -> None:
     import anndata as ad
 
     from perturbflow.models.training.train import train_st
-    from tests.models.conftest import loader_params, make_split, training_params
+    from tests.models.support import loader_params, make_split, training_params
     from tests.synthetic import COLUMNS, split_table
 
     adata = ad.read_h5ad(f"{root}/screen.h5ad")

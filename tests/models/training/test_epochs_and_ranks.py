@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from perturbflow.models.training.train import train_st
-from tests.models.batch_recorder import BatchRecorder, read_records
-from tests.models.conftest import loader_params, make_split, training_params
+from tests.models.support import loader_params, make_split, training_params
+from tests.models.training.batch_recorder import BatchRecorder, read_records
 from tests.synthetic import COLUMNS
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _train_recording(planted, root: Path, max_steps: int) -> list[dict]:
@@ -76,7 +76,7 @@ def test_two_ddp_processes_share_each_epoch_train_and_resume_after_a_kill(plante
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(29500 + os.getpid() % 1000),
     }
-    cmd = [sys.executable, "-m", "tests.models.batch_recorder", str(tmp_path), "40", "2"]
+    cmd = [sys.executable, "-m", "tests.models.training.batch_recorder", str(tmp_path), "40", "2"]
     proc = subprocess.Popen(
         cmd,
         cwd=REPO,

@@ -14,7 +14,7 @@ from perturbflow.models.inference.infer import infer_adata
 from perturbflow.models.inference.predict import predict_cells
 from perturbflow.models.runs.run_dir import load_run
 from perturbflow.splits.data import CONTEXT_SEP
-from tests.models.inference_data import split_cells
+from tests.models.inference.inference_data import split_cells
 from tests.synthetic import COLUMNS
 
 
@@ -150,7 +150,7 @@ def test_batch_encoder_trains_and_infers_with_batch_codes(planted, tmp_path):
     import dataclasses
 
     from perturbflow.models.training.train import train_st
-    from tests.models.conftest import loader_params, make_split, training_params
+    from tests.models.support import loader_params, make_split, training_params
 
     adata = planted["adata"].copy()
     adata.obs["batch"] = np.where(np.arange(adata.n_obs) % 2, "b1", "b2")
