@@ -49,8 +49,9 @@ from perturbflow.adaptation.io import control_expression
 from perturbflow.commands import load_params
 from perturbflow.evaluation.benchmark import build_baseline_predictions, evaluate_predictions
 from perturbflow.models.runs.run_dir import load_run
-from perturbflow.models.training.train import split_data, train_st
+from perturbflow.models.training.train import train_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams
+from perturbflow.splits.split_data import split_data
 
 SPLIT = "zeroshot"
 TARGET = "A172"

@@ -40,7 +40,7 @@ from perturbflow.models.inference.predict import predict_cells
 from perturbflow.models.runs.adapter import load_finetuned
 from perturbflow.models.runs.run_dir import load_run
 from perturbflow.models.training.finetune import FinetuningParams, LoraParams, finetune_st
-from perturbflow.models.training.train import split_data, train_st
+from perturbflow.models.training.train import train_st
 from perturbflow.params import (
     ColumnsParams,
     EvaluationParams,
@@ -51,6 +51,7 @@ from perturbflow.params import (
 )
 from perturbflow.predictions import assemble_predictions
 from perturbflow.splits import build_split_table, design_table, load_split_toml
+from perturbflow.splits.split_data import split_data
 
 METRICS = ["pearson_delta", "discrimination_score_l1", "overlap_at_N", "mse"]
 SPLITS = {

@@ -30,9 +30,10 @@ from perturbflow.evaluation.benchmark import build_baseline_predictions, evaluat
 from perturbflow.evaluation.variability import variability_table
 from perturbflow.models.inference.predict import predict_cells
 from perturbflow.models.runs.run_dir import load_run
-from perturbflow.models.training.train import split_data, train_st
+from perturbflow.models.training.train import train_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams
 from perturbflow.predictions import assemble_predictions
+from perturbflow.splits.split_data import split_data
 
 METRICS = ["pearson_delta", "discrimination_score_l1", "overlap_at_N", "mse"]
 

@@ -39,10 +39,11 @@ import pandas as pd
 from perturbflow.evaluation.benchmark import build_baseline_predictions, evaluate_predictions
 from perturbflow.models.inference.predict import predict_cells
 from perturbflow.models.runs.run_dir import load_run
-from perturbflow.models.training.train import split_data, train_st
+from perturbflow.models.training.train import train_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams
 from perturbflow.perturbations import components
 from perturbflow.predictions import assemble_predictions
+from perturbflow.splits.split_data import split_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from st_quality import load_environment  # noqa: E402  (a sibling script)

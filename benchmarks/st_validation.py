@@ -18,8 +18,9 @@ import anndata as ad
 import pandas as pd
 
 from perturbflow.commands import load_params
-from perturbflow.models.training.train import split_data, train_st
+from perturbflow.models.training.train import train_st
 from perturbflow.params import ColumnsParams, LoaderParams, TrainingParams
+from perturbflow.splits.split_data import split_data
 
 
 def main() -> None:

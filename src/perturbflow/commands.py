@@ -82,7 +82,8 @@ def _existing(path: str, flag: str, hint: str) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train the ST model of one split (DDP when ``training.strategy`` says so)."""
-    from perturbflow.models.training.train import split_data_from_file, train_st
+    from perturbflow.models.training.train import train_st
+    from perturbflow.splits.split_data import split_data_from_file
 
     params = load_params(args.conf, args.env, args.params)
     columns = ColumnsParams(**params["columns"])

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from perturbflow.models.training.train import SplitData, split_data, train_st
+from perturbflow.models.training.train import train_st
 from perturbflow.params import (
     LoaderParams,
     LossParams,
@@ -19,6 +19,7 @@ from perturbflow.params import (
     STModelParams,
     TrainingParams,
 )
+from perturbflow.splits.split_data import SplitData, split_data
 from tests.synthetic import COLUMNS, make_screen, split_table
 
 N_GENES = 24

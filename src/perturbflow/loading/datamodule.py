@@ -308,7 +308,7 @@ class PerturbationDataModule(pl.LightningDataModule):
             an intermediate-dose sentence (:mod:`perturbflow.loading.dose_interpolation`);
             0 (the default) switches the augmentation off.
         reader: An open reader of the loader's space of ``path`` to use instead of opening
-            another one (e.g. the one :class:`~perturbflow.models.training.train.SplitData` reads
+            another one (e.g. the one :class:`~perturbflow.splits.split_data.SplitData` reads
             its training effects with: a preloaded matrix is then held once, not twice).
     """
 

@@ -45,8 +45,8 @@ from perturbflow.tuning.space import apply, suggest
 
 if TYPE_CHECKING:  # the evaluation and model stack (torch, cell-eval) loads on first use
     from perturbflow.models.training.finetune import FinetuningParams
-    from perturbflow.models.training.train import SplitData
     from perturbflow.splits.data import SplitCells
+    from perturbflow.splits.split_data import SplitData
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class FinetuningObjective:
     """``objective(trial) -> float`` for :meth:`optuna.Study.optimize`.
 
     Args:
-        split: The split's data (:class:`perturbflow.models.training.train.SplitData`).
+        split: The split's data (:class:`perturbflow.splits.split_data.SplitData`).
         columns: Column names of the design.
         loader: Loader params of the finetuning.
         finetuning: The base finetuning config

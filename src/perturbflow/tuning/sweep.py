@@ -104,7 +104,7 @@ def tune_finetuning(
     """Run (or resume) the Optuna sweep over the finetuning hyper-parameters.
 
     Args:
-        split: The data of ``tune.split`` (:class:`perturbflow.models.training.train.SplitData`).
+        split: The data of ``tune.split`` (:class:`perturbflow.splits.split_data.SplitData`).
         columns: Column names of the design.
         loader: Loader params of the finetuning.
         finetuning: The base finetuning config (``FinetuningParams``); each trial changes

@@ -52,16 +52,11 @@ from perturbflow.models.runs.run_dir import (
 )
 from perturbflow.models.st_module import STModule, architecture_dict
 from perturbflow.models.training.fit_loop import fit_run, prepare_run_dir, reused_summary, start
-from perturbflow.models.training.train import (
-    SplitData,
-    _has_val,
-    data_identity,
-    shared_reader,
-    write_run_files,
-)
+from perturbflow.models.training.train import _has_val, data_identity, write_run_files
 from perturbflow.params import ColumnsParams, LoaderParams, TrainerParams
 from perturbflow.splits.data import CONTEXT_SEP
 from perturbflow.splits.effects import TrainingEffects, training_effects
+from perturbflow.splits.split_data import SplitData, shared_reader
 
 logger = logging.getLogger(__name__)
 
@@ -331,7 +326,7 @@ def finetune_st(
     """Finetune (or resume, or reuse) the base run ``finetuning.init_from`` on ``split``.
 
     Args:
-        split: The split's data (:func:`perturbflow.models.training.train.split_data_from_file`);
+        split: The split's data (:func:`perturbflow.splits.split_data.split_data_from_file`);
             its training cells (within ``finetuning.contexts``) are finetuned on, its
             validation perturbations pick the weights kept.
         columns: Column names of the design.

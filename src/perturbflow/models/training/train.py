@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,11 @@ import pandas as pd
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from perturbflow.datasets.anndata_dataset import describe_h5ad
 from perturbflow.exceptions import InputError
 from perturbflow.io_utils import atomic_path
 from perturbflow.loading.categories import CategoryMap
 from perturbflow.loading.datamodule import PerturbationDataModule
-from perturbflow.loading.h5reader import H5RowReader
-from perturbflow.loading.row_matrix import RowMatrix, matrix_sha256
+from perturbflow.loading.row_matrix import matrix_sha256
 from perturbflow.models.components.dose import check_interpolation, interpolation_rate
 from perturbflow.models.components.inputs import PerturbationInputs
 from perturbflow.models.components.network import Architecture, resolve_size
@@ -53,123 +50,14 @@ from perturbflow.models.st_module import STModule, architecture_dict
 from perturbflow.models.training.fit_loop import fit_run, prepare_run_dir, reused_summary, start
 from perturbflow.models.training.trainer import check_ema_decay
 from perturbflow.params import ColumnsParams, LoaderParams, TrainingParams
-from perturbflow.splits.data import SplitCells, split_design
 from perturbflow.splits.effects import training_effects
+from perturbflow.splits.split_data import SplitData, shared_reader
 
 logger = logging.getLogger(__name__)
 
 # Settings that change how a run is executed, not what it learns: a run that differs only
 # in these is the same run (it can be resumed or reused).
 EXECUTION_KEYS = ("splits", "runs_dir", "progress_bar", "cpu_threads", "resume", "logger")
-
-
-@dataclass(frozen=True)
-class SplitData:
-    """The data of one named split, as training reads it.
-
-    Attributes:
-        path: The preprocessed h5ad (read lazily by the loader).
-        obs: Its ``obs``, in file order.
-        split_table: The per-cell split table.
-        split_name: Which named split.
-        genes: Names of the loader's expression space (``loader.obsm_key``, or ``X``).
-        all_genes: ``var_names`` of ``X`` (the ``all`` output space).
-        data: Dense expression + labels of the split (perturbation evidence is computed
-            from its training cells).
-    """
-
-    path: str
-    obs: pd.DataFrame
-    split_table: pd.DataFrame
-    split_name: str
-    genes: list[str]
-    all_genes: list[str]
-    data: SplitCells
-
-
-def split_data(
-    adata_path: str,
-    obs: pd.DataFrame,
-    split_table: pd.DataFrame,
-    split_name: str,
-    *,
-    genes: list[str],
-    all_genes: list[str],
-    matrix: Any,
-    obsm_key: str | None,
-) -> SplitData:
-    """Assemble :class:`SplitData`.
-
-    ``matrix`` is the loader's space: dense or sparse in memory, or an
-    :class:`~perturbflow.loading.h5reader.H5RowReader` of the file (read by rows).
-    """
-    data = split_design(obs.index, split_table, split_name, genes=genes, matrix=matrix)
-    return SplitData(adata_path, obs, split_table, split_name, genes, all_genes, data)
-
-
-def split_data_from_file(
-    adata: Any,
-    split_table: pd.DataFrame,
-    split_name: str,
-    *,
-    genes: list[str],
-    loader: LoaderParams,
-) -> SplitData:
-    """:class:`SplitData` of a preprocessed h5ad file, its matrix read by rows from disk.
-
-    Only ``obs`` comes from ``adata``; the loader's expression space is opened with an
-    :class:`~perturbflow.loading.h5reader.H5RowReader`, preloaded when it fits
-    ``memory_budget_mib`` (a CSR matrix stays CSR) and read lazily by rows otherwise, so a
-    screen larger than RAM is never loaded whole. The training loader reuses that reader.
-
-    Args:
-        adata: The preprocessed file's cells: an :class:`~perturbflow.datasets.H5adFile`
-            or an AnnData opened with ``backed="r"`` (the path comes from ``filename``).
-        split_table: The per-cell split table.
-        split_name: Which named split.
-        genes: Names of the ``loader.obsm_key`` columns (ignored for ``X``: ``var_names``).
-        loader: The loader's expression space (``obsm_key``, ``None`` for ``X``) and its
-            preload setting (``preload``, ``memory_budget_mib``).
-
-    Raises:
-        InputError: No file behind ``adata``, or ``obsm_key`` is missing.
-    """
-    if adata.filename is None:
-        raise InputError("Training reads the preprocessed h5ad from disk: open it backed.")
-    obsm_key = loader.obsm_key
-    path = str(adata.filename)
-    layout = describe_h5ad(path)
-    if obsm_key is not None and obsm_key not in layout["obsm_keys"]:
-        raise InputError(
-            f"{path}: obsm[{obsm_key!r}] (loader.obsm_key) is missing; it has "
-            f"{layout['obsm_keys']}."
-        )
-    var_names = list(map(str, adata.var_names))
-    reader = H5RowReader(
-        path,
-        key=obsm_key or "X",
-        preload=loader.preload,
-        memory_budget_mib=loader.memory_budget_mib,
-    )
-    return split_data(
-        path,
-        adata.obs,
-        split_table,
-        split_name,
-        genes=list(genes) if obsm_key is not None else var_names,
-        all_genes=var_names,
-        matrix=reader,
-        obsm_key=obsm_key,
-    )
-
-
-def shared_reader(split: SplitData, loader: LoaderParams) -> H5RowReader | None:
-    """The split's reader of its file, when it reads the loader's space (else ``None``)."""
-    X = split.data.X
-    reader = X.reader if isinstance(X, RowMatrix) else None
-    if reader is None or reader.key != (loader.obsm_key or "X"):
-        return None
-    return reader if reader.path == Path(split.path).resolve() else None
 
 
 def _check(split: SplitData, columns: ColumnsParams, training: TrainingParams) -> None:

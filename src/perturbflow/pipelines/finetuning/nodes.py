@@ -15,8 +15,8 @@ from perturbflow.exceptions import InputError
 from perturbflow.models.inference.predict import predict_heldout
 from perturbflow.models.runs.adapter import load_finetuned
 from perturbflow.models.training.finetune import FinetuningParams, finetune_st
-from perturbflow.models.training.train import split_data_from_file
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams
+from perturbflow.splits.split_data import split_data_from_file
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,9 @@ from perturbflow.exceptions import InputError
 from perturbflow.models.inference.predict import predict_heldout
 from perturbflow.models.inference.quality import control_offset_report
 from perturbflow.models.runs.run_dir import load_run
-from perturbflow.models.training.train import SplitData, split_data_from_file, train_st
+from perturbflow.models.training.train import train_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams
+from perturbflow.splits.split_data import SplitData, split_data_from_file
 
 logger = logging.getLogger(__name__)
 

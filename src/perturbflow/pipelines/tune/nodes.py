@@ -9,8 +9,8 @@ import plotly.graph_objects as go
 from perturbflow.evaluation.benchmark import split_names
 from perturbflow.exceptions import InputError
 from perturbflow.models.training.finetune import FinetuningParams
-from perturbflow.models.training.train import split_data_from_file
 from perturbflow.params import ColumnsParams, LoaderParams
+from perturbflow.splits.split_data import split_data_from_file
 from perturbflow.tuning import TuneParams, tune_finetuning
 
 
