@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from perturbflow.exceptions import InputError
-from perturbflow.models.training.finetune import extend_inputs
+from perturbflow.models.training.finetune_data import extend_inputs
 from perturbflow.splits.effects import TrainingEffects
 from tests.drugs.test_dose_encoding import _fit
 

@@ -36,9 +36,7 @@ from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass
 
 from perturbflow.exceptions import InputError
-from perturbflow.loading._messages import listed
 from perturbflow.loading.datamodule import PerturbationDataModule
-from perturbflow.models.components.inputs import PerturbationInputs
 from perturbflow.models.components.lora import add_lora, check_targets, lora_config, with_slots
 from perturbflow.models.components.network import Architecture
 from perturbflow.models.components.prior import prior_deltas
@@ -51,11 +49,14 @@ from perturbflow.models.runs.run_dir import (
     write_json,
 )
 from perturbflow.models.st_module import STModule, architecture_dict
+from perturbflow.models.training.finetune_data import (
+    extend_inputs,
+    restrict_contexts,
+)
 from perturbflow.models.training.fit_loop import fit_run, prepare_run_dir, reused_summary, start
 from perturbflow.models.training.train import _has_val, data_identity, write_run_files
 from perturbflow.params import ColumnsParams, LoaderParams, TrainerParams
-from perturbflow.splits.data import CONTEXT_SEP
-from perturbflow.splits.effects import TrainingEffects, training_effects
+from perturbflow.splits.effects import training_effects
 from perturbflow.splits.split_data import SplitData, shared_reader
 
 logger = logging.getLogger(__name__)
@@ -130,70 +131,6 @@ class FinetuningParams(TrainerParams):
     split: str
     run_dir: str
     predictor: str
-
-
-def restrict_contexts(split: SplitData, contexts: Sequence[str]) -> SplitData:
-    """The split with training cells outside ``contexts`` relabelled ``unused``.
-
-    Raises:
-        InputError: A context that has no cell in the split.
-    """
-    if not contexts:
-        return split
-    cells = split.data.cells
-    known = sorted(cells["context"].unique())
-    unknown = [c for c in contexts if c not in known]
-    if unknown:
-        raise InputError(
-            f"finetuning.contexts names {unknown}, not contexts of {split.path} "
-            f"(dataset{CONTEXT_SEP}celltype: {listed(known)})."
-        )
-    outside = ~cells["context"].isin(list(contexts)).to_numpy()
-    labels = cells["split"].astype(object).to_numpy().copy()
-    labels[outside & (labels == "train")] = "unused"
-    table = split.split_table.copy()
-    column = table[split.split_name].astype(object).to_numpy().copy()
-    # split_table and data.cells share the index (both come from the same obs)
-    position = table.index.get_indexer(cells.index)
-    column[position] = labels
-    table[split.split_name] = column
-    data = dataclasses.replace(split.data, cells=cells.assign(split=labels))
-    return dataclasses.replace(split, split_table=table, data=data)
-
-
-def merge_effects(base: TrainingEffects, new: TrainingEffects) -> TrainingEffects:
-    """The base's training effects plus the finetuning's (its keys win)."""
-    index = new.index()
-    rows = [i for i, k in enumerate(base.keys) if k not in index]
-    keys = [base.keys[i] for i in rows] + list(new.keys)
-    deltas = np.vstack([base.deltas[rows], new.deltas]).astype(base.deltas.dtype)
-    n_cells = np.concatenate([base.n_cells[rows], new.n_cells])
-    return TrainingEffects(keys, deltas, n_cells, {**base.control_means, **new.control_means})
-
-
-def extend_inputs(
-    base: PerturbationInputs, effects: TrainingEffects, *, new_slots: bool
-) -> tuple[PerturbationInputs, list[str]]:
-    """The base's perturbation inputs with the finetuning's effects and new identity slots.
-
-    New components (in the finetuning's training keys, not in the base vocabulary) are
-    appended after the base vocabulary, so the base columns keep their meaning.
-    """
-    merged = merge_effects(base.effects, effects)
-    new: list[str] = []
-    if new_slots and base.params.identity:
-        # the names the identity slots know: drug names without their doses in a dosed run
-        seen = {c for _, p in effects.keys for c in base.component_names(p)}
-        new = sorted(seen - set(base.vocabulary) - {base.control_label})
-        if new and base.dose is not None and base.dose.uses_dose:
-            raise InputError(
-                f"The base run encodes doses (dose {base.dose.mode!r}); finetuning on drugs it "
-                f"never saw ({', '.join(new)}) would need new dose columns as well, which is "
-                "not supported: train a base run that includes them, or set "
-                "finetuning.new_identity_slots: false (they are then predicted as unknown)."
-            )
-    inputs = dataclasses.replace(base, vocabulary=list(base.vocabulary) + new, effects=merged)
-    return inputs, new
 
 
 def _check(split: SplitData, base: TrainedRun, finetuning: FinetuningParams) -> None:
@@ -388,22 +325,9 @@ def finetune_st(
             f"{len(new)} new identity slots) on split {split.split_name}"
         ),
     )
-    state = {
-        n: p.detach().cpu().clone() for n, p in module.net.named_parameters() if p.requires_grad
-    }
-    meta = {
-        "format": ADAPTER_FORMAT,
-        "version": 1,
-        "method": finetuning.method,
-        "lora": dataclasses.asdict(finetuning.lora) if finetuning.method == "lora" else None,
-        "target_modules": sorted(lora.peft_config["default"].target_modules) if lora else None,
-        "new_vocabulary": new,
-        "n_base_identity": len(base.inputs.vocabulary) if base.inputs.params.identity else 0,
-        "architecture": architecture_dict(arch),
-        "base": {"path": str(finetuning.init_from), "digest": base.digest},
-        "config_sha256": digest,
-    }
-    save_adapter(run, state, meta)
+    _save_finetuned(
+        run, module, finetuning, base=base, arch=arch, lora=lora, new=new, digest=digest
+    )
     summary = {
         **fit.summary(digest, split.split_name),
         "method": finetuning.method,
@@ -423,3 +347,33 @@ def finetune_st(
         fit.best_score,
     )
     return summary
+
+
+def _save_finetuned(
+    run: Path,
+    module: STModule,
+    finetuning: FinetuningParams,
+    *,
+    base: TrainedRun,
+    arch: Architecture,
+    lora: Any,
+    new: list[str],
+    digest: str,
+) -> None:
+    """Save only what finetuning changed (the trainable tensors) with its base run's digest."""
+    state = {
+        n: p.detach().cpu().clone() for n, p in module.net.named_parameters() if p.requires_grad
+    }
+    meta = {
+        "format": ADAPTER_FORMAT,
+        "version": 1,
+        "method": finetuning.method,
+        "lora": dataclasses.asdict(finetuning.lora) if finetuning.method == "lora" else None,
+        "target_modules": sorted(lora.peft_config["default"].target_modules) if lora else None,
+        "new_vocabulary": new,
+        "n_base_identity": len(base.inputs.vocabulary) if base.inputs.params.identity else 0,
+        "architecture": architecture_dict(arch),
+        "base": {"path": str(finetuning.init_from), "digest": base.digest},
+        "config_sha256": digest,
+    }
+    save_adapter(run, state, meta)
