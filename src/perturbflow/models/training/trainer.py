@@ -18,7 +18,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, WeightAveraging
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from torch.optim.swa_utils import get_ema_avg_fn
 
 from perturbflow.exceptions import InputError
@@ -117,32 +117,13 @@ def build_trainer(
     Returns:
         ``(trainer, best checkpoint callback or None, throughput meter)``.
     """
-    periodic = ModelCheckpoint(
-        dirpath=run / CHECKPOINTS,
-        filename="step={step}",
-        auto_insert_metric_name=False,
-        every_n_train_steps=settings.ckpt_every_n_steps,
-        save_top_k=-1,
-        save_last=True,
-    )
-    best = None
-    if has_val:
-        best = ModelCheckpoint(
-            dirpath=run / CHECKPOINTS,
-            filename="best",
-            monitor="val/pearson_delta",
-            mode="max",
-            save_top_k=1,
-            save_on_train_epoch_end=False,
-            enable_version_counter=False,
-        )
+    best = _best_checkpoint(run) if has_val else None
     meter = ThroughputMeter()
-    stop = StopCheckpoint(run / CHECKPOINTS)
     all_callbacks: list[Callback] = [
-        periodic,
+        _periodic_checkpoints(run, settings.ckpt_every_n_steps),
         *([best] if best else []),
         meter,
-        stop,
+        StopCheckpoint(run / CHECKPOINTS),
         *callbacks,
     ]
     decay = getattr(settings, "ema_decay", None)
@@ -152,11 +133,7 @@ def build_trainer(
         all_callbacks.append(progress_display(run_label(run, settings)))
     route_lightning_logs()  # Lightning's own console handler printed each line twice
     log_every = min(10, settings.val_every_n_steps)
-    if settings.logger == "tensorboard":
-        run_logger = TensorBoardLogger(save_dir=str(run), name="logs", version="")
-    else:  # metrics.csv continued on resume, flushed as often as rows are logged
-        step = resume.step if resume else None
-        run_logger = RunCSVLogger(str(run), resume_step=step, flush_every=log_every)
+    run_logger = _run_logger(run, settings.logger, resume, log_every)
     trainer = pl.Trainer(
         max_steps=settings.max_steps,
         accelerator=settings.accelerator,
@@ -181,3 +158,36 @@ def build_trainer(
         use_distributed_sampler=False,
     )
     return trainer, best, meter
+
+
+def _periodic_checkpoints(run: Path, every: int) -> ModelCheckpoint:
+    """``step=N.ckpt`` every ``every`` steps, all kept, and ``last.ckpt``."""
+    return ModelCheckpoint(
+        dirpath=run / CHECKPOINTS,
+        filename="step={step}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=every,
+        save_top_k=-1,
+        save_last=True,
+    )
+
+
+def _best_checkpoint(run: Path) -> ModelCheckpoint:
+    """``best.ckpt``: the weights of the best validation pearson_delta so far."""
+    return ModelCheckpoint(
+        dirpath=run / CHECKPOINTS,
+        filename="best",
+        monitor="val/pearson_delta",
+        mode="max",
+        save_top_k=1,
+        save_on_train_epoch_end=False,
+        enable_version_counter=False,
+    )
+
+
+def _run_logger(run: Path, kind: str, resume: Resume | None, every: int) -> Logger:
+    """TensorBoard event files, or ``logs/metrics.csv`` continued on resume."""
+    if kind == "tensorboard":
+        return TensorBoardLogger(save_dir=str(run), name="logs", version="")
+    step = resume.step if resume else None  # flushed as often as rows are logged
+    return RunCSVLogger(str(run), resume_step=step, flush_every=every)
