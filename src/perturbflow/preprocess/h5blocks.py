@@ -11,9 +11,12 @@ datasets with anndata's own encoding attributes, so the file reads back with
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
+import anndata as ad
 import h5py
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from perturbflow.exceptions import InputError
@@ -136,3 +139,35 @@ class DenseAppender:
         """Check that every row was written."""
         if self.n_rows != self.dataset.shape[0]:
             raise RuntimeError(f"{self.n_rows} of {self.dataset.shape[0]} rows written")
+
+
+def merged_uns(source_file: h5py.File, records: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The input's ``uns`` with what preprocessing did (``uns['perturbflow']``, ``log1p``)."""
+    uns = dict(ad.io.read_elem(source_file["uns"])) if "uns" in source_file else {}
+    if kind == "counts":
+        uns["log1p"] = {"base": None}
+    uns["perturbflow"] = {**dict(uns.get("perturbflow", {})), **records}
+    return uns
+
+
+def kept_obs(obs: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
+    """The kept cells' ``obs``, unused categories dropped (as anndata's subsetting does)."""
+    kept = obs.iloc[np.flatnonzero(keep)].copy()
+    for col in kept.columns:
+        if isinstance(kept[col].dtype, pd.CategoricalDtype):
+            kept[col] = kept[col].cat.remove_unused_categories()
+    return kept
+
+
+def write_frames(out: h5py.File, obs: pd.DataFrame, var: pd.DataFrame, uns: dict) -> None:
+    """``obs``, ``var``, ``uns`` and the empty groups, as ``write_h5ad`` stores them."""
+    frames = ad.AnnData(obs=obs.copy(), var=var)
+    frames.strings_to_categoricals()  # string columns as categoricals
+    ad.io.write_elem(out, "obs", frames.obs)
+    ad.io.write_elem(out, "var", frames.var)
+    ad.io.write_elem(out, "uns", uns)
+    for group in ("obsm", "layers", "varm", "obsp", "varp"):
+        out.require_group(group).attrs.update(
+            {"encoding-type": "dict", "encoding-version": "0.1.0"}
+        )
+    out.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})

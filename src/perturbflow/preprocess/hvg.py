@@ -155,6 +155,22 @@ def hvg_matrix(X: object, columns: np.ndarray, hvg_format: str = "auto") -> obje
     return sub.astype(np.float32, copy=False)
 
 
+def _check_hvg_inputs(adata: ad.AnnData, n_top_genes: int, flavor: str) -> None:
+    """Unknown flavour, ``n_top_genes < 1`` or raw counts: refused before any copy."""
+    if flavor not in FLAVORS:
+        raise InputError(
+            f"select_hvg: flavor={flavor!r} is not one of {list(FLAVORS)}."
+            f"{suggest(flavor, FLAVORS)}"
+        )
+    if n_top_genes < 1:
+        raise InputError(f"select_hvg: n_top_genes={n_top_genes} must be at least 1.")
+    if detect_expression_kind(adata.X) == "counts":
+        raise InputError(
+            "select_hvg: X holds raw counts; HVGs are selected on log1p data. "
+            "Run normalize_log1p(adata, kind='counts', ...) first."
+        )
+
+
 def select_hvg(
     adata: ad.AnnData, *, n_top_genes: int, flavor: str = "seurat", hvg_format: str = "auto"
 ) -> tuple[ad.AnnData, list[str]]:
@@ -186,18 +202,7 @@ def select_hvg(
         InputError: Unknown flavour, ``n_top_genes < 1``, raw counts in ``X``, no
             varying gene, or scanpy failing on the data.
     """
-    if flavor not in FLAVORS:
-        raise InputError(
-            f"select_hvg: flavor={flavor!r} is not one of {list(FLAVORS)}."
-            f"{suggest(flavor, FLAVORS)}"
-        )
-    if n_top_genes < 1:
-        raise InputError(f"select_hvg: n_top_genes={n_top_genes} must be at least 1.")
-    if detect_expression_kind(adata.X) == "counts":
-        raise InputError(
-            "select_hvg: X holds raw counts; HVGs are selected on log1p data. "
-            "Run normalize_log1p(adata, kind='counts', ...) first."
-        )
+    _check_hvg_inputs(adata, n_top_genes, flavor)
     out = adata.copy()
     varying = ~_constant_genes(out.X)
     n_varying = int(varying.sum())

@@ -52,17 +52,17 @@ from perturbflow.preprocess.h5blocks import (
     CSRAppender,
     DenseAppender,
     matrix_shape,
+    merged_uns,
     read_rows,
     row_ranges,
     value_dtype,
+    write_frames,
 )
+from perturbflow.preprocess.h5blocks import kept_obs as kept_cells_obs
 from perturbflow.preprocess.hvg import (
-    STAT_COLUMNS,
-    cap_n_top_genes,
-    exactly_n,
     hvg_is_dense,
-    seurat_statistics,
 )
+from perturbflow.preprocess.hvg_moments import GeneMoments, hvgs_from_moments
 from perturbflow.preprocess.knockdown import filter_on_target_knockdown, knockdown_settings
 from perturbflow.preprocess.normalize import normalisation_record
 from perturbflow.preprocess.report import build_report
@@ -95,48 +95,6 @@ class WrittenH5ad:
     def discard(self) -> None:
         """Delete the temporary file and its folder."""
         shutil.rmtree(self.path.parent, ignore_errors=True)
-
-
-@dataclass
-class _Moments:
-    """Per-gene sums of ``expm1(X)`` and of its square over the written cells."""
-
-    total: np.ndarray
-    squares: np.ndarray
-    nonzero: np.ndarray
-    low: np.ndarray
-    high: np.ndarray
-    n: int = 0
-
-    @classmethod
-    def zeros(cls, n_genes: int) -> _Moments:
-        return cls(
-            np.zeros(n_genes), np.zeros(n_genes), np.zeros(n_genes, dtype=np.int64),
-            np.full(n_genes, np.inf), np.full(n_genes, -np.inf),
-        )  # fmt: skip
-
-    def add(self, block: sp.csr_matrix) -> None:
-        """Add the rows of a log1p block."""
-        block = block.copy()
-        block.data = np.expm1(block.data)  # float32, as scanpy's seurat flavour does
-        values = block.data.astype(np.float64)
-        self.total += np.bincount(block.indices, weights=values, minlength=len(self.total))
-        self.squares += np.bincount(block.indices, weights=values**2, minlength=len(self.total))
-        stored = block.data != 0
-        self.nonzero += np.bincount(block.indices[stored], minlength=len(self.total))
-        np.minimum.at(self.low, block.indices[stored], block.data[stored])
-        np.maximum.at(self.high, block.indices[stored], block.data[stored])
-        self.n += block.shape[0]
-
-    def constant(self) -> np.ndarray:
-        """Genes with one value in every cell (all zero, or equal and never zero)."""
-        return (self.nonzero == 0) | ((self.nonzero == self.n) & (self.low == self.high))
-
-    def mean_var(self) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and variance (``ddof=1``) per gene."""
-        mean = self.total / self.n
-        var = (self.squares / self.n - mean**2) * self.n / max(self.n - 1, 1)
-        return mean, np.maximum(var, 0.0)
 
 
 def _block_rows(n_rows: int, nnz: int, n_cols: int) -> int:
@@ -254,7 +212,7 @@ def _write_kept(
     keep: np.ndarray,
     block_rows: int,
     norm: tuple[str, float | None],
-) -> _Moments:
+) -> GeneMoments:
     """Pass 3: write the kept rows' ``X`` (and raw counts); accumulate the HVG moments."""
     n_cols = matrix_shape(node, "X")[1]
     dtype = value_dtype(node)  # as in memory: a float matrix keeps its dtype
@@ -262,7 +220,7 @@ def _write_kept(
     counts_out = None
     if norm[0] == "counts":
         counts_out = CSRAppender(out.require_group("layers"), "counts", n_cols, dtype)
-    moments = _Moments.zeros(n_cols)
+    moments = GeneMoments.zeros(n_cols)
     started = last = time.perf_counter()
     for start, stop in row_ranges(len(keep), block_rows):
         rows = np.flatnonzero(keep[start:stop])
@@ -283,27 +241,6 @@ def _write_kept(
     return moments
 
 
-def _select_hvg(
-    moments: _Moments, var: pd.DataFrame, n_top_genes: int
-) -> tuple[pd.DataFrame, np.ndarray]:
-    """The HVG columns (ascending) and ``var`` annotated as :func:`select_hvg` does."""
-    varying = ~moments.constant()
-    if not varying.any():
-        raise InputError("select_hvg: every gene is constant across cells; nothing varies.")
-    n = cap_n_top_genes(n_top_genes, len(var), int(varying.sum()))
-    mean, variance = moments.mean_var()
-    stats = seurat_statistics(mean[varying], variance[varying], n)
-    stats.index = var.index[varying]
-    chosen = exactly_n(stats, n)
-    annotated = var.copy()
-    highly_variable = pd.Series(False, index=var.index)
-    highly_variable[stats.index[chosen]] = True
-    annotated["highly_variable"] = highly_variable.to_numpy()
-    for col in STAT_COLUMNS:
-        annotated[col] = stats[col].reindex(var.index).to_numpy(dtype=np.float64)
-    return annotated, np.flatnonzero(annotated["highly_variable"].to_numpy())
-
-
 def _write_hvg(out: h5py.File, columns: np.ndarray, n_cells: int, hvg_format: str) -> str:
     """Pass 4: ``obsm['X_hvg']`` from the written ``X`` (dense or CSR); the format used."""
     dense = hvg_is_dense(n_cells, len(columns), sparse=True, hvg_format=hvg_format)  # X is CSR
@@ -319,14 +256,6 @@ def _write_hvg(out: h5py.File, columns: np.ndarray, n_cells: int, hvg_format: st
         writer.append(read_rows(x, start, stop)[:, columns])
     writer.close()
     return "dense" if dense else "csr"
-
-
-def _uns(source_file: h5py.File, records: dict[str, Any], kind: str) -> dict[str, Any]:
-    uns = dict(ad.io.read_elem(source_file["uns"])) if "uns" in source_file else {}
-    if kind == "counts":
-        uns["log1p"] = {"base": None}
-    uns["perturbflow"] = {**dict(uns.get("perturbflow", {})), **records}
-    return uns
 
 
 #: ``out_of_core: auto`` streams a raw matrix that takes more than this in RAM.
@@ -444,29 +373,16 @@ def preprocess_h5ad(
             keep, kd_table, kd_record = _pass_knockdown(
                 raw["X"], obs, var, block_rows, norm, columns, params, source
             )
-            kept_obs = obs.iloc[np.flatnonzero(keep)].copy()
-            for col in kept_obs.columns:  # as anndata's subsetting does
-                if isinstance(kept_obs[col].dtype, pd.CategoricalDtype):
-                    kept_obs[col] = kept_obs[col].cat.remove_unused_categories()
+            kept_obs = kept_cells_obs(obs, keep)
             with h5py.File(written.path, "w") as out:
                 moments = _write_kept(raw["X"], out, keep, block_rows, norm)
-                annotated, hvg_cols = _select_hvg(moments, var, params.n_top_genes)
+                annotated, hvg_cols = hvgs_from_moments(moments, var, params.n_top_genes)
                 layout = _write_hvg(out, hvg_cols, int(keep.sum()), params.hvg_format)
                 normalisation = normalisation_record(kind, effective, target_sum)
                 hvg = {"flavor": "seurat", "n_top_genes": params.n_top_genes,
                        "n_selected": len(hvg_cols)}  # fmt: skip
                 records = {"normalisation": normalisation, "knockdown": kd_record, "hvg": hvg}
-                # as write_h5ad stores them: string columns as categoricals
-                frames = ad.AnnData(obs=kept_obs.copy(), var=annotated)
-                frames.strings_to_categoricals()
-                ad.io.write_elem(out, "obs", frames.obs)
-                ad.io.write_elem(out, "var", frames.var)
-                ad.io.write_elem(out, "uns", _uns(raw, records, kind))
-                for group in ("obsm", "layers", "varm", "obsp", "varp"):
-                    out.require_group(group).attrs.update(
-                        {"encoding-type": "dict", "encoding-version": "0.1.0"}
-                    )
-                out.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+                write_frames(out, kept_obs, annotated, merged_uns(raw, records, kind))
     except BaseException:
         written.discard()
         raise
