@@ -17,6 +17,7 @@ from kedro.framework.startup import bootstrap_project
 
 from perturbflow.commands import run_cli
 from perturbflow.exceptions import InputError
+from tests.models.inference.inference_data import infer_args
 from tests.pipelines.support import copy_project
 
 RAW = Path("data") / "01_raw" / "perturbench_devel.h5ad"
@@ -60,9 +61,7 @@ def make_workspace(tmp: Path, trained_run: dict) -> Workspace:
     keep = (adata.obs["celltype"] == "C") & adata.obs["pert"].isin(["ctrl", "p3"])
     infer_input = tmp / "cells.h5ad"
     adata[keep.to_numpy()].copy().write_h5ad(infer_input)
-    args = ["infer", "--run", str(run_dir), "--adata", str(infer_input), "--pert-col", "pert"]
-    args += ["--control", "ctrl", "--celltype-col", "celltype"]
-    ws = Workspace(root, run_dir, infer_input, args)
+    ws = Workspace(root, run_dir, infer_input, infer_args(run_dir, infer_input))
     with contextlib.chdir(root):
         ws.run("preprocessing")
         ws.run("splits")

@@ -1,6 +1,8 @@
-"""The evaluation data of an inference input (cells of the planted screen, one dataset)."""
+"""An inference input of the planted screen: its evaluation data and its CLI arguments."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import anndata as ad
 import pandas as pd
@@ -26,3 +28,21 @@ def split_cells(data_in: ad.AnnData, run: TrainedRun) -> SplitCells:
     cells["context"] = "ds" + CONTEXT_SEP + cells["celltype"]
     X = aligned_matrix(data_in, run, source="in")
     return SplitCells(X=X, genes=list(run.genes), cells=cells, split_name="t")
+
+
+def infer_args(run_dir: Path | str, adata: Path | str, *extra: str) -> list[str]:
+    """``perturbflow infer`` on the planted screen's columns (``pert``, ``ctrl``, ``celltype``)."""
+    return [
+        "infer",
+        "--run",
+        str(run_dir),
+        "--adata",
+        str(adata),
+        "--pert-col",
+        "pert",
+        "--control",
+        "ctrl",
+        "--celltype-col",
+        "celltype",
+        *extra,
+    ]

@@ -23,7 +23,7 @@ from perturbflow.models.inference.infer import infer_adata
 from perturbflow.models.inference.predict import predict_cells
 from perturbflow.models.runs.run_dir import load_run
 from perturbflow.splits.data import CONTEXT_SEP
-from tests.models.inference.inference_data import split_cells
+from tests.models.inference.inference_data import infer_args, split_cells
 from tests.synthetic import COLUMNS
 
 EXTRA = ["x0", "x1", "x2", "x3", "x4", "x5"]
@@ -48,22 +48,7 @@ def _input(adata: ad.AnnData, *, extra: bool = True) -> ad.AnnData:
 
 
 def _args(run_dir: Path, adata: Path, output: Path, *extra: str) -> list[str]:
-    return [
-        "infer",
-        "--run",
-        str(run_dir),
-        "--adata",
-        str(adata),
-        "--pert-col",
-        "pert",
-        "--control",
-        "ctrl",
-        "--celltype-col",
-        "celltype",
-        "--output",
-        str(output),
-        *extra,
-    ]
+    return infer_args(run_dir, adata, "--output", str(output), *extra)
 
 
 def _sha(path: Path) -> str:

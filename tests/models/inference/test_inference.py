@@ -14,7 +14,7 @@ from perturbflow.models.inference.infer import infer_adata
 from perturbflow.models.inference.predict import predict_cells
 from perturbflow.models.runs.run_dir import load_run
 from perturbflow.splits.data import CONTEXT_SEP
-from tests.models.inference.inference_data import split_cells
+from tests.models.inference.inference_data import infer_args, split_cells
 from tests.synthetic import COLUMNS
 
 
@@ -114,24 +114,8 @@ def test_cli_infer_writes_predictions_and_sources(trained_run, tmp_path):
     src = tmp_path / "in.h5ad"
     _test_input(trained_run["adata"]).write_h5ad(src)
     out = tmp_path / "pred.h5ad"
-    cmd = [
-        sys.executable,
-        "-m",
-        "perturbflow",
-        "infer",
-        "--run",
-        str(trained_run["run_dir"]),
-        "--adata",
-        str(src),
-        "--pert-col",
-        "pert",
-        "--control",
-        "ctrl",
-        "--celltype-col",
-        "celltype",
-        "--output",
-        str(out),
-    ]
+    args = infer_args(trained_run["run_dir"], src, "--output", str(out))
+    cmd = [sys.executable, "-m", "perturbflow", *args]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     pred = ad.read_h5ad(out)

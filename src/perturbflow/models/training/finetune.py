@@ -54,10 +54,15 @@ from perturbflow.models.training.finetune_data import (
     restrict_contexts,
 )
 from perturbflow.models.training.fit_loop import fit_run, prepare_run_dir, reused_summary, start
-from perturbflow.models.training.train import _has_val, data_identity, write_run_files
+from perturbflow.models.training.train import (
+    _has_val,
+    data_identity,
+    sentence_data,
+    write_run_files,
+)
 from perturbflow.params import ColumnsParams, LoaderParams, TrainerParams
 from perturbflow.splits.effects import training_effects
-from perturbflow.splits.split_data import SplitData, shared_reader
+from perturbflow.splits.split_data import SplitData
 
 logger = logging.getLogger(__name__)
 
@@ -288,16 +293,7 @@ def finetune_st(
     run = Path(run_dir)
     start(finetuning)
     space = base.config["training"]["model"]["output_space"]
-    dm = PerturbationDataModule(
-        split.path,
-        split.obs,
-        split.split_table,
-        split.split_name,
-        columns,
-        loader,
-        all_key="X" if space == "all" else None,
-        reader=shared_reader(split, loader),
-    )
+    dm = sentence_data(split, columns, loader, output_space=space)
     module, inputs, arch, sources, lora, new = build_finetune_module(
         split, dm, base, finetuning, columns
     )

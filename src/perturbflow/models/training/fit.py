@@ -30,6 +30,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from perturbflow.exceptions import InputError
 from perturbflow.io_utils import atomic_path, load_tensors
+from perturbflow.models.runs.run_dir import CHECKPOINTS
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ def fit_or_stop(
         # Lightning exits on Ctrl-C (sys.exit(1)) and raises SIGTERMException (exit code 0)
         cause = "SIGTERM" if isinstance(err, SIGTERMException) else "an interrupt"
     if cause or trainer.interrupted or trainer.global_step < max_steps:
-        last = run / "checkpoints" / LAST
+        last = run / CHECKPOINTS / LAST
         where = (
             f"rerun the same command to resume from {last}"
             if last.is_file()

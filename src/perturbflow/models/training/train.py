@@ -224,17 +224,12 @@ def train_st(
     _check(split, columns, training)
     run = Path(run_dir)
     start(training)
-    all_key = "X" if training.model.output_space == "all" else None
-    dm = PerturbationDataModule(
-        split.path,
-        split.obs,
-        split.split_table,
-        split.split_name,
+    dm = sentence_data(
+        split,
         columns,
         loader,
-        all_key=all_key,
+        output_space=training.model.output_space,
         dose_interpolation=interpolation_rate(training.model.inputs),
-        reader=shared_reader(split, loader),
     )
     module, inputs, arch, sources = build_module(split, dm, training, columns)
     config = _resolved_config(split, columns, loader, training, arch)
@@ -279,6 +274,32 @@ def train_st(
         fit.best_score,
     )
     return summary
+
+
+def sentence_data(
+    split: SplitData,
+    columns: ColumnsParams,
+    loader: LoaderParams,
+    *,
+    output_space: str,
+    dose_interpolation: float = 0.0,
+) -> PerturbationDataModule:
+    """The cell sentences a training or finetuning run of ``split`` reads.
+
+    The loader reuses the split's reader of its file (:func:`shared_reader`); with
+    ``output_space='all'`` the sentences also carry the all-gene ``X`` rows.
+    """
+    return PerturbationDataModule(
+        split.path,
+        split.obs,
+        split.split_table,
+        split.split_name,
+        columns,
+        loader,
+        all_key="X" if output_space == "all" else None,
+        dose_interpolation=dose_interpolation,
+        reader=shared_reader(split, loader),
+    )
 
 
 def write_run_files(
