@@ -11,13 +11,13 @@ glioblastoma line A172 (test) and U87MG (validation); the ST model trains on K56
 trains a small ST model on that training set (cpu size, one thread), then predicts the 9
 A172 perturbations from A172's control cells:
 
-* ``st_unadapted``: the plain prediction (no adapter);
+* ``st_unadapted``: the plain prediction (no shift);
 * ``st_adapted_<source>``: a per-gene shift of A172's control expression fitted so that
   the frozen basal encoder maps it onto the control embeddings of ``<source>``: T98G (the
   other CRISPRi glioblastoma line), K562, or both (two files through a glob pattern);
 * ``st_adapted_T98G_scale``: shift and per-gene scale, source T98G;
 * ``st_adapted_T98G_no_map_back``: as ``st_adapted_T98G`` but the predicted cells are left
-  in the adapted space (the adapter's shift then shows up as part of every effect).
+  in the adapted space (the shift then shows up as part of every effect).
 
 Everything is scored with the evaluation pipeline's own code (cell-eval), beside the
 baselines (control, perturbation_mean, context_mean, linear) and the data ceiling. The
@@ -60,7 +60,7 @@ SOURCES = {"T98G": "src_T98G.h5ad", "k562": "src_k562.h5ad", "pooled": "src_*.h5
 
 
 def fit_params(seed: int, *, scale: bool) -> ShiftFitParams:
-    """The adapter fit of conf/base/parameters_adaptation.yml, with the seed."""
+    """The shift fit of conf/base/parameters_adaptation.yml, with the seed."""
     params = load_params("conf", "base", [])["adaptation"]["fit"]
     return ShiftFitParams(**{**params, "seed": seed, "scale": scale})
 
@@ -107,7 +107,7 @@ def main() -> None:
         matrix=adata.obsm["X_hvg"],
         obsm_key="X_hvg",
     )
-    # the adapter reads X by gene name; the evaluation reads obsm['X_hvg']: the same values
+    # the shift reads X by gene name; the evaluation reads obsm['X_hvg']: the same values
     cols = adata.var_names.get_indexer(genes)
     X = adata.X[:, cols]
     np.testing.assert_allclose(X.toarray() if hasattr(X, "toarray") else X, adata.obsm["X_hvg"])
@@ -162,13 +162,13 @@ def main() -> None:
                 "best_step": fit.best_step,
                 "steps": fit.steps,
                 "stopped_early": fit.stopped_early,
-                "shift_rms": float(fit.adapter.shift.pow(2).mean().sqrt()),
+                "shift_rms": float(fit.shift.shift.pow(2).mean().sqrt()),
                 "bandwidths": fit.bandwidths,
                 "fit_wall_s": round(time.perf_counter() - t1, 2),
                 "curve": fit.curve.round(6).to_dict(orient="list"),
             }
             adapted = predict_adapted(
-                run, target, columns, fit.adapter, perturbations=perts, seed=seed
+                run, target, columns, fit.shift, perturbations=perts, seed=seed
             )
             preds[f"{SPLIT}/st_adapted_{name}_seed{seed}"] = adapted.cells
             if name == "T98G":
@@ -176,7 +176,7 @@ def main() -> None:
                     run,
                     target,
                     columns,
-                    fit.adapter,
+                    fit.shift,
                     perturbations=perts,
                     seed=seed,
                     map_back=False,

@@ -87,7 +87,7 @@ def run_config(name: str, grid: str, seed: int, work: Path, steps: int) -> dict:
     held = {("K562", dose_label(d, HELD_OUT)): "test" for d in EC50}
     table = drug_split_table(adata, {"doses": held}, control_label="DMSO")
     split = make_split(adata, path, table, "doses")
-    params = training_params(work, cpu_threads=1, max_steps=steps, val_every_n_steps=steps)
+    params = training_params(cpu_threads=1, max_steps=steps, val_every_n_steps=steps)
     inputs = input_params(cfg["dose"], cfg.get("dose_interpolation", 0.0))
     params = dataclasses.replace(
         params, seed=seed, splits=["doses"], model=dataclasses.replace(params.model, inputs=inputs)

@@ -158,7 +158,7 @@ def main() -> None:
             finetuning = FinetuningParams(
                 **{
                     **params["finetuning"],
-                    "init_from": str(base_dir),
+                    "base": base_dir.name,
                     "method": method,
                     "loss": losses[delta],
                     "optimizer": dataclasses.replace(optimizer, lr=lrs[method]),
@@ -175,7 +175,12 @@ def main() -> None:
             run_dir = args.work_dir / f"{name}_seed{seed}"
             t0 = time.perf_counter()
             summary = finetune_st(
-                ft_split, columns=columns, loader=loader, finetuning=finetuning, run_dir=run_dir
+                ft_split,
+                load_run(base_dir),
+                columns=columns,
+                loader=loader,
+                finetuning=finetuning,
+                run_dir=run_dir,
             )
             summary["wall_s"] = round(time.perf_counter() - t0, 1)
             runs[f"{name}_seed{seed}"] = summary

@@ -75,7 +75,7 @@ def split_table(adata: ad.AnnData, labels: dict[str, dict[tuple[str, str], str]]
     table = pd.DataFrame(
         {
             "dataset": obs["dataset"].astype(str),
-            "context": obs["celltype"].astype(str),
+            "celltype": obs["celltype"].astype(str),
             "perturbation": obs["pert"].astype(str),
             "is_control": (obs["pert"] == "ctrl").to_numpy(),
         },
@@ -84,7 +84,7 @@ def split_table(adata: ad.AnnData, labels: dict[str, dict[tuple[str, str], str]]
     for split, overrides in labels.items():
         col = pd.Series("train", index=obs.index)
         for (context, pert), label in overrides.items():
-            mask = table["context"] == context
+            mask = table["celltype"] == context
             if pert != "*":
                 mask &= table["perturbation"] == pert
             col[mask] = label

@@ -87,7 +87,7 @@ def lightning_imported_after_config() -> None:
 def test_lightning_lines_print_once(project_logging, tmp_path, monkeypatch):
     lightning_imported_after_config()
     seen = count_handled(monkeypatch, "GPU available")
-    build_trainer(tmp_path / "run", training_params(tmp_path), has_val=True)
+    build_trainer(tmp_path / "run", training_params(), has_val=True)
     assert len(seen) == 1
     assert isinstance(seen[0], RichHandler)  # the project's handler, not Lightning's own
 
@@ -96,7 +96,7 @@ def test_without_the_fix_lightning_lines_print_twice(project_logging, tmp_path, 
     lightning_imported_after_config()
     seen = count_handled(monkeypatch, "GPU available")
     monkeypatch.setattr("perturbflow.models.training.trainer.route_lightning_logs", lambda: None)
-    build_trainer(tmp_path / "run", training_params(tmp_path), has_val=True)
+    build_trainer(tmp_path / "run", training_params(), has_val=True)
     assert len(seen) == 2  # what users saw: Lightning's handler and the root's
 
 

@@ -56,7 +56,14 @@ TRAIN_OPTIONS: list[Option] = [
             "help": "the model's genes, read when loader.obsm_key is set (default: %(default)s)",
         },
     ),
-    ("--run", {"default": None, "help": "run directory (default: training.runs_dir/<split>)"}),
+    (
+        "--run",
+        {
+            "default": "data/06_models/st_training/<split>",
+            "help": "run directory: checkpoints, logs and the model (default: %(default)s, "
+            "the training pipeline's work folder, so that `kedro run` resumes or reuses it)",
+        },
+    ),
 ]
 
 #: The options of ``perturbflow infer``: flag and ``add_argument`` keywords.

@@ -106,7 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         genes=genes,
         loader=loader,
     )
-    run_dir = args.run or str(Path(training.runs_dir) / args.split)
+    run_dir = args.run.replace("<split>", args.split)
     summary = train_st(split, columns=columns, loader=loader, training=training, run_dir=run_dir)
     print(json.dumps(summary, indent=1))
     return 0

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,22 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@dataclass(frozen=True)
+class WrittenH5ad:
+    """An h5ad file written out of core, waiting in a temporary folder.
+
+    The out-of-core preprocessing (:mod:`perturbflow.preprocess.stream`) returns one;
+    saving it through :class:`~perturbflow.datasets.AnnDataDataset` moves the file to the
+    dataset's path (and removes the folder); :meth:`discard` removes it otherwise.
+    """
+
+    path: Path
+
+    def discard(self) -> None:
+        """Delete the temporary file and its folder."""
+        shutil.rmtree(self.path.parent, ignore_errors=True)
 
 
 def _umask() -> int:

@@ -222,18 +222,6 @@ class LoaderParams:
 
 
 @dataclass(frozen=True, config=_STRICT)
-class PairingParams:
-    """The ``pairing`` pipeline's cache.
-
-    Attributes:
-        cache_dir: Directory of cached pairings, keyed by a content hash of what pairing
-            reads (obs codes, strategy, options, seed, file identity).
-    """
-
-    cache_dir: str
-
-
-@dataclass(frozen=True, config=_STRICT)
 class PerturbationInputParams:
     """What the ST model's perturbation encoder reads (:mod:`perturbflow.models.components.inputs`).
 
@@ -400,14 +388,13 @@ class TrainingParams(TrainerParams):
     The trainer fields are :class:`TrainerParams`'s; besides them:
 
     Attributes:
-        splits: Named splits to train a model for (each gets its own run directory).
-        runs_dir: Directory of the run directories (``<runs_dir>/<split>``).
+        splits: Named splits to train a model for (each gets its own run: the catalog's
+            ``st_training`` work folder while it trains, ``st_models`` once finished).
         model: Architecture.
         ema_decay: Keep an exponential moving average of the weights with this decay per
             step (``None``: off); validation, checkpoints and the saved weights use it.
     """
 
     splits: list[str]
-    runs_dir: str
     model: STModelParams
     ema_decay: float | None

@@ -37,7 +37,7 @@ def adapt_run(tmp_path_factory) -> dict:
         split,
         columns=COLUMNS,
         loader=loader_params(),
-        training=training_params(root, max_steps=60),
+        training=training_params(max_steps=60),
         run_dir=run_dir,
     )
     return {"run_dir": run_dir, "adata": adata, "path": path, "root": root}

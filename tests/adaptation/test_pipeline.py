@@ -19,9 +19,10 @@ from perturbflow.adaptation import (
     AdaptationTargetParams,
     AdaptedPredictionParams,
     PerturbationListParams,
-    load_adapter,
+    load_shift,
 )
 from perturbflow.commands import load_params
+from perturbflow.datasets import RunsDataset, ShiftsDataset
 from perturbflow.params import ColumnsParams
 from perturbflow.pipeline_registry import register_pipelines
 from perturbflow.pipelines.adaptation import create_pipeline
@@ -52,8 +53,8 @@ def test_pipeline_fits_saves_and_predicts(run, adapt_run, tmp_path):
     perts = tmp_path / "perts.csv"
     pd.DataFrame({"gene": ["p3", "p1"]}).to_csv(perts, index=False)
     params = AdaptationParams(
-        run_dir=str(adapt_run["run_dir"]),
-        adapter_dir=str(tmp_path / "adapter"),
+        run=adapt_run["run_dir"].name,
+        name="T-shift",
         control_label=None,
         source=AdaptationSourceParams(
             files=str(tmp_path / "source" / "*.h5ad"), celltypes=None, max_cells_per_file=None
@@ -75,8 +76,13 @@ def test_pipeline_fits_saves_and_predicts(run, adapt_run, tmp_path):
         "adapted_prediction_means",
         "adapted_prediction_sources",
     ]
+    shifts = ShiftsDataset(path=str(tmp_path / "shifts"))
     catalog = DataCatalog(
         {
+            # the run's folder is a store of one run; the shift goes through the real store
+            "st_models": RunsDataset(path=str(adapt_run["run_dir"].parent)),
+            "mmd_shifts": shifts,
+            "preprocessed_adata@cells": MemoryDataset(None),  # files named in params instead
             "params:adaptation": MemoryDataset(params, copy_mode="assign"),
             "params:columns": MemoryDataset(COLUMNS, copy_mode="assign"),
             **{name: KeptDataset(copy_mode="assign") for name in outputs},
@@ -92,8 +98,9 @@ def test_pipeline_fits_saves_and_predicts(run, adapt_run, tmp_path):
     curve = catalog["adaptation_mmd_curve"].load()
     assert list(curve.columns) == ["step", "eval_mmd2", "batch_mmd2"]
     assert isinstance(catalog["adaptation_mmd_plot"].load(), Figure)
-    adapter, meta = load_adapter(tmp_path / "adapter", run)
-    assert meta["target_celltype"] == "T"
+    shift, meta = load_shift(tmp_path / "shifts" / "T-shift", run)
+    assert meta["target_celltype"] == "T" and meta["name"] == "T-shift"
+    assert shifts.load()["T-shift"].check_run(run) is not None
     pred = catalog["adapted_predictions"].load()
     assert set(pred.obs["celltype"]) == {"T"}
     assert pred.obs["pert"].value_counts().to_dict() == {"ctrl": 200, "p3": 40, "p1": 200}
@@ -117,7 +124,9 @@ def test_conf_parses_into_the_typed_params_and_the_catalog_has_every_dataset():
     )
     catalog = yaml.safe_load((PROJECT_ROOT / "conf/base/catalog_adaptation.yml").read_text())
     names = {d for d in create_pipeline().datasets() if not d.startswith("params:")}
-    assert names == set(catalog)
+    assert names - {"st_models", "preprocessed_adata@cells"} == set(catalog)
+    base = AdaptationParams(**load_params(str(PROJECT_ROOT / "conf"), "base", [])["adaptation"])
+    assert base.source.files is None and base.target.file is None  # the preprocessed screen
 
 
 def test_registry_has_the_adaptation_pipeline_outside_the_default():
@@ -125,4 +134,5 @@ def test_registry_has_the_adaptation_pipeline_outside_the_default():
     pipelines = register_pipelines()
     assert "adaptation" in pipelines
     default = {n.name for n in pipelines["__default__"].nodes}
-    assert "fit_adapter" not in default
+    assert "fit_mmd_shift" in {n.name for n in pipelines["adaptation"].nodes}
+    assert "fit_mmd_shift" not in default

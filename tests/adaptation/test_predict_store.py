@@ -1,4 +1,4 @@
-"""The adapter on disk (bound to its run) and predictions from adapted controls."""
+"""The shift on disk (bound to its run) and predictions from adapted controls."""
 
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ import torch
 
 from perturbflow.adaptation import (
     GeneShift,
-    adapter_metadata,
+    MMDShift,
     embed,
     fit_shift,
-    load_adapter,
+    load_shift,
     mean_table,
     predict_adapted,
-    save_adapter,
+    read_shift,
+    shift_metadata,
+    write_shift,
 )
 from perturbflow.exceptions import InputError
 from perturbflow.models.inference.infer import infer_adata
@@ -41,29 +43,32 @@ def _fit(run, adapt_run, steps: int = 40):
     return fit_shift(run.net.basal_encoder, target, emb, params), params
 
 
-def test_saved_adapter_loads_back_and_only_for_its_run(run, adapt_run, tmp_path):
+def test_saved_shift_loads_back_and_only_for_its_run(run, adapt_run, tmp_path):
     fit, params = _fit(run, adapt_run)
-    meta = adapter_metadata(fit, run, params, note="x")
-    save_adapter(tmp_path / "shift", fit, meta)
-    on_disk = json.loads((tmp_path / "shift" / "adapter.json").read_text())
+    meta = shift_metadata(fit, run, params, note="x")
+    write_shift(tmp_path / "shift", MMDShift(fit.shift, meta))
+    on_disk = json.loads((tmp_path / "shift" / "shift.json").read_text())
     assert on_disk["run_digest"] == run.digest
     assert on_disk["genes"] == run.genes
     assert on_disk["curve"][0]["step"] == 0
     assert on_disk["mmd2_after"] <= on_disk["mmd2_before"]
     state = torch.load(tmp_path / "shift" / "shift.pt", weights_only=True)
     assert set(state) == {"shift"}
-    adapter, _ = load_adapter(tmp_path / "shift", run)
-    torch.testing.assert_close(adapter.shift, fit.adapter.shift)
-    # another run (a copy whose configuration digest differs) refuses the adapter
+    shift, _ = load_shift(tmp_path / "shift", run)
+    torch.testing.assert_close(shift.shift, fit.shift.shift)
+    # another run (a copy whose configuration digest differs) refuses the shift
     other_dir = tmp_path / "other_run"
     shutil.copytree(run.path, other_dir)
     summary = json.loads((other_dir / "run.json").read_text())
     summary["config_sha256"] = "0" * 64
     (other_dir / "run.json").write_text(json.dumps(summary))
     with pytest.raises(InputError, match="fitted for run .* not for .*other_run"):
-        load_adapter(tmp_path / "shift", load_run(other_dir))
-    with pytest.raises(InputError, match="no such file"):
-        load_adapter(tmp_path / "nowhere", run)
+        load_shift(tmp_path / "shift", load_run(other_dir))
+    with pytest.raises(InputError, match="not an MMD shift folder"):
+        load_shift(tmp_path / "nowhere", run)
+    # a folder written before the rename (adapter.json) still reads
+    (tmp_path / "shift" / "shift.json").rename(tmp_path / "shift" / "adapter.json")
+    assert read_shift(tmp_path / "shift").meta["run_digest"] == run.digest
 
 
 def test_unadapted_prediction_is_the_plain_inference(run, adapt_run):
@@ -79,13 +84,11 @@ def test_unadapted_prediction_is_the_plain_inference(run, adapt_run):
 
 def test_adapted_predictions_start_from_shifted_controls_and_map_back(run, adapt_run):
     target = _target(adapt_run)
-    adapter = GeneShift(len(run.genes), scale=False)
+    shift = GeneShift(len(run.genes), scale=False)
     with torch.no_grad():
-        adapter.shift.copy_(torch.linspace(-0.4, 0.4, len(run.genes)))
-    mapped = predict_adapted(run, target, COLUMNS, adapter, perturbations=["p3"], seed=0)
-    raw = predict_adapted(
-        run, target, COLUMNS, adapter, perturbations=["p3"], seed=0, map_back=False
-    )
+        shift.shift.copy_(torch.linspace(-0.4, 0.4, len(run.genes)))
+    mapped = predict_adapted(run, target, COLUMNS, shift, perturbations=["p3"], seed=0)
+    raw = predict_adapted(run, target, COLUMNS, shift, perturbations=["p3"], seed=0, map_back=False)
     plain = predict_adapted(run, target, COLUMNS, None, perturbations=["p3"], seed=0)
     is_ctrl = (mapped.cells.obs["pert"] == "ctrl").to_numpy()
     real_ctrl = target.X[(target.obs["pert"] == "ctrl").to_numpy()]
@@ -94,8 +97,8 @@ def test_adapted_predictions_start_from_shifted_controls_and_map_back(run, adapt
     np.testing.assert_allclose(raw.cells.X[is_ctrl], real_ctrl)
     # the model read shifted controls: its prediction changed
     assert not np.allclose(mapped.cells.X[~is_ctrl], plain.cells.X[~is_ctrl])
-    # map_back = the adapter's inverse on the same predicted cells (where nothing clipped)
-    shift = adapter.shift.detach().numpy()
+    # map_back = the shift's inverse on the same predicted cells (where nothing clipped)
+    shift = shift.shift.detach().numpy()
     expected = raw.cells.X[~is_ctrl] - shift
     ok = (raw.cells.X[~is_ctrl] > 0) & (expected > 0)
     np.testing.assert_allclose(mapped.cells.X[~is_ctrl][ok], expected[ok], rtol=1e-5, atol=1e-5)
@@ -113,10 +116,8 @@ def test_adapted_predictions_start_from_shifted_controls_and_map_back(run, adapt
 
 def test_unknown_perturbations_as_in_inference(run, adapt_run):
     target = _target(adapt_run)
-    adapter = GeneShift(len(run.genes), scale=False)
+    shift = GeneShift(len(run.genes), scale=False)
     with pytest.raises(InputError, match="unknown to the model.*NOVEL"):
-        predict_adapted(run, target, COLUMNS, adapter, perturbations=["NOVEL"])
-    out = predict_adapted(
-        run, target, COLUMNS, adapter, perturbations=["NOVEL"], allow_unknown=True
-    )
+        predict_adapted(run, target, COLUMNS, shift, perturbations=["NOVEL"])
+    out = predict_adapted(run, target, COLUMNS, shift, perturbations=["NOVEL"], allow_unknown=True)
     assert out.sources["source"].tolist() == ["none"]

@@ -1,4 +1,4 @@
-"""The shift adapter: a planted shift is recovered, the network stays frozen, errors are clear."""
+"""The shift shift: a planted shift is recovered, the network stays frozen, errors are clear."""
 
 from __future__ import annotations
 
@@ -21,18 +21,18 @@ def _planted(run, adapt_run, seed: int = 0):
     return planted, target, emb
 
 
-def test_adapter_recovers_a_planted_shift(run, adapt_run):
+def test_fit_recovers_a_planted_shift(run, adapt_run):
     planted, target, emb = _planted(run, adapt_run)
     params = fit_params(max_steps=800, batch_size=256, eval_cells=800, patience=10)
     fit = fit_shift(run.net.basal_encoder, target, emb, params)
-    learned = fit.adapter.shift.detach().numpy()
+    learned = fit.shift.shift.detach().numpy()
     cosine = learned @ planted / (np.linalg.norm(learned) * np.linalg.norm(planted))
     assert cosine > 0.95
     # (measured 0.09: the encoder barely sees a uniform shift of every gene, the slowest
     # direction to converge)
     assert np.linalg.norm(learned - planted) < 0.25 * np.linalg.norm(planted)
     assert fit.mmd_after < 0.02 * fit.mmd_before
-    # the curve starts at the unadapted MMD and the kept adapter is its minimum
+    # the curve starts at the unadapted MMD and the kept shift is its minimum
     assert fit.curve["step"].iloc[0] == 0
     assert fit.curve["eval_mmd2"].iloc[0] == pytest.approx(fit.mmd_before)
     assert fit.curve["eval_mmd2"].min() == pytest.approx(fit.mmd_after)
@@ -56,28 +56,28 @@ def test_fit_is_seeded(run, adapt_run):
     params = fit_params(max_steps=40, eval_every=10)
     a = fit_shift(run.net.basal_encoder, target, emb, params)
     b = fit_shift(run.net.basal_encoder, target, emb, params)
-    torch.testing.assert_close(a.adapter.shift, b.adapter.shift)
+    torch.testing.assert_close(a.shift.shift, b.shift.shift)
     np.testing.assert_allclose(a.curve["eval_mmd2"], b.curve["eval_mmd2"])
 
 
-def test_early_stopping_keeps_the_best_adapter(run, adapt_run):
+def test_early_stopping_keeps_the_best_shift(run, adapt_run):
     _, target, emb = _planted(run, adapt_run)
     fit = fit_shift(run.net.basal_encoder, target, emb, fit_params(lr=0.0, patience=2))
     assert fit.stopped_early
     assert fit.steps == 40  # two evaluations (every 20 steps) without improvement
     assert fit.best_step == 0
-    assert torch.count_nonzero(fit.adapter.shift) == 0
+    assert torch.count_nonzero(fit.shift.shift) == 0
 
 
-def test_scale_adapter_fits_and_inverts(run, adapt_run):
+def test_shift_with_scale_fits_and_inverts(run, adapt_run):
     source = control_cloud(adapt_run["adata"], "C", 600, seed=1)
     target = control_cloud(adapt_run["adata"], "C", 600, seed=2) * 0.8 - 0.1
     emb = embed(run.net.basal_encoder, source, chunk_size=256)
     fit = fit_shift(run.net.basal_encoder, target, emb, fit_params(scale=True))
-    assert fit.adapter.kind == "shift_scale"
+    assert fit.shift.kind == "shift_scale"
     assert fit.mmd_after < 0.2 * fit.mmd_before
     np.testing.assert_allclose(
-        fit.adapter.inverse_transform(fit.adapter.transform(target)), target, atol=1e-5
+        fit.shift.inverse_transform(fit.shift.transform(target)), target, atol=1e-5
     )
 
 
@@ -101,6 +101,6 @@ def test_empty_source_and_mismatched_widths_are_errors(run, adapt_run):
 
 
 def test_identity_at_initialisation():
-    adapter = GeneShift(4, scale=True)
+    shift = GeneShift(4, scale=True)
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
-    np.testing.assert_allclose(adapter.transform(x), x)
+    np.testing.assert_allclose(shift.transform(x), x)

@@ -35,7 +35,7 @@ def input_params(dose: str = "log", dose_interpolation: float = 0.0, **changes):
 
 def drug_training(root: Path, *, dose: str, steps: int = 200, **inputs) -> TrainingParams:
     """Tiny training params for the drug screen (one CPU thread)."""
-    params = training_params(root, cpu_threads=1, max_steps=steps, val_every_n_steps=50)
+    params = training_params(cpu_threads=1, max_steps=steps, val_every_n_steps=50)
     model = dataclasses.replace(params.model, inputs=input_params(dose, **inputs))
     return dataclasses.replace(params, model=model, splits=["doses"])
 

@@ -38,7 +38,7 @@ def reversed_effects(seed: int = 0) -> dict[tuple[str, str], np.ndarray]:
     return effects
 
 
-def finetuning_params(init_from: Path | str, run_dir: Path | str = "ft", **overrides):
+def finetuning_params(**overrides):
     lora = dict(
         rank=4,
         alpha=8.0,
@@ -48,7 +48,7 @@ def finetuning_params(init_from: Path | str, run_dir: Path | str = "ft", **overr
     )
     lora.update(overrides.pop("lora", {}))
     values = dict(
-        init_from=str(init_from),
+        base="base",
         method="lora",
         lora=LoraParams(**lora),
         new_identity_slots=True,
@@ -72,7 +72,6 @@ def finetuning_params(init_from: Path | str, run_dir: Path | str = "ft", **overr
         cpu_threads=None,
         resume=True,
         split="ft",
-        run_dir=str(run_dir),
         predictor="st_lora",
     )
     values.update(overrides)
@@ -93,9 +92,7 @@ def screen(tmp_path_factory) -> dict:
 def _train_base(screen: dict, name: str, seed: int) -> Path:
     run_dir = screen["root"] / name
     split = make_split(screen["adata"], screen["path"], screen["table"], "base")
-    training = training_params(
-        screen["root"], max_steps=80, val_every_n_steps=40, ckpt_every_n_steps=40, seed=seed
-    )
+    training = training_params(max_steps=80, val_every_n_steps=40, ckpt_every_n_steps=40, seed=seed)
     train_st(split, columns=COLUMNS, loader=loader_params(), training=training, run_dir=run_dir)
     return run_dir
 

@@ -43,14 +43,24 @@ def _delta_r(run, data, context: str, pert: str, label: str) -> float:
     return float(np.corrcoef(pred.mean(axis=0) - ctrl, real - ctrl)[0, 1])
 
 
+def _finetune(base_run, ft_split, params, run_dir):
+    """``finetune_st`` of the test screen from ``base_run`` (a run folder)."""
+    return finetune_st(
+        ft_split,
+        load_run(base_run),
+        columns=COLUMNS,
+        loader=loader_params(),
+        finetuning=params,
+        run_dir=run_dir,
+    )
+
+
 @pytest.fixture(scope="module")
 def lora_run(base_run, ft_split, tmp_path_factory) -> dict:
     run_dir = tmp_path_factory.mktemp("lora") / "run"
     base_sha = _sha(base_run / WEIGHTS)
-    params = finetuning_params(base_run, run_dir, max_steps=120, val_every_n_steps=40)
-    summary = finetune_st(
-        ft_split, columns=COLUMNS, loader=loader_params(), finetuning=params, run_dir=run_dir
-    )
+    params = finetuning_params(max_steps=120, val_every_n_steps=40)
+    summary = _finetune(base_run, ft_split, params, run_dir)
     return {"run_dir": run_dir, "summary": summary, "params": params, "base_sha": base_sha}
 
 
@@ -63,7 +73,7 @@ def _module(base_run, ft_split, params):
 
 
 def test_lora_trains_only_adapters_and_new_slots(base_run, ft_split):
-    params = finetuning_params(base_run)
+    params = finetuning_params()
     module, inputs, _, sources, lora, new = _module(base_run, ft_split, params)
     assert new == ["p4"]  # the one component the base never trained
     assert inputs.vocabulary[-1] == "p4"
@@ -88,7 +98,6 @@ def test_lora_trains_only_adapters_and_new_slots(base_run, ft_split):
 
 def test_basal_rank_and_output_head_targets(base_run, ft_split):
     params = finetuning_params(
-        base_run,
         lora=dict(targets=["basal_encoder", "output_head"], rank=4, basal_rank=2),
     )
     module, *_ = _module(base_run, ft_split, params)
@@ -98,11 +107,9 @@ def test_basal_rank_and_output_head_targets(base_run, ft_split):
 
 
 def test_unknown_lora_target_fails_listing_valid_ones(base_run, ft_split, tmp_path):
-    params = finetuning_params(base_run, lora=dict(targets=["attention", "qkv"]))
+    params = finetuning_params(lora=dict(targets=["attention", "qkv"]))
     with pytest.raises(InputError, match=r"'qkv'.*attention.*mlp.*perturbation_encoder"):
-        finetune_st(
-            ft_split, columns=COLUMNS, loader=loader_params(), finetuning=params, run_dir=tmp_path
-        )
+        _finetune(base_run, ft_split, params, tmp_path)
     assert not any(tmp_path.iterdir())  # failed before anything was written
 
 
@@ -176,47 +183,33 @@ def test_wrong_base_run_is_a_clear_error(lora_run, screen):
         load_finetuned(other)
 
 
-def test_rerun_reuses_a_finished_finetuning(lora_run, ft_split):
+def test_rerun_reuses_a_finished_finetuning(lora_run, ft_split, base_run):
     params = lora_run["params"]
-    again = finetune_st(
-        ft_split,
-        columns=COLUMNS,
-        loader=loader_params(),
-        finetuning=params,
-        run_dir=lora_run["run_dir"],
-    )
+    again = _finetune(base_run, ft_split, params, lora_run["run_dir"])
     assert again == lora_run["summary"]
 
 
 def test_killed_finetuning_resumes_from_last_checkpoint(base_run, ft_split, tmp_path):
     run_dir = tmp_path / "run"
-    params = finetuning_params(base_run, run_dir, max_steps=40, val_every_n_steps=20)
-    finetune_st(
-        ft_split, columns=COLUMNS, loader=loader_params(), finetuning=params, run_dir=run_dir
-    )
+    params = finetuning_params(max_steps=40, val_every_n_steps=20)
+    _finetune(base_run, ft_split, params, run_dir)
     # as if killed after the step-20 checkpoint: no adapter, run.json still running
     (run_dir / ADAPTER_WEIGHTS).unlink()
     (run_dir / "checkpoints" / "last.ckpt").unlink()
     (run_dir / "checkpoints" / "step=20.ckpt").rename(run_dir / "checkpoints" / "last.ckpt")
-    summary = finetune_st(
-        ft_split, columns=COLUMNS, loader=loader_params(), finetuning=params, run_dir=run_dir
-    )
+    summary = _finetune(base_run, ft_split, params, run_dir)
     assert summary["resumed_from"].endswith("last.ckpt")
     assert summary["steps"] == 40
 
 
 def test_full_finetuning_trains_every_weight(base_run, ft_split, tmp_path):
     params = finetuning_params(
-        base_run,
-        tmp_path,
         method="full",
         max_steps=30,
         val_every_n_steps=15,
-        optimizer=dataclasses.replace(finetuning_params(base_run).optimizer, lr=1e-3),
+        optimizer=dataclasses.replace(finetuning_params().optimizer, lr=1e-3),
     )
-    summary = finetune_st(
-        ft_split, columns=COLUMNS, loader=loader_params(), finetuning=params, run_dir=tmp_path
-    )
+    summary = _finetune(base_run, ft_split, params, tmp_path)
     assert summary["n_trainable_parameters"] == summary["n_parameters"]
     meta = (tmp_path / ADAPTER_CONFIG).read_text()
     assert '"method": "full"' in meta
@@ -234,11 +227,9 @@ def test_full_finetuning_trains_every_weight(base_run, ft_split, tmp_path):
 
 
 def test_contexts_must_exist(base_run, ft_split, tmp_path):
-    params = finetuning_params(base_run, contexts=["ds.Z"])
+    params = finetuning_params(contexts=["ds.Z"])
     with pytest.raises(InputError, match=r"ds\.Z.*ds\.A"):
-        finetune_st(
-            ft_split, columns=COLUMNS, loader=loader_params(), finetuning=params, run_dir=tmp_path
-        )
+        _finetune(base_run, ft_split, params, tmp_path)
 
 
 def test_lora_params_are_typed():

@@ -41,16 +41,19 @@ def test_finetuning_then_evaluation_scores_st_lora(project_copy: Path):
     for pipeline in ("preprocessing", "splits", "training", "finetuning", "evaluation"):
         _run(project_copy, pipeline, SCENARIO)
     data = project_copy / "data"
-    run = json.loads((data / "06_models/finetuned/runs.json").read_text())
+    run_dir = data / "06_models/finetuned/finetune_a172-lora"  # the finetuned_models store
+    run = json.loads((run_dir / "run.json").read_text())
     assert run["status"] == "finished" and run["steps"] == 8 and run["method"] == "lora"
-    run_dir = data / "06_models/finetuned/finetune_a172-lora"
     assert (run_dir / "adapter.pt").is_file() and not (run_dir / "model.pt").exists()
+    assert not (run_dir / "checkpoints").exists()  # those stay in the work folder
+    assert (data / "06_models/finetuned_training/finetune_a172-lora/checkpoints").is_dir()
     meta = json.loads((run_dir / "adapter_config.json").read_text())
-    assert meta["base"]["path"].endswith("06_models/st/pretrain_k562")
+    assert meta["base"]["path"].endswith("06_models/st/pretrain_k562")  # the st_models store
     assert not any(t.startswith("output_head") for t in meta["target_modules"])
     predictions = data / "07_model_output/model_predictions"
-    assert (predictions / "pretrain_k562/st.h5ad").is_file()  # the training's are kept
-    pred = ad.read_h5ad(predictions / "finetune_a172/st_lora.h5ad")
+    assert (predictions / "pretrain_k562/st.h5ad").is_file()
+    finetuned = data / "07_model_output/finetuned_predictions"
+    pred = ad.read_h5ad(finetuned / "finetune_a172/st_lora.h5ad")
     real = ad.read_h5ad(data / "07_model_output/real/finetune_a172.h5ad")
     assert list(pred.var_names) == list(real.var_names)
     assert set(pred.obs["condition"]) == {"control", "MAP4K3", "MAP2K6", "MAP4K5", "PLK4"}
@@ -61,5 +64,5 @@ def test_finetuning_then_evaluation_scores_st_lora(project_copy: Path):
     sources = pd.read_csv(data / "08_reporting/finetuned_prediction_sources.csv")
     assert set(sources["source"]) == {"identity"}  # all four were trained in K562
     _run(project_copy, "training", SCENARIO)  # a training rerun keeps the finetuned predictions
-    assert (predictions / "finetune_a172/st_lora.h5ad").is_file()
+    assert (finetuned / "finetune_a172/st_lora.h5ad").is_file()
     assert (predictions / "pretrain_k562/st.h5ad").is_file()

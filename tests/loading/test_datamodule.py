@@ -148,7 +148,7 @@ def test_lightning_sets_the_epoch_through_the_batch_samplers_sampler(setup):
 
 def test_more_ranks_than_sentences_is_refused(setup):
     from perturbflow.exceptions import InputError
-    from perturbflow.loading.datamodule import SentenceBatchSampler
+    from perturbflow.loading.sentence_sampler import SentenceBatchSampler
 
     sampler = _module(setup).train_dataloader().batch_sampler
     with pytest.raises(InputError, match="cannot be shared by"):

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from perturbflow.exceptions import InputError
-from perturbflow.loading import h5reader
+from perturbflow.loading import h5ranges, h5reader
 from perturbflow.loading.h5reader import H5RowReader, h5ad_identity
 
 N_OBS, N_VARS = 300, 40
@@ -90,8 +90,8 @@ ROW_SETS = {
 
 def _reader(path: str, key: str, access: str, monkeypatch) -> H5RowReader:
     if access == "hdf5":  # no memory map, and few runs per HDF5 read to test the grouping
-        monkeypatch.setattr(h5reader, "_map_plan", lambda ds: None)
-        monkeypatch.setattr(h5reader, "_RUNS_PER_READ", 3)
+        monkeypatch.setattr(h5reader, "map_plan", lambda ds: None)
+        monkeypatch.setattr(h5ranges, "RUNS_PER_READ", 3)
     return H5RowReader(path, key=key, preload=access == "preload")
 
 
@@ -238,13 +238,13 @@ def test_userblock_big_endian_chunked_csr(tmp_path) -> None:
 
 
 def test_bad_memory_map_falls_back_to_hdf5(files, monkeypatch, caplog) -> None:
-    real = h5reader._map_plan
+    real = h5reader.map_plan
 
     def shifted(ds):
         plan = real(ds)
         return (plan[0], plan[1] + 8) if plan and plan[0] == "contiguous" else plan
 
-    monkeypatch.setattr(h5reader, "_map_plan", shifted)
+    monkeypatch.setattr(h5reader, "map_plan", shifted)
     with caplog.at_level(logging.WARNING, logger=h5reader.__name__):
         reader = H5RowReader(files["dense"], preload=False)
     assert reader._plans == {} and "differs from HDF5" in caplog.text

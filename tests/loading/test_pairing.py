@@ -13,11 +13,11 @@ from perturbflow.exceptions import InputError
 from perturbflow.loading.control_inputs import control_means, pair_sentences
 from perturbflow.loading.pairing import (
     PAIRING_STRATEGIES,
-    Pairing,
-    PairingDesign,
     PairingStrategy,
     get_pairing_strategy,
 )
+from perturbflow.loading.pairing_design import PairingDesign
+from perturbflow.loading.pairing_strategies import Pairing
 from perturbflow.params import ColumnsParams
 from tests.support import PAPALEXI_COLUMNS, PERTURBENCH_COLUMNS
 
@@ -159,7 +159,7 @@ def test_batch_pairs_within_batch_and_counts_fallbacks(perturbench):
     moved = (obs["cell_type"] == "A172") & (obs["condition"] == "control") & (obs["batch"] == "q3")
     assert moved.sum() > 0
     obs.loc[moved, "batch"] = "q0"
-    design = PairingDesign.from_obs(obs, BATCHED, "batch")
+    design = PairingDesign.from_obs(obs, BATCHED, get_pairing_strategy("batch"))
     pert = np.flatnonzero(~design.is_control)
     pairing = _pair(design, "batch")
     ctrl = pairing.control_rows
@@ -286,7 +286,7 @@ def test_unknown_strategy_suggests_a_close_name():
 
 def test_batch_strategy_without_batch_column(perturbench):
     with pytest.raises(InputError, match=r"columns\.batch_col is null.*batch_celltype"):
-        PairingDesign.from_obs(perturbench.obs, PERTURBENCH_COLUMNS, "batch")
+        PairingDesign.from_obs(perturbench.obs, PERTURBENCH_COLUMNS, get_pairing_strategy("batch"))
     design = PairingDesign.from_obs(perturbench.obs, PERTURBENCH_COLUMNS)
     for name, kwargs in [("batch", {}), ("batch_celltype", {}), ("control_mean", {"per": "batch"})]:
         with pytest.raises(InputError, match=r"columns\.batch_col"):

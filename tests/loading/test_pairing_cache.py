@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 from perturbflow.exceptions import InputError
-from perturbflow.loading.pairing import Pairing, PairingDesign, get_pairing_strategy
+from perturbflow.loading.pairing import PairingDesign, get_pairing_strategy
 from perturbflow.loading.pairing_cache import PairingCache
+from perturbflow.loading.pairing_strategies import Pairing
 from tests.support import PERTURBENCH_COLUMNS
 
 

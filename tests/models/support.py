@@ -66,7 +66,7 @@ def loss_params(**overrides) -> LossParams:
     return LossParams(**values)
 
 
-def training_params(tmp: Path | str = "runs", **overrides) -> TrainingParams:
+def training_params(**overrides) -> TrainingParams:
     model = dict(
         size="cpu",
         hidden_dim=32,
@@ -92,7 +92,6 @@ def training_params(tmp: Path | str = "runs", **overrides) -> TrainingParams:
     loss = loss_params(**overrides.pop("loss", {}))
     values = dict(
         splits=["zs"],
-        runs_dir=str(tmp),
         model=STModelParams(**model),
         loss=loss,
         optimizer=OptimizerParams(
@@ -160,7 +159,7 @@ def trained_run(planted) -> dict:
         split,
         columns=COLUMNS,
         loader=loader_params(),
-        training=training_params(planted["root"]),
+        training=training_params(),
         run_dir=run_dir,
     )
     return {"run_dir": run_dir, "summary": summary, "split": split, **planted}

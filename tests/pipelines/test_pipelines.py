@@ -10,7 +10,7 @@ from kedro.framework.project import configure_project
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from perturbflow.datasets import read_h5ad_cells
+from perturbflow.datasets import RunsDataset, WorkFolderDataset, read_h5ad_cells
 from perturbflow.params import (
     KnockdownParams,
     PreprocessingParams,
@@ -21,7 +21,15 @@ from perturbflow.pipeline_registry import register_pipelines
 from perturbflow.pipelines.evaluation import create_pipeline as evaluation_pipeline
 from perturbflow.pipelines.preprocessing import create_pipeline as preprocessing_pipeline
 from perturbflow.pipelines.splits import create_pipeline as splits_pipeline
-from tests.models.support import loader_params
+from perturbflow.pipelines.training import create_pipeline as training_pipeline
+from tests.models.support import (
+    CONTEXTS,
+    N_GENES,
+    loader_params,
+    planted_effects,
+    training_params,
+    write_screen,
+)
 from tests.support import PERTURBENCH_COLUMNS
 from tests.synthetic import COLUMNS, evaluation_params, make_screen, split_table
 
@@ -73,6 +81,7 @@ def test_evaluation_pipeline_on_generated_screen(tmp_path):
             "params:evaluation": evaluation_params(),
             "params:loader": loader_params(),
             "model_predictions": {},  # no model trained: the baselines alone are scored
+            "finetuned_predictions": {},
         }
     )
     pipeline = evaluation_pipeline()
@@ -157,11 +166,41 @@ def test_preprocessing_and_splits_on_real_perturbench(perturbench, project_root:
         "fewshot",
         "inline",
         "dataset",
-        "context",
+        "celltype",
         "perturbation",
         "is_control",
     }
-    assert (table.loc[table["context"] == "A172", "inline"] == "test").all()
+    assert (table.loc[table["celltype"] == "A172", "inline"] == "test").all()
     assert table.index.equals(processed.obs_names)
     summary = split_outputs["split_summary"].load()
     assert set(summary["split_name"]) == {"fewshot", "inline"}
+
+
+def test_training_pipeline_saves_its_models_to_the_store_and_predicts_from_it(tmp_path):
+    adata = make_screen(planted_effects(), n_genes=N_GENES, contexts=CONTEXTS, noise=0.15)
+    table = split_table(adata, {"zs": {("C", "p3"): "test", ("B", "p2"): "val"}})
+    write_screen(adata, tmp_path / "screen.h5ad")
+    catalog = _catalog(
+        {
+            "preprocessed_adata@cells": read_h5ad_cells(tmp_path / "screen.h5ad"),
+            "split_table": table,
+            "hvg_genes": list(adata.var_names),
+            "params:columns": COLUMNS,
+            "params:loader": loader_params(),
+            "params:training": training_params(max_steps=8, val_every_n_steps=4),
+            "params:evaluation": evaluation_params(),
+        }
+    )
+    catalog["st_training"] = WorkFolderDataset(path=str(tmp_path / "st_training"))
+    catalog["st_models"] = RunsDataset(path=str(tmp_path / "st"))
+    pipeline = training_pipeline()
+    for name in pipeline.outputs() - {"st_models"}:
+        catalog[name] = KeptDataset(copy_mode="assign")
+    SequentialRunner().run(pipeline, catalog)
+    model = tmp_path / "st" / "zs"
+    assert (model / "model.pt").is_file() and not (model / "checkpoints").exists()
+    assert (tmp_path / "st_training" / "zs" / "checkpoints" / "last.ckpt").is_file()
+    predictions = catalog["model_predictions"].load()
+    assert list(predictions) == ["zs/st"]
+    assert set(predictions["zs/st"].obs["pert"]) == {"ctrl", "p3"}
+    assert catalog["st_quality"].load()["zs"]["run_dir"] == str(model)  # read from the store

@@ -34,10 +34,13 @@ def test_default_pipeline_on_test_env(project_copy: Path):
         "st",
     ]
     assert metrics.loc[metrics["predictor"] == "st", "pearson_delta"].notna().all()
-    runs = json.loads((project_copy / "data/06_models/st/runs.json").read_text())
+    models = project_copy / "data/06_models/st"  # the st_models store: one run per split
+    runs = {d.name: json.loads((d / "run.json").read_text()) for d in models.iterdir()}
     assert set(runs) == {"fewshot", "zeroshot"}
     assert all(r["status"] == "finished" and r["steps"] == 12 for r in runs.values())
-    assert (project_copy / "data/06_models/st/fewshot/model.pt").is_file()
+    assert (models / "fewshot/model.pt").is_file() and (models / "fewshot/logs").is_dir()
+    assert not (models / "fewshot/checkpoints").exists()  # they stay in the work folder
+    assert (project_copy / "data/06_models/st_training/fewshot/checkpoints/last.ckpt").is_file()
     st = ad.read_h5ad(project_copy / "data/07_model_output/model_predictions/fewshot/st.h5ad")
     variability = pd.read_csv(reporting / "prediction_variability.csv")
     assert set(variability["predictor"]) >= {"st", "linear"}
@@ -100,6 +103,11 @@ def test_merge_pipeline(project_copy: Path, perturbench: ad.AnnData):
     assert merged.n_obs == perturbench.n_obs + extra.n_obs
     assert set(merged.obs["dataset"]) == {"norman19", "mcfaline23", "extra"}
     assert merged.obs_names.is_unique
+    # the same run preprocessed the merged screen (merged.preprocess), ready for the splits
+    preprocessed = ad.read_h5ad(project_copy / "data/02_intermediate/preprocessed.h5ad", "r")
+    assert set(preprocessed.obs["dataset"]) == {"norman19", "mcfaline23", "extra"}
+    assert "X_hvg" in preprocessed.obsm
+    preprocessed.file.close()
 
 
 def test_kedro_viz_build(project_copy: Path):
@@ -132,9 +140,9 @@ def test_kedro_viz_build(project_copy: Path):
     assert details["preview"]["data"][0]["y"] == [0.6]
 
 
-def test_pairing_pipeline_caches_by_content(project_copy: Path):
+def test_pairing_diagnostic_caches_by_content(project_copy: Path):
     _run(project_copy, pipeline="preprocessing")
-    _run(project_copy, pipeline="pairing")
+    _run(project_copy, pipeline="pairing_diagnostic")
     feature = project_copy / "data" / "04_feature"
     index = pd.read_parquet(feature / "pairing_index.parquet")
     stats = json.loads((project_copy / "data/08_reporting/pairing_stats.json").read_text())
@@ -155,7 +163,7 @@ def test_pairing_pipeline_caches_by_content(project_copy: Path):
     encoder = json.loads((feature / "perturbation_encoder.json").read_text())
     assert "KLF1" in encoder["vocabulary"] and "KLF1+MAP2K6" not in encoder["vocabulary"]
 
-    _run(project_copy, pipeline="pairing")  # same file, params, seed: a cache hit
+    _run(project_copy, pipeline="pairing_diagnostic")  # same file, params, seed: a cache hit
     again = json.loads((project_copy / "data/08_reporting/pairing_stats.json").read_text())
     assert again["cache_key"] == stats["cache_key"]
     assert len(list((feature / "pairing_cache").glob("*.npz"))) == 1
@@ -165,7 +173,7 @@ def test_pairing_pipeline_caches_by_content(project_copy: Path):
         "preprocessing:\n  n_top_genes: 150\n"
     )
     _run(project_copy, pipeline="preprocessing")
-    _run(project_copy, pipeline="pairing")
+    _run(project_copy, pipeline="pairing_diagnostic")
     changed = json.loads((project_copy / "data/08_reporting/pairing_stats.json").read_text())
     assert changed["cache_key"] != stats["cache_key"]
     assert len(list((feature / "pairing_cache").glob("*.npz"))) == 2

@@ -13,12 +13,14 @@ import pytest
 import scipy.sparse as sp
 
 import perturbflow.preprocess.stream as stream
+import perturbflow.preprocess.stream_passes as stream_passes
 from perturbflow.datasets import AnnDataDataset, read_h5ad_cells
 from perturbflow.exceptions import InputError
+from perturbflow.io_utils import WrittenH5ad
 from perturbflow.params import KnockdownParams, PreprocessingParams
 from perturbflow.pipelines.preprocessing.nodes import preprocess
 from perturbflow.preprocess import preprocess_adata
-from perturbflow.preprocess.stream import WrittenH5ad, preprocess_h5ad, streams
+from perturbflow.preprocess.stream import preprocess_h5ad, streams
 from tests.support import PAPALEXI_COLUMNS, PAPALEXI_PATH, PERTURBENCH_COLUMNS, PERTURBENCH_PATH
 
 KNOCKDOWN = KnockdownParams(
@@ -79,7 +81,7 @@ def test_streamed_output_equals_the_in_memory_one(path, columns, params, monkeyp
     memory, memory_genes, memory_report = preprocess_adata(
         ad.read_h5ad(path), columns, params, source=str(path)
     )
-    monkeypatch.setattr(stream, "BLOCK_VALUES", 50_000)  # many blocks of a few hundred rows
+    monkeypatch.setattr(stream_passes, "BLOCK_VALUES", 50_000)  # many blocks of a few hundred rows
     written, genes, report = preprocess_h5ad(path, columns, params)
     try:
         assert genes == memory_genes
@@ -110,7 +112,7 @@ def test_bad_values_fail_naming_the_file_and_leave_nothing(tmp_path, papalexi, m
     papalexi.X.data[-5:] = np.nan  # in the last block
     path = tmp_path / "bad.h5ad"
     papalexi.write_h5ad(path)
-    monkeypatch.setattr(stream, "BLOCK_VALUES", 50_000)
+    monkeypatch.setattr(stream_passes, "BLOCK_VALUES", 50_000)
     before = set(os.listdir(tempfile.gettempdir()))
     with pytest.raises(InputError, match=rf"{path}: X holds 5 NaN value"):
         preprocess_h5ad(path, PAPALEXI_COLUMNS, PARAMS)

@@ -79,7 +79,7 @@ def test_fewshot_design(project_root: Path, obs: pd.DataFrame) -> None:
 def test_fewshot_table(table: pd.DataFrame, obs: pd.DataFrame, project_root: Path) -> None:
     few = _config(project_root, "fewshot").fewshot[("norman19", "k562")]
     split, pert = table["fewshot"], table["perturbation"].astype(str)
-    k562 = (table["dataset"] == "norman19") & (table["context"] == "k562")
+    k562 = (table["dataset"] == "norman19") & (table["celltype"] == "k562")
     for label in ("val", "test"):
         held = k562 & pert.isin(few[label])
         assert (split[held] == label).all()
@@ -95,7 +95,7 @@ def test_fewshot_table(table: pd.DataFrame, obs: pd.DataFrame, project_root: Pat
 
 
 def test_zeroshot_table(table: pd.DataFrame) -> None:
-    split, context = table["zeroshot"], table["context"]
+    split, context = table["zeroshot"], table["celltype"]
     assert (split[context == "A172"] == "test").all()
     assert (split[context == "U87MG"] == "val").all()
     assert not (split[table["is_control"] & context.isin(["A172", "U87MG"])] == "train").any()
@@ -141,16 +141,16 @@ def test_summary(table: pd.DataFrame) -> None:
         "split_name",
         "split",
         "dataset",
-        "context",
+        "celltype",
         "n_cells",
         "n_control_cells",
         "n_perturbations",
     ]
     for name in NAMES:
         assert summary.loc[summary["split_name"] == name, "n_cells"].sum() == len(table)
-    row = summary.set_index(["split_name", "split", "context"]).loc[("fewshot", "train", "k562")]
+    row = summary.set_index(["split_name", "split", "celltype"]).loc[("fewshot", "train", "k562")]
     assert (row["n_cells"], row["n_control_cells"], row["n_perturbations"]) == (2175, 100, 21)
     test = summary.query("split_name == 'zeroshot' and split == 'test'")
-    assert test[["context", "n_cells", "n_control_cells", "n_perturbations"]].values.tolist() == [
+    assert test[["celltype", "n_cells", "n_control_cells", "n_perturbations"]].values.tolist() == [
         ["A172", 850, 100, 9]
     ]

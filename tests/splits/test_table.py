@@ -9,6 +9,7 @@ import pytest
 from perturbflow.exceptions import InputError
 from perturbflow.params import ColumnsParams, SplitsParams, SplitSpec
 from perturbflow.splits import SplitConfig, build_split_table, split_table_from_params
+from perturbflow.splits.data import split_design
 from tests.synthetic import COLUMNS as SYNTHETIC_COLUMNS
 
 COLUMNS = SYNTHETIC_COLUMNS  # dataset_name is unused: dataset_col is set
@@ -50,7 +51,7 @@ def test_precedence_training_zeroshot_fewshot(obs: pd.DataFrame) -> None:
         source="t",
     )
     table = build_split_table(obs, config, COLUMNS)
-    assert list(table.columns) == ["dataset", "context", "perturbation", "is_control", "split"]
+    assert list(table.columns) == ["dataset", "celltype", "perturbation", "is_control", "split"]
     assert table.index.equals(obs.index)
     assert list(table["split"].cat.categories) == ["train", "val", "test", "unused"]
     expected = {}
@@ -172,7 +173,16 @@ def test_params_errors(obs: pd.DataFrame, tmp_path) -> None:
     spec = SplitSpec(toml=None, training={}, zeroshot={}, fewshot={})
     with pytest.raises(InputError, match="clash with the design columns"):
         split_table_from_params(
-            obs, SplitsParams(splits={"context": spec}), COLUMNS, project_root=tmp_path
+            obs, SplitsParams(splits={"celltype": spec}), COLUMNS, project_root=tmp_path
         )
     with pytest.raises(InputError, match="empty"):
         split_table_from_params(obs, SplitsParams(splits={}), COLUMNS, project_root=tmp_path)
+
+
+def test_a_split_table_of_the_old_layout_is_refused_by_name():
+    table = pd.DataFrame(
+        {"dataset": ["d"], "context": ["k562"], "perturbation": ["ctrl"], "is_control": [True]},
+        index=["c0"],
+    ).assign(zs="train")
+    with pytest.raises(InputError, match=r"lacks the design column\(s\) \['celltype'\].*splits"):
+        split_design(table.index, table, "zs", genes=["g"], matrix=np.zeros((1, 1)))

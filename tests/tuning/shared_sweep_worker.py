@@ -13,14 +13,13 @@ import os
 import sys
 import time
 
-from perturbflow.tuning.params import TuneParams
 from perturbflow.tuning.space import suggest
 from perturbflow.tuning.study import open_study, run_study
-from tests.tuning.sweep_worker import value_of
+from tests.tuning.sweep_worker import read_args, value_of
 
 
 def main() -> None:
-    tune = TuneParams(**json.loads(open(sys.argv[1]).read()))
+    tune, storage = read_args(sys.argv[1])
     log, seconds, hang_at = sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
     started = 0
 
@@ -37,7 +36,7 @@ def main() -> None:
             handle.write(f"{os.getpid()} {trial.number} {json.dumps(values, sort_keys=True)}\n")
         return value_of(values)
 
-    run_study(open_study(tune), objective, n_trials=tune.n_trials, timeout=None)
+    run_study(open_study(tune, storage), objective, n_trials=tune.n_trials, timeout=None)
 
 
 if __name__ == "__main__":

@@ -14,16 +14,20 @@ from perturbflow.tuning.params import (
     SamplerParams,
     TuneParams,
 )
+from perturbflow.tuning.study import StudyStorage
 
 
-def tune_params(root: Path | str, **overrides) -> TuneParams:
-    """A study under ``root`` with a two-dimensional space and 1 s heartbeats."""
+def study_storage(root: Path | str, url: str | None = None) -> StudyStorage:
+    """The studies of ``<root>/optuna`` (one sqlite file each), or of database ``url``."""
+    return StudyStorage(folder=Path(root) / "optuna", url=url)
+
+
+def tune_params(**overrides) -> TuneParams:
+    """A study with a two-dimensional space and 1 s heartbeats."""
     values = dict(
         study_name="study",
-        storage=None,
-        storage_dir=str(Path(root) / "optuna"),
         split="zs",
-        init_from=None,
+        base=None,
         keep_checkpoints=False,
         n_trials=4,
         timeout=None,
@@ -57,3 +61,8 @@ def tune_params(root: Path | str, **overrides) -> TuneParams:
 def as_dict(params: TuneParams) -> dict:
     """Plain data of the params (what a YAML file or a subprocess receives)."""
     return dataclasses.asdict(params)
+
+
+def worker_args(tune: TuneParams, storage: StudyStorage) -> dict:
+    """What a sweep worker process reads (``sweep_worker.read_args``): params and storage."""
+    return {"tune": as_dict(tune), "folder": str(storage.folder), "url": storage.url}

@@ -11,10 +11,11 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
 
 from perturbflow.tuning.params import TuneParams
 from perturbflow.tuning.space import suggest
-from perturbflow.tuning.study import open_study, run_study
+from perturbflow.tuning.study import StudyStorage, open_study, run_study
 
 
 def value_of(values: dict) -> float:
@@ -24,8 +25,14 @@ def value_of(values: dict) -> float:
     return -((math.log(values["lora.alpha"]) - math.log(16.0)) ** 2) + values["lora.rank"] / 16
 
 
+def read_args(path: str) -> tuple[TuneParams, StudyStorage]:
+    """The tune params and study storage a test wrote (``support.worker_args``)."""
+    args = json.loads(Path(path).read_text())
+    return TuneParams(**args["tune"]), StudyStorage(folder=Path(args["folder"]), url=args["url"])
+
+
 def main() -> None:
-    tune = TuneParams(**json.loads(open(sys.argv[1]).read()))
+    tune, storage = read_args(sys.argv[1])
     block_from = int(sys.argv[2])
 
     def objective(trial):
@@ -34,7 +41,7 @@ def main() -> None:
             time.sleep(3600)  # killed before it ends
         return value_of(values)
 
-    run_study(open_study(tune), objective, n_trials=tune.n_trials, timeout=None)
+    run_study(open_study(tune, storage), objective, n_trials=tune.n_trials, timeout=None)
 
 
 if __name__ == "__main__":

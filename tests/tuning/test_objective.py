@@ -16,7 +16,7 @@ import yaml
 from optuna.trial import TrialState
 
 from perturbflow.exceptions import InputError
-from perturbflow.models.runs.run_dir import read_json
+from perturbflow.models.runs.run_dir import load_run, read_json
 from perturbflow.tuning.objective import FinetuningObjective, combine
 from perturbflow.tuning.params import CategoricalDimension, FloatDimension, PrunerParams
 from perturbflow.tuning.study import open_study, run_study
@@ -24,7 +24,7 @@ from perturbflow.tuning.sweep import base_config, tune_finetuning
 from tests.finetuning.support import finetuning_params
 from tests.models.support import loader_params
 from tests.synthetic import COLUMNS
-from tests.tuning.support import tune_params
+from tests.tuning.support import study_storage, tune_params
 
 SPACE = {
     "lora.rank": CategoricalDimension("categorical", [2, 4]),
@@ -34,10 +34,23 @@ SPACE = {
 }
 
 
-def _finetuning(base: Path, **overrides):
+def _finetuning(**overrides):
     values = dict(max_steps=20, val_every_n_steps=10, ckpt_every_n_steps=10, cpu_threads=1)
     values.update(overrides)
-    return finetuning_params(base, **values)
+    return finetuning_params(**values)
+
+
+def _sweep(ft_split, base_run, tmp_path, tune):
+    """``tune_finetuning`` of the test split from ``base_run``, the study under tmp_path."""
+    return tune_finetuning(
+        ft_split,
+        load_run(base_run),
+        study_storage(tmp_path),
+        columns=COLUMNS,
+        loader=loader_params(),
+        finetuning=_finetuning(),
+        tune=tune,
+    )
 
 
 def _pruner(kind: str) -> PrunerParams:
@@ -56,14 +69,8 @@ def test_each_trial_finetunes_with_its_values_and_scores_val_pearson_delta(
     base_run,
     ft_split,
 ):
-    tune = tune_params(tmp_path, split=None, n_trials=2, space=SPACE, pruner=_pruner("median"))
-    result = tune_finetuning(
-        ft_split,
-        columns=COLUMNS,
-        loader=loader_params(),
-        finetuning=_finetuning(base_run),
-        tune=tune,
-    )
+    tune = tune_params(split=None, n_trials=2, space=SPACE, pruner=_pruner("median"))
+    result = _sweep(ft_split, base_run, tmp_path, tune)
     assert result.ran == 2
     complete = [t for t in result.study.trials if t.state == TrialState.COMPLETE]
     assert complete and all(
@@ -91,7 +98,8 @@ def test_each_trial_finetunes_with_its_values_and_scores_val_pearson_delta(
     best = result.best
     assert best["best_trial"] == max(complete, key=lambda t: t.value).number
     assert best["finetuning"]["lora"]["rank"] == best["params"]["lora.rank"]
-    assert best["finetuning"]["run_dir"] == best["user_attrs"]["run_dir"]
+    assert best["finetuning"]["base"] == "base"
+    assert Path(best["user_attrs"]["run_dir"]).name == f"trial-{best['best_trial']:04d}"
     assert len(result.trials) == 2 and "params_lora.rank" in result.trials
 
 
@@ -101,18 +109,23 @@ def test_a_pruned_trial_stops_its_finetuning_at_the_pruning_step(
     ft_split,
 ):
     tune = tune_params(
-        tmp_path,
         split=None,
         n_trials=1,
         space=SPACE,
         pruner=_pruner("median"),
         keep_checkpoints=True,
     )
-    finetuning = base_config(_finetuning(base_run, max_steps=40), tune)
-    study = open_study(tune)
+    finetuning = base_config(_finetuning(max_steps=40), tune)
+    study = open_study(tune, study_storage(tmp_path))
     study.pruner = optuna.pruners.ThresholdPruner(lower=2.0)  # pearson <= 1: prune at once
     objective = FinetuningObjective(
-        ft_split, columns=COLUMNS, loader=loader_params(), finetuning=finetuning, tune=tune
+        ft_split,
+        columns=COLUMNS,
+        loader=loader_params(),
+        finetuning=finetuning,
+        base=load_run(base_run),
+        storage=study_storage(tmp_path),
+        tune=tune,
     )
     run_study(study, objective, n_trials=1, timeout=None)
     (trial,) = study.trials
@@ -126,19 +139,12 @@ def test_a_pruned_trial_stops_its_finetuning_at_the_pruning_step(
 
 def test_cell_eval_objective_combines_validation_metrics(tmp_path, base_run, ft_split):
     tune = tune_params(
-        tmp_path,
         split=None,
         n_trials=1,
         space=SPACE,
         objective="cell_eval",
     )
-    result = tune_finetuning(
-        ft_split,
-        columns=COLUMNS,
-        loader=loader_params(),
-        finetuning=_finetuning(base_run),
-        tune=tune,
-    )
+    result = _sweep(ft_split, base_run, tmp_path, tune)
     (trial,) = result.study.trials
     assert trial.state == TrialState.COMPLETE
     means = {m: trial.user_attrs[f"val_{m}"] for m in tune.cell_eval.weights}
@@ -149,13 +155,20 @@ def test_cell_eval_objective_combines_validation_metrics(tmp_path, base_run, ft_
 
 
 def test_bad_sweeps_fail_before_the_first_trial(tmp_path, base_run, ft_split):
-    finetuning = _finetuning(base_run)
+    finetuning = _finetuning()
     run = dict(columns=COLUMNS, loader=loader_params(), finetuning=finetuning)
+    start = (ft_split, load_run(base_run), study_storage(tmp_path))
     bad_space = {"lora.rank": FloatDimension("float", 2.0, 8.0, False)}
     with pytest.raises(InputError, match="lora.rank: a float range on an integer field"):
-        tune_finetuning(ft_split, tune=tune_params(tmp_path, split=None, space=bad_space), **run)
+        tune_finetuning(
+            ft_split,
+            load_run(base_run),
+            study_storage(tmp_path),
+            tune=tune_params(split=None, space=bad_space),
+            **run,
+        )
     with pytest.raises(InputError, match="not cell-eval metrics"):
-        bad = tune_params(tmp_path, split=None, space=SPACE, objective="cell_eval")
+        bad = tune_params(split=None, space=SPACE, objective="cell_eval")
         bad = type(bad)(
             **{
                 **bad.__dict__,
@@ -164,7 +177,13 @@ def test_bad_sweeps_fail_before_the_first_trial(tmp_path, base_run, ft_split):
                 ),
             }
         )
-        tune_finetuning(ft_split, tune=bad, **run)
+        tune_finetuning(*start, tune=bad, **run)
     with pytest.raises(InputError, match="tunes 'base'"):
-        tune_finetuning(ft_split, tune=tune_params(tmp_path, split="base", space=SPACE), **run)
+        tune_finetuning(
+            ft_split,
+            load_run(base_run),
+            study_storage(tmp_path),
+            tune=tune_params(split="base", space=SPACE),
+            **run,
+        )
     assert not (tmp_path / "optuna" / "study.db").exists()  # nothing was started

@@ -16,10 +16,10 @@ from optuna.trial import TrialState
 from perturbflow.tuning.objective import FinetuningObjective, run_number
 from perturbflow.tuning.params import CategoricalDimension, FloatDimension
 from perturbflow.tuning.space import suggest
-from perturbflow.tuning.study import count_finished, open_study, run_study, storage_url
+from perturbflow.tuning.study import count_finished, open_study, run_study
 from tests.finetuning.support import finetuning_params
 from tests.synthetic import COLUMNS
-from tests.tuning.support import as_dict, tune_params
+from tests.tuning.support import study_storage, tune_params, worker_args
 from tests.tuning.sweep_worker import value_of
 
 WORKER = Path(__file__).with_name("sweep_worker.py")
@@ -80,13 +80,20 @@ def test_killed_sweep_resumes_keeps_finished_trials_and_retries_the_dead_one(tmp
         "lora.rank": CategoricalDimension("categorical", [4, 8, 16]),
         "lora.alpha": FloatDimension("float", 4.0, 64.0, True),
     }
-    tune = tune_params(tmp_path, n_trials=5, space=space)
+    tune = tune_params(n_trials=5, space=space)
+    storage = study_storage(tmp_path)
     configs = FinetuningObjective(
-        None, columns=COLUMNS, loader=None, finetuning=finetuning_params("base"), tune=tune
+        None,
+        columns=COLUMNS,
+        loader=None,
+        finetuning=finetuning_params(),
+        base=None,
+        storage=storage,
+        tune=tune,
     )
     params_file = tmp_path / "tune.json"
-    params_file.write_text(json.dumps(as_dict(tune)))
-    db = Path(storage_url(tune).removeprefix("sqlite:///"))
+    params_file.write_text(json.dumps(worker_args(tune, storage)))
+    db = Path(storage.study_url(tune.study_name).removeprefix("sqlite:///"))
     proc = subprocess.Popen(
         [sys.executable, str(WORKER), str(params_file), "2"],
         cwd=tmp_path,
@@ -97,7 +104,9 @@ def test_killed_sweep_resumes_keeps_finished_trials_and_retries_the_dead_one(tmp
     assert proc.returncode == -signal.SIGKILL
     assert _states(db) == {0: "COMPLETE", 1: "COMPLETE", 2: "RUNNING"}
 
-    killed = optuna.load_study(study_name=tune.study_name, storage=storage_url(tune))
+    killed = optuna.load_study(
+        study_name=tune.study_name, storage=storage.study_url(tune.study_name)
+    )
     before = {t.number: t for t in killed.get_trials()}
     # the dead trial's last heartbeat is at most the kill; after the grace period it is stale
     time.sleep(tune.heartbeat.grace_period + tune.heartbeat.interval + 0.5)
@@ -111,7 +120,7 @@ def test_killed_sweep_resumes_keeps_finished_trials_and_retries_the_dead_one(tmp
         used[trial.number] = configs.config(values)
         return value_of(values)
 
-    study = open_study(tune)
+    study = open_study(tune, storage)
     assert run_study(study, objective, n_trials=tune.n_trials, timeout=None) == 3
 
     trials = {t.number: t for t in study.get_trials()}
@@ -137,6 +146,6 @@ def test_killed_sweep_resumes_keeps_finished_trials_and_retries_the_dead_one(tmp
     assert all(t.params != trials[n].params for t in fresh for n in (0, 1))
 
     # a rerun of a complete study runs nothing
-    again = open_study(tune)
+    again = open_study(tune, storage)
     assert run_study(again, objective, n_trials=tune.n_trials, timeout=None) == 0
     assert len(again.get_trials()) == len(trials)

@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.tuning.postgres import PostgresUnavailable, start_server
-from tests.tuning.support import as_dict, tune_params
+from tests.tuning.support import study_storage, tune_params, worker_args
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = "tests.tuning.shared_sweep_worker"
@@ -42,9 +42,10 @@ def _worker(params: Path, log: Path, hang_at: int) -> subprocess.Popen:
 
 
 def test_two_workers_finish_the_study_none_lost_none_twice(postgres_url, tmp_path):
-    tune = tune_params(tmp_path, storage=postgres_url, n_trials=8, study_name="shared")
+    tune = tune_params(n_trials=8, study_name="shared")
+    storage = study_storage(tmp_path, postgres_url)
     params = tmp_path / "tune.json"
-    params.write_text(json.dumps(as_dict(tune)))
+    params.write_text(json.dumps(worker_args(tune, storage)))
     log = tmp_path / "completed.txt"
     log.touch()
     doomed = _worker(params, log, hang_at=2)  # completes one trial, hangs in its second
@@ -102,6 +103,6 @@ def test_a_schema_created_by_another_worker_at_the_same_time_is_retried(tmp_path
 
     monkeypatch.setattr(study_module, "RDBStorage", racing)
     monkeypatch.setattr(study_module.time, "sleep", lambda s: None)
-    tune = tune_params(tmp_path)
+    tune = tune_params()
     storage = make_storage(f"sqlite:///{tmp_path / 'race.db'}", tune.heartbeat)
     assert len(calls) == 2 and storage.get_all_studies() == []

@@ -73,7 +73,7 @@ def test_suggest_draws_within_the_dimensions_with_their_types():
 
 
 def test_yaml_shaped_space_builds_typed_dimensions(tmp_path):
-    raw = as_dict(tune_params(tmp_path))
+    raw = as_dict(tune_params())
     raw["space"] = {
         "lora.rank": {"type": "categorical", "choices": [4, 8, 16]},
         "optimizer.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},

@@ -14,9 +14,9 @@ from optuna.trial import TrialState
 from perturbflow.exceptions import InputError
 from perturbflow.tuning.figures import study_figures
 from perturbflow.tuning.space import suggest
-from perturbflow.tuning.study import count_finished, open_study, run_study, storage_url
+from perturbflow.tuning.study import count_finished, open_study, run_study
 from perturbflow.tuning.tables import best_params, trials_table
-from tests.tuning.support import tune_params
+from tests.tuning.support import study_storage, tune_params
 from tests.tuning.sweep_worker import value_of
 
 
@@ -33,36 +33,38 @@ def _objective(tune, *, prune_below: float | None = None):
 
 
 def test_default_storage_is_a_sqlite_file_per_study_in_a_created_folder(tmp_path):
-    tune = tune_params(tmp_path / "deep" / "er", study_name="my-study")
-    url = storage_url(tune)
+    tune = tune_params(study_name="my-study")
+    storage = study_storage(tmp_path / "deep" / "er")
+    url = storage.study_url(tune.study_name)
     assert url == f"sqlite:///{tmp_path}/deep/er/optuna/my-study.db"
     assert (tmp_path / "deep" / "er" / "optuna").is_dir()
-    open_study(tune)
+    open_study(tune, storage)
     assert (tmp_path / "deep" / "er" / "optuna" / "my-study.db").is_file()
+    assert storage.trial_dir("my-study", 7) == tmp_path / "deep/er/optuna/my-study/trial-0007"
 
 
 def test_explicit_urls_are_checked(tmp_path):
     db = tmp_path / "sub" / "shared.db"
-    assert storage_url(tune_params(tmp_path, storage=f"sqlite:///{db}")) == f"sqlite:///{db}"
+    assert study_storage(tmp_path, f"sqlite:///{db}").study_url("any") == f"sqlite:///{db}"
     assert db.parent.is_dir()
     with pytest.raises(InputError, match="not a database URL"):
-        storage_url(tune_params(tmp_path, storage="data/06_models/optuna/x.db"))
+        study_storage(tmp_path, "data/06_models/optuna/x.db").study_url("any")
 
 
 def test_a_resumed_study_must_be_the_same_tuning_problem(tmp_path):
-    tune = tune_params(tmp_path)
+    tune = tune_params()
     identity = {"objective": "pearson_delta", "split": "zs", "init_from": "runs/a"}
-    open_study(tune, identity=identity)
-    open_study(tune, identity=identity)  # same problem: loads
+    open_study(tune, study_storage(tmp_path), identity=identity)
+    open_study(tune, study_storage(tmp_path), identity=identity)  # same problem: loads
     with pytest.raises(InputError, match=r"split: stored 'zs', now 'fewshot'"):
-        open_study(tune, identity={**identity, "split": "fewshot"})
+        open_study(tune, study_storage(tmp_path), identity={**identity, "split": "fewshot"})
     with pytest.raises(InputError, match="created to maximize"):
-        open_study(tune_params(tmp_path, direction="minimize"), identity=identity)
+        open_study(tune_params(direction="minimize"), study_storage(tmp_path), identity=identity)
 
 
 def test_n_trials_counts_complete_and_pruned_trials_of_the_whole_study(tmp_path):
-    tune = tune_params(tmp_path, n_trials=6)
-    study = open_study(tune)
+    tune = tune_params(n_trials=6)
+    study = open_study(tune, study_storage(tmp_path))
     assert run_study(study, _objective(tune, prune_below=0.0), n_trials=3, timeout=None) == 3
     # a later run with a larger target only runs the difference
     assert run_study(study, _objective(tune, prune_below=0.0), n_trials=6, timeout=None) == 3
@@ -74,8 +76,8 @@ def test_n_trials_counts_complete_and_pruned_trials_of_the_whole_study(tmp_path)
 
 
 def test_a_failing_objective_stops_the_sweep_and_keeps_what_finished(tmp_path):
-    tune = tune_params(tmp_path, n_trials=5)
-    study = open_study(tune)
+    tune = tune_params(n_trials=5)
+    study = open_study(tune, study_storage(tmp_path))
 
     def objective(trial):
         if trial.number == 2:
@@ -84,7 +86,7 @@ def test_a_failing_objective_stops_the_sweep_and_keeps_what_finished(tmp_path):
 
     with pytest.raises(RuntimeError, match="broken trial"):
         run_study(study, objective, n_trials=5, timeout=None)
-    reloaded = open_study(tune)
+    reloaded = open_study(tune, study_storage(tmp_path))
     assert [t.state for t in reloaded.get_trials()] == [
         TrialState.COMPLETE,
         TrialState.COMPLETE,
@@ -101,9 +103,9 @@ def test_a_trial_has_a_heartbeat_before_its_objective_draws_parameters(tmp_path,
     monkeypatch.setattr(
         optuna.study._optimize, "get_heartbeat_thread", lambda *_: NullHeartbeatThread()
     )
-    tune = tune_params(tmp_path, n_trials=3)
-    db = Path(storage_url(tune).removeprefix("sqlite:///"))
-    study = open_study(tune)
+    tune = tune_params(n_trials=3)
+    db = Path(study_storage(tmp_path).study_url(tune.study_name).removeprefix("sqlite:///"))
+    study = open_study(tune, study_storage(tmp_path))
     beats_at_start = []
 
     def objective(trial):
@@ -119,15 +121,17 @@ def test_a_trial_has_a_heartbeat_before_its_objective_draws_parameters(tmp_path,
 
 
 def test_tables_and_figures_of_a_study(tmp_path):
-    tune = tune_params(tmp_path, n_trials=8)
-    study = open_study(tune)
+    tune = tune_params(n_trials=8)
+    study = open_study(tune, study_storage(tmp_path))
     run_study(study, _objective(tune, prune_below=-6.0), n_trials=8, timeout=None)
     table = trials_table(study)
     assert list(table["number"]) == list(range(len(study.trials)))
     assert {"params_x", "params_k", "state", "value", "duration", "last_step"} <= set(table)
     assert set(table["last_step"]) == {10}
 
-    record = best_params(study, extra={"storage": storage_url(tune)})
+    record = best_params(
+        study, extra={"storage": study_storage(tmp_path).study_url(tune.study_name)}
+    )
     best = max((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     assert record["best_trial"] == best.number and record["value"] == best.value
     assert record["params"] == best.params
@@ -148,7 +152,7 @@ def test_tables_and_figures_of_a_study(tmp_path):
 
 
 def test_figures_and_record_of_an_empty_study(tmp_path: Path):
-    study = open_study(tune_params(tmp_path))
+    study = open_study(tune_params(), study_storage(tmp_path))
     record = best_params(study)
     assert record["best_trial"] is None and record["n_finished"] == 0
     assert trials_table(study).empty

@@ -11,6 +11,7 @@ from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
+from perturbflow.datasets import RunsDataset
 from perturbflow.exceptions import InputError
 from perturbflow.models.training.finetune import FinetuningParams
 from perturbflow.pipelines.tune import create_pipeline
@@ -21,7 +22,7 @@ from tests.finetuning.support import finetuning_params
 from tests.models.support import loader_params
 from tests.support import PROJECT_ROOT
 from tests.synthetic import COLUMNS
-from tests.tuning.support import tune_params
+from tests.tuning.support import study_storage, tune_params
 
 OUTPUTS = (
     "tune_best_params",
@@ -45,21 +46,24 @@ def _inputs(screen, base_run, tmp_path, **tune_overrides) -> dict:
         "optimizer.lr": FloatDimension("float", 1e-3, 1e-2, True),
     }
     return {
+        "st_models": RunsDataset(path=str(base_run.parent)).load(),  # holds base/
+        "tune_storage": study_storage(tmp_path),
         "preprocessed_adata@cells": ad.read_h5ad(screen["path"], backed="r"),
         "split_table": screen["table"],
         "hvg_genes": list(screen["adata"].var_names),
         "params:columns": COLUMNS,
         "params:loader": loader_params(),
         "params:finetuning": finetuning_params(
-            base_run, max_steps=10, val_every_n_steps=5, ckpt_every_n_steps=5, cpu_threads=1
+            max_steps=10, val_every_n_steps=5, ckpt_every_n_steps=5, cpu_threads=1
         ),
         "params:tune": tune_params(
-            tmp_path, **{"split": None, "n_trials": 2, "space": space, **tune_overrides}
+            **{"split": None, "n_trials": 2, "space": space, **tune_overrides}
         ),
     }
 
 
-def test_tune_pipeline_writes_best_params_trials_and_figures(screen, base_run, tmp_path):
+def _run_sweep(screen, base_run, tmp_path) -> DataCatalog:
+    """The tune pipeline on an in-memory catalog; its outputs kept for the test."""
     catalog = DataCatalog(
         {
             name: MemoryDataset(value, copy_mode="assign")
@@ -69,6 +73,11 @@ def test_tune_pipeline_writes_best_params_trials_and_figures(screen, base_run, t
     for name in OUTPUTS:
         catalog[name] = KeptDataset(copy_mode="assign")
     SequentialRunner().run(create_pipeline(), catalog)
+    return catalog
+
+
+def test_tune_pipeline_writes_best_params_trials_and_figures(screen, base_run, tmp_path):
+    catalog = _run_sweep(screen, base_run, tmp_path)
     best = catalog["tune_best_params"].load()
     trials = catalog["tune_trials"].load()
     assert best["n_finished"] == 2 and len(trials) == 2
@@ -79,16 +88,7 @@ def test_tune_pipeline_writes_best_params_trials_and_figures(screen, base_run, t
     for name in OUTPUTS[2:]:
         assert isinstance(catalog[name].load(), go.Figure)
     # rerun: the study is complete, nothing is trained again, the reports are rebuilt
-    catalog2 = DataCatalog(
-        {
-            name: MemoryDataset(value, copy_mode="assign")
-            for name, value in _inputs(screen, base_run, tmp_path).items()
-        }
-    )
-    for name in OUTPUTS:
-        catalog2[name] = KeptDataset(copy_mode="assign")
-    SequentialRunner().run(create_pipeline(), catalog2)
-    again = catalog2["tune_trials"].load()
+    again = _run_sweep(screen, base_run, tmp_path)["tune_trials"].load()
     assert list(again["number"]) == list(trials["number"])
     assert list(again["value"]) == list(trials["value"])
 
@@ -108,7 +108,9 @@ def test_conf_tune_params_and_catalog_are_valid(env):
     params = loader["parameters"]
     tune = TuneParams(**params["tune"])
     FinetuningParams(**params["finetuning"])
-    assert tune.storage is None and tune.storage_dir == "data/06_models/optuna"
+    assert tune.base is None  # finetuning.base
+    catalog = loader["catalog"]
+    assert catalog["tune_storage"]["path"] == "data/06_models/optuna"
     assert tune.space["lora.rank"].choices == ([4, 8, 16] if env == "base" else [4, 8])
     assert set(tune.space) == {
         "lora.rank",

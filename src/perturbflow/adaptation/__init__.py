@@ -27,7 +27,13 @@ from perturbflow.adaptation.mmd import median_bandwidth, mmd2, multiscale_bandwi
 from perturbflow.adaptation.plots import plot_mmd_curve
 from perturbflow.adaptation.predict import AdaptedPredictions, mean_table, predict_adapted
 from perturbflow.adaptation.shift import GeneShift, ShiftFit, embed, fit_shift, frozen
-from perturbflow.adaptation.store import adapter_metadata, load_adapter, save_adapter
+from perturbflow.adaptation.store import (
+    MMDShift,
+    load_shift,
+    read_shift,
+    shift_metadata,
+    write_shift,
+)
 
 __all__ = [
     "AdaptationParams",
@@ -40,12 +46,14 @@ __all__ = [
     "ShiftFit",
     "ShiftFitParams",
     "SourceEmbeddings",
-    "adapter_metadata",
+    "shift_metadata",
     "control_expression",
     "embed",
     "fit_shift",
     "frozen",
-    "load_adapter",
+    "load_shift",
+    "read_shift",
+    "MMDShift",
     "mean_table",
     "median_bandwidth",
     "mmd2",
@@ -55,7 +63,7 @@ __all__ = [
     "read_cells",
     "read_perturbation_list",
     "resolve_files",
-    "save_adapter",
+    "write_shift",
     "select_cells",
     "source_embeddings",
 ]

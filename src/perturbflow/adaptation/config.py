@@ -21,7 +21,7 @@ class ShiftFitParams:
 
     Attributes:
         scale: Also learn a positive per-gene scale: ``x * exp(log_scale) + shift``.
-        lr: Adam learning rate of the adapter's parameters (the network is frozen).
+        lr: Adam learning rate of the shift's parameters (the network is frozen).
         lr_schedule: ``constant``, or ``cosine`` (decays to 5% of ``lr`` at ``max_steps``).
         max_steps: Upper bound on optimisation steps.
         batch_size: Target and source cells per minibatch (capped at the sample sizes).
@@ -61,13 +61,14 @@ class AdaptationSourceParams:
 
     Attributes:
         files: h5ad files (a list, or one glob pattern such as ``data/src/*.h5ad``) whose
-            control cells give the source embeddings (basal encoder outputs).
+            control cells give the source embeddings (basal encoder outputs); ``None``:
+            the project's preprocessed screen (the catalog's ``preprocessed_adata``).
         celltypes: Keep only control cells of these values of ``columns.celltype_col``
             (``None``: every control cell of the files).
         max_cells_per_file: Seeded subsample of each file's control cells (``None``: all).
     """
 
-    files: list[str] | str
+    files: list[str] | str | None
     celltypes: list[str] | None
     max_cells_per_file: int | None
 
@@ -77,12 +78,13 @@ class AdaptationTargetParams:
     """The target domain: its control cells in the model's input space, and its context.
 
     Attributes:
-        file: The target h5ad (log1p expression with the model's genes in ``var_names``).
+        file: The target h5ad (log1p expression with the model's genes in ``var_names``);
+            ``None``: the project's preprocessed screen (``preprocessed_adata``).
         celltype: The target context (a value of ``columns.celltype_col``), or ``None``
             when the file holds one context.
     """
 
-    file: str
+    file: str | None
     celltype: str | None
 
 
@@ -110,7 +112,7 @@ class AdaptedPredictionParams:
             target's real ones, else its control count).
         allow_unknown: Predict perturbations unknown to the model as the average response
             (as ``perturbflow infer --allow-unknown``); otherwise they are an error.
-        map_back: Map the predicted cells back through the adapter's inverse, so that they
+        map_back: Map the predicted cells back through the shift's inverse, so that they
             live in the target's space like its control cells (see docs/adaptation.md).
         seed: Seed of the control sampling.
     """
@@ -126,21 +128,22 @@ class AdaptationParams:
     """The ``adaptation`` pipeline's parameters.
 
     Attributes:
-        run_dir: The trained ST run directory (``perturbflow.models.runs.run_dir``).
-        adapter_dir: Where the adapter (``shift.pt`` + ``adapter.json``) is written.
+        run: The trained ST run to adapt: its split name in the ``st_models`` store.
+        name: The shift's name in the ``mmd_shifts`` store (``<name>/shift.pt`` +
+            ``shift.json``).
         control_label: Control label of the source and target files (``None``:
             ``columns.control_label``).
         source: The source domain's files.
         target: The target file and context.
         perturbations: The perturbations to predict.
-        fit: The fitting of the adapter.
+        fit: The fitting of the shift.
         predict: The predictions.
         chunk_size: Cells per forward pass of the basal encoder.
         device: Torch device (``cpu``, ``cuda``...).
     """
 
-    run_dir: str
-    adapter_dir: str
+    run: str
+    name: str
     control_label: str | None
     source: AdaptationSourceParams
     target: AdaptationTargetParams

@@ -128,7 +128,7 @@ def read_cells(path: str | os.PathLike[str], rows: np.ndarray) -> ad.AnnData:
 def control_expression(adata: ad.AnnData, run: TrainedRun, *, source: str) -> np.ndarray:
     """Control cells' expression in the model's input space (the run's genes, by name).
 
-    This is what the adapter moves and what the basal encoder reads: log1p expression,
+    This is what the shift moves and what the basal encoder reads: log1p expression,
     never embeddings, never counts (``aligned_matrix`` refuses counts).
     """
     return aligned_matrix(adata, run, source=source)

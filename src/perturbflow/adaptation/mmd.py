@@ -2,7 +2,7 @@
 
 The adaptation objective compares two *samples* of embeddings (the source domain's control
 cells and the adapted target's). Hand-written rather than geomloss's kernel losses
-(``SamplesLoss("gaussian")``), because the adapter needs two things geomloss does not
+(``SamplesLoss("gaussian")``), because the shift needs two things geomloss does not
 offer: the **unbiased** U-statistic estimator (geomloss computes the biased V-statistic,
 whose positive O(1/n) bias depends on the minibatch size, so curves at different batch
 sizes or sample sizes would not compare) and a **sum of kernels** at several fixed

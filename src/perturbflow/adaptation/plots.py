@@ -1,4 +1,4 @@
-"""The MMD curve of an adapter fit (matplotlib; the pipeline's catalog writes the PNG)."""
+"""The MMD curve of an shift fit (matplotlib; the pipeline's catalog writes the PNG)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 
-def plot_mmd_curve(curve: pd.DataFrame, *, title: str = "Adapter fit") -> Figure:
+def plot_mmd_curve(curve: pd.DataFrame, *, title: str = "Shift fit") -> Figure:
     """Evaluation MMD^2 (fixed sample) and mean minibatch MMD^2 against the step.
 
     Args:

@@ -1,18 +1,18 @@
 """Predictions for the target's perturbations from adapted control cells.
 
 Each requested perturbation is predicted in the target context **from the target's
-control cells** moved by the adapter (the inputs the network reads), through
+control cells** moved by the shift (the inputs the network reads), through
 :func:`perturbflow.models.inference.infer.infer_adata`: the same gene alignment by name, refusal
 of counts, checks of unknown perturbations (an error unless ``allow_unknown``, as
 ``perturbflow infer``) and contexts without controls, and cell-eval's output form (the
 context's real control cells, then the predicted cells).
 
-With ``map_back`` (the default) the predicted cells are mapped back through the adapter's
-inverse before clipping at zero: the network works in the source-like space the adapter
+With ``map_back`` (the default) the predicted cells are mapped back through the shift's
+inverse before clipping at zero: the network works in the source-like space the shift
 moved the controls into, the output is compared with the target's own cells. The ST
 model predicts ``input + delta``, so for a pure shift the mapped-back prediction is
 ``control + delta(adapted control)``: adaptation changes which response the model
-predicts, not the control level it starts from. Without it the adapter's shift itself
+predicts, not the control level it starts from. Without it the shift's shift itself
 would appear as part of every predicted effect.
 """
 
@@ -74,7 +74,7 @@ def predict_adapted(
     run: TrainedRun,
     target: ad.AnnData,
     columns: ColumnsParams,
-    adapter: GeneShift | None,
+    shift: GeneShift | None,
     *,
     perturbations: Sequence[str] | None,
     cells_per_perturbation: int | None = None,
@@ -86,18 +86,18 @@ def predict_adapted(
     """Predict perturbations in the target from its adapted control cells.
 
     Args:
-        run: The trained run the adapter was fitted for.
+        run: The trained run the shift was fitted for.
         target: The target's cells (one or more contexts; control cells needed in each),
             expression in ``X`` with the model's genes among ``var_names``.
         columns: Where the design lives in ``target.obs``.
-        adapter: The fitted adapter, or ``None`` for the unadapted predictions (the
+        shift: The fitted shift, or ``None`` for the unadapted predictions (the
             comparison without adaptation).
         perturbations: Labels to predict (``None``: every non-control label of
             ``target``).
         cells_per_perturbation: Cells per perturbation (``None``: as many as the real
             ones, else the control count).
         allow_unknown: Predict unknown perturbations as the average response.
-        map_back: Apply the adapter's inverse to the predicted cells (module docstring).
+        map_back: Apply the shift's inverse to the predicted cells (module docstring).
         seed: Seed of the control sampling.
         source: How to name the target in messages.
 
@@ -105,9 +105,9 @@ def predict_adapted(
         InputError: As :func:`perturbflow.models.inference.infer.infer_adata`.
     """
     input_map = output_map = None
-    if adapter is not None:
-        input_map = adapter.transform
-        output_map = adapter.inverse_transform if map_back else None
+    if shift is not None:
+        input_map = shift.transform
+        output_map = shift.inverse_transform if map_back else None
     cells, sources = infer_adata(
         run,
         target,
@@ -121,8 +121,8 @@ def predict_adapted(
         output_map=output_map,
     )
     cells.uns["perturbflow_adaptation"] = {
-        "adapted": adapter is not None,
-        "map_back": bool(map_back and adapter is not None),
+        "adapted": shift is not None,
+        "map_back": bool(map_back and shift is not None),
         "run_digest": run.digest,
     }
     return AdaptedPredictions(cells, mean_table(cells, columns), sources)

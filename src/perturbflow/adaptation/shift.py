@@ -1,17 +1,17 @@
-"""The per-gene shift (and optional scale) adapter and its MMD fitting loop.
+"""The per-gene shift (and optional scale) shift and its MMD fitting loop.
 
-The adapter moves the **target's control expression** (cells x the model's genes, in the
+The shift moves the **target's control expression** (cells x the model's genes, in the
 model's input space: log1p HVGs, *not* counts and *not* embeddings) so that the frozen
 basal encoder maps it onto the source domain's control embeddings::
 
     adapted = target_expression * exp(log_scale) + shift          (per gene)
     minimise  MMD^2( basal_encoder(adapted), source_embeddings )
 
-Only the adapter's parameters are optimised; the network's weights are frozen (no
+Only the shift's parameters are optimised; the network's weights are frozen (no
 gradient reaches them, tested). Minibatches, the fixed evaluation sample and the
 bandwidth heuristic are all seeded; the evaluation MMD is logged every ``eval_every``
 steps (the MMD curve), training stops early when it stops improving and the best
-adapter is kept.
+shift is kept.
 """
 
 from __future__ import annotations
@@ -87,23 +87,23 @@ class GeneShift(nn.Module):
 
 @dataclass(frozen=True)
 class ShiftFit:
-    """A fitted adapter and how the fitting went.
+    """A fitted shift and how the fitting went.
 
     Attributes:
-        adapter: The best adapter (lowest evaluation MMD), on the CPU.
+        shift: The best shift (lowest evaluation MMD), on the CPU.
         curve: One row per evaluation: ``step``, ``eval_mmd2`` (fixed evaluation sample),
             ``batch_mmd2`` (mean minibatch MMD since the last evaluation; NaN at step 0).
         bandwidths: The RBF bandwidths used throughout.
         mmd_before: Evaluation MMD of the unadapted target (step 0).
-        mmd_after: Evaluation MMD of the returned adapter.
-        best_step: The step of the returned adapter.
+        mmd_after: Evaluation MMD of the returned shift.
+        best_step: The step of the returned shift.
         steps: Steps run.
         stopped_early: Whether early stopping ended the fit before ``max_steps``.
         n_target: Target control cells.
         n_source: Source embeddings.
     """
 
-    adapter: GeneShift
+    shift: GeneShift
     curve: pd.DataFrame
     bandwidths: list[float]
     mmd_before: float
@@ -153,7 +153,7 @@ def _out_width(encoder: nn.Module) -> int:
 def _check_inputs(target: np.ndarray, source: np.ndarray, encoder: nn.Module) -> None:
     if target.ndim != 2 or len(target) == 0:
         raise InputError(
-            "The target control set is empty: the adapter is fitted on the target's "
+            "The target control set is empty: the shift is fitted on the target's "
             "control cells (expression in the model's input space); check the control "
             "label and the target context."
         )
@@ -184,11 +184,65 @@ def _check_inputs(target: np.ndarray, source: np.ndarray, encoder: nn.Module) ->
     for name, n in (("target", len(target)), ("source", len(source))):
         if n < FEW_CELLS:
             logger.warning(
-                "Only %d %s control cells: the MMD estimate is noisy and the adapter "
-                "may fit noise.",
+                "Only %d %s control cells: the MMD estimate is noisy and the shift may fit noise.",
                 n,
                 name,
             )
+
+
+def _evaluation_cells(
+    target: torch.Tensor, source: torch.Tensor, n_cells: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed random subsets of both sides (the same cells at every evaluation)."""
+    n_eval = min(n_cells, len(target), len(source))
+    eval_t = target[torch.randperm(len(target), generator=gen)[:n_eval].to(target.device)]
+    eval_s = source[torch.randperm(len(source), generator=gen)[:n_eval].to(source.device)]
+    return eval_t, eval_s
+
+
+def _optimise(
+    shift: GeneShift,
+    loss: torch.Tensor,
+    optimiser: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler | None,
+    l2_weight: float,
+) -> float:
+    """One optimiser step on the batch MMD (plus the L2 penalty); returns the batch MMD."""
+    batch_mmd = float(loss.detach())
+    if l2_weight:
+        loss = loss + l2_weight * sum(p.pow(2).mean() for p in shift.parameters())
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    if schedule is not None:
+        schedule.step()
+    return batch_mmd
+
+
+def _result(
+    shift: GeneShift, tracker: _BestState, bandwidths: list[float], steps: int, n_t: int, n_s: int
+) -> ShiftFit:
+    """The fit's outcome, logged."""
+    logger.info(
+        "Shift fit: MMD^2 %.4g -> %.4g (best step %d of %d%s)",
+        tracker.before,
+        tracker.best,
+        tracker.best_step,
+        steps,
+        ", stopped early" if tracker.stopped else "",
+    )
+    return ShiftFit(
+        shift=shift,
+        curve=pd.DataFrame(tracker.rows, columns=["step", "eval_mmd2", "batch_mmd2"]),
+        bandwidths=bandwidths,
+        mmd_before=tracker.before,
+        mmd_after=tracker.best,
+        best_step=tracker.best_step,
+        steps=steps,
+        stopped_early=tracker.stopped,
+        n_target=n_t,
+        n_source=n_s,
+    )
 
 
 def fit_shift(
@@ -210,7 +264,7 @@ def fit_shift(
         device: Where the fit runs (the data are moved there once).
 
     Returns:
-        The best adapter and the MMD curve.
+        The best shift and the MMD curve.
 
     Raises:
         InputError: An empty control set, fewer than 2 cells per side, or widths that do
@@ -225,21 +279,19 @@ def fit_shift(
     source = torch.from_numpy(source_np).to(device)
     n_t, n_s = len(target), len(source)
     batch = min(params.batch_size, n_t, n_s)
-    n_eval = min(params.eval_cells, n_t, n_s)
-    eval_t = target[torch.randperm(n_t, generator=gen)[:n_eval].to(device)]
-    eval_s = source[torch.randperm(n_s, generator=gen)[:n_eval].to(device)]
-    adapter = GeneShift(target.shape[1], scale=params.scale).to(device)
-    optimiser, schedule = _optimiser(adapter, params)
+    eval_t, eval_s = _evaluation_cells(target, source, params.eval_cells, gen)
+    shift = GeneShift(target.shape[1], scale=params.scale).to(device)
+    optimiser, schedule = _optimiser(shift, params)
     with frozen(encoder):
         bandwidths = _bandwidths(encoder, eval_t, eval_s, params, gen)
 
         def evaluate() -> float:
             with torch.no_grad():
-                return float(mmd2(encoder(adapter(eval_t)), eval_s, bandwidths))
+                return float(mmd2(encoder(shift(eval_t)), eval_s, bandwidths))
 
-        tracker = _BestState(evaluate(), adapter)
+        tracker = _BestState(evaluate(), shift)
         logger.info(
-            "Adapter fit: %d target, %d source cells, batch %d, bandwidths %s, MMD^2 %.4g",
+            "Shift fit: %d target, %d source cells, batch %d, bandwidths %s, MMD^2 %.4g",
             n_t,
             n_s,
             batch,
@@ -251,52 +303,24 @@ def fit_shift(
         for step in range(1, params.max_steps + 1):
             ti = torch.randperm(n_t, generator=gen)[:batch].to(device)
             si = torch.randperm(n_s, generator=gen)[:batch].to(device)
-            loss = mmd2(encoder(adapter(target[ti])), source[si], bandwidths)
-            running.append(float(loss.detach()))
-            if params.l2_weight:
-                penalty = sum(p.pow(2).mean() for p in adapter.parameters())
-                loss = loss + params.l2_weight * penalty
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            if schedule is not None:
-                schedule.step()
+            loss = mmd2(encoder(shift(target[ti])), source[si], bandwidths)
+            running.append(_optimise(shift, loss, optimiser, schedule, params.l2_weight))
             if step % params.eval_every and step != params.max_steps:
                 continue
-            if tracker.update(step, evaluate(), float(np.mean(running)), adapter, params):
+            if tracker.update(step, evaluate(), float(np.mean(running)), shift, params):
                 break
             running = []
-    adapter.load_state_dict(tracker.state)
-    adapter = adapter.cpu().requires_grad_(False)
-    logger.info(
-        "Adapter fit: MMD^2 %.4g -> %.4g (best step %d of %d%s)",
-        tracker.before,
-        tracker.best,
-        tracker.best_step,
-        step,
-        ", stopped early" if tracker.stopped else "",
-    )
-    return ShiftFit(
-        adapter=adapter,
-        curve=pd.DataFrame(tracker.rows, columns=["step", "eval_mmd2", "batch_mmd2"]),
-        bandwidths=bandwidths,
-        mmd_before=tracker.before,
-        mmd_after=tracker.best,
-        best_step=tracker.best_step,
-        steps=step,
-        stopped_early=tracker.stopped,
-        n_target=n_t,
-        n_source=n_s,
-    )
+    shift.load_state_dict(tracker.state)
+    return _result(shift.cpu().requires_grad_(False), tracker, bandwidths, step, n_t, n_s)
 
 
-def _optimiser(adapter: nn.Module, params: ShiftFitParams) -> tuple[torch.optim.Optimizer, Any]:
+def _optimiser(shift: nn.Module, params: ShiftFitParams) -> tuple[torch.optim.Optimizer, Any]:
     """Adam, with a cosine decay unless ``lr_schedule`` says constant.
 
     Constant-lr Adam leaves the shift jittering around the optimum by about lr (the
     minibatch gradients never vanish); a cosine decay lets it settle.
     """
-    optimiser = torch.optim.Adam(adapter.parameters(), lr=params.lr)
+    optimiser = torch.optim.Adam(shift.parameters(), lr=params.lr)
     schedule = None
     if params.lr_schedule == "cosine":
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -333,22 +357,22 @@ def _bandwidths(
 class _BestState:
     """The best held-out MMD^2 so far, its weights, the curve, and early stopping."""
 
-    def __init__(self, start: float, adapter: nn.Module) -> None:
+    def __init__(self, start: float, shift: nn.Module) -> None:
         self.before = self.best = start
         self.best_step, self.bad, self.stopped = 0, 0, False
         self.rows: list[dict[str, float]] = [
             {"step": 0, "eval_mmd2": start, "batch_mmd2": float("nan")}
         ]
-        self.state = _copy(adapter)
+        self.state = _copy(shift)
 
     def update(
-        self, step: int, current: float, batch: float, adapter: nn.Module, params: ShiftFitParams
+        self, step: int, current: float, batch: float, shift: nn.Module, params: ShiftFitParams
     ) -> bool:
         """Record an evaluation; ``True`` when ``patience`` evaluations brought no gain."""
         self.rows.append({"step": step, "eval_mmd2": current, "batch_mmd2": batch})
         if current < self.best - params.min_delta:
             self.best, self.best_step, self.bad = current, step, 0
-            self.state = _copy(adapter)
+            self.state = _copy(shift)
             return False
         self.bad += 1
         if self.bad >= params.patience:
@@ -357,5 +381,5 @@ class _BestState:
         return False
 
 
-def _copy(adapter: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in adapter.state_dict().items()}
+def _copy(shift: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in shift.state_dict().items()}

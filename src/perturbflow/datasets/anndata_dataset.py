@@ -16,6 +16,10 @@ Two choices differ from a plain ``anndata.write_h5ad`` call:
   new file. The dataset therefore writes a shallow stand-in that shares the (possibly on-disk)
   arrays of the object but owns copies of ``obs``/``var``.
 
+The save path is :mod:`perturbflow.datasets.h5ad_write`; ``describe`` and ``preview`` read
+metadata only, with :mod:`perturbflow.loading.h5ad_metadata` (whose :func:`describe_h5ad`
+this module re-exports for :mod:`perturbflow.datasets`).
+
 Example catalog entry::
 
     preprocessed_adata:
@@ -28,21 +32,16 @@ Example catalog entry::
 
 from __future__ import annotations
 
-import math
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from copy import deepcopy
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 import anndata as ad
 import fsspec
 import h5py
-import numpy as np
-import pandas as pd
 from kedro.io.core import (
     AbstractVersionedDataset,
     DatasetError,
@@ -52,179 +51,11 @@ from kedro.io.core import (
 )
 from kedro_datasets._typing import TablePreview
 
-from perturbflow.io_utils import atomic_path
+from perturbflow.datasets.h5ad_write import move_written, write_h5ad_to
+from perturbflow.io_utils import WrittenH5ad
+from perturbflow.loading.h5ad_metadata import check_hdf5, describe_h5ad, obs_preview, summarize
 
 __all__ = ["AnnDataDataset", "describe_h5ad"]
-
-#: Human-readable names of the ``encoding-type`` attribute of ``/X``.
-_X_FORMATS = {"array": "dense", "csr_matrix": "csr", "csc_matrix": "csc"}
-
-
-# ---- reading metadata with h5py (never touches X) ----------------------------------------
-
-
-def _attr_str(value: Any) -> str:
-    """Decode an HDF5 string attribute (``bytes`` or ``str``) to ``str``."""
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _attr_list(value: Any) -> list[str]:
-    """Decode an HDF5 string-array attribute (possibly an empty float array) to a list."""
-    if value is None:
-        return []
-    return [_attr_str(v) for v in np.atleast_1d(value)]
-
-
-def _encoding(node: h5py.Group | h5py.Dataset) -> str | None:
-    enc = node.attrs.get("encoding-type")
-    return None if enc is None else _attr_str(enc)
-
-
-def _dataframe_group(f: h5py.Group, key: str, where: str) -> h5py.Group:
-    """Return the ``obs``/``var`` group of an h5ad file, or raise a clear error."""
-    node = f.get(key)
-    if not isinstance(node, h5py.Group) or _encoding(node) != "dataframe":
-        raise ValueError(
-            f"'{where}' is not a valid h5ad file: expected a '{key}' dataframe group "
-            f"(anndata >= 0.7 layout), found {'nothing' if node is None else node!r}."
-        )
-    return node
-
-
-def _dataframe_len(group: h5py.Group) -> int:
-    index_key = _attr_str(group.attrs["_index"])
-    return int(group[index_key].shape[0])
-
-
-def _x_summary(f: h5py.Group) -> tuple[str | None, str | None]:
-    """Return the ``encoding-type`` and dtype of ``/X`` without reading its values."""
-    node = f.get("X")
-    if node is None:
-        return None, None
-    enc = _encoding(node)
-    if isinstance(node, h5py.Dataset):
-        return enc or "array", str(node.dtype)
-    if enc is None and "h5sparse_format" in node.attrs:  # files written by anndata < 0.7
-        enc = f"{_attr_str(node.attrs['h5sparse_format'])}_matrix"
-    dtype = str(node["data"].dtype) if "data" in node else None
-    return enc, dtype
-
-
-def _summarize(f: h5py.Group, where: str) -> dict[str, Any]:
-    obs = _dataframe_group(f, "obs", where)
-    var = _dataframe_group(f, "var", where)
-    x_encoding, x_dtype = _x_summary(f)
-
-    def keys(name: str) -> list[str]:
-        node = f.get(name)
-        return sorted(node.keys()) if isinstance(node, h5py.Group) else []
-
-    return {
-        "n_obs": _dataframe_len(obs),
-        "n_vars": _dataframe_len(var),
-        "X_encoding": x_encoding,
-        "X_format": _X_FORMATS.get(x_encoding, x_encoding) if x_encoding else None,
-        "X_dtype": x_dtype,
-        "obs_columns": _attr_list(obs.attrs.get("column-order")),
-        "var_columns": _attr_list(var.attrs.get("column-order")),
-        "obsm_keys": keys("obsm"),
-        "layers_keys": keys("layers"),
-        "has_raw": "raw" in f,
-    }
-
-
-def _read_column_head(node: h5py.Group | h5py.Dataset, nrows: int) -> Any:
-    """Read the first ``nrows`` values of one dataframe column (or index) of an h5ad file."""
-    enc = _encoding(node)
-    if isinstance(node, h5py.Dataset) and enc == "string-array":
-        return node.asstr()[:nrows]
-    if isinstance(node, h5py.Dataset) and enc == "array":
-        return node[:nrows]
-    if isinstance(node, h5py.Group) and enc == "categorical":
-        categories = ad.io.read_elem(node["categories"])
-        return pd.Categorical.from_codes(
-            node["codes"][:nrows], categories, ordered=bool(node.attrs.get("ordered", False))
-        )
-    # Nullable integer/boolean/string columns and anything newer: read the column, then cut.
-    return ad.io.read_elem(node)[:nrows]
-
-
-def _read_obs_head(f: h5py.Group, nrows: int, where: str) -> pd.DataFrame:
-    """Read the first ``nrows`` rows of ``obs`` without reading the rest of the file."""
-    obs = _dataframe_group(f, "obs", where)
-    if _attr_str(obs.attrs.get("encoding-version", "")) != "0.2.0":
-        # Older dataframe layouts keep categories elsewhere: let anndata decode the lot.
-        return ad.io.read_elem(obs).iloc[:nrows]
-    index_key = _attr_str(obs.attrs["_index"])
-    columns = _attr_list(obs.attrs.get("column-order"))
-    index = pd.Index(_read_column_head(obs[index_key], nrows), name=None)
-    data = {col: _read_column_head(obs[col], nrows) for col in columns}
-    return pd.DataFrame(data, index=index, columns=columns)
-
-
-def _check_hdf5(path: str | os.PathLike[str]) -> None:
-    if not Path(path).exists():
-        raise FileNotFoundError(f"No h5ad file at '{path}'.")
-    if not h5py.is_hdf5(path):
-        raise ValueError(f"'{path}' is not a valid h5ad file: it is not an HDF5 file.")
-
-
-def describe_h5ad(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Summarize a local ``.h5ad`` file from its metadata, without reading ``X``.
-
-    Only HDF5 attributes, the ``obs``/``var`` index lengths and group keys are read, so this is
-    cheap even for files far larger than memory.
-
-    Args:
-        path: Path of the ``.h5ad`` file.
-
-    Returns:
-        A dict with ``n_obs``, ``n_vars``, ``X_encoding`` (the ``encoding-type`` attribute of
-        ``/X``: ``"array"``, ``"csr_matrix"`` or ``"csc_matrix"``; ``None`` without ``X``),
-        ``X_format`` (``"dense"``, ``"csr"`` or ``"csc"``), ``X_dtype``, ``obs_columns``,
-        ``var_columns``, ``obsm_keys``, ``layers_keys`` and ``has_raw``.
-
-    Raises:
-        FileNotFoundError: If ``path`` does not exist.
-        ValueError: If ``path`` is not an HDF5 file or lacks the h5ad ``obs``/``var`` groups.
-    """
-    _check_hdf5(path)
-    with h5py.File(path, "r") as f:
-        return _summarize(f, str(path))
-
-
-# ---- saving without touching the caller's object ------------------------------------------
-
-
-def _write_view(adata: ad.AnnData) -> ad.AnnData:
-    """Return an in-memory AnnData to hand to ``write_h5ad`` in place of ``adata``.
-
-    It shares the arrays of ``adata`` (``X`` may stay an on-disk dataset of a backed object, and
-    is streamed by anndata on write) but owns copies of ``obs``, ``var`` and ``raw.var``, which
-    ``write_h5ad`` converts to categoricals in place. Writing it cannot close, re-point or
-    otherwise modify ``adata``.
-    """
-    try:
-        raw = None
-        if adata.raw is not None:
-            raw = {"X": adata.raw.X, "var": adata.raw.var.copy(), "varm": dict(adata.raw.varm)}
-        return ad.AnnData(
-            X=adata.X,
-            obs=adata.obs.copy(),
-            var=adata.var.copy(),
-            uns=dict(adata.uns),
-            obsm=dict(adata.obsm),
-            varm=dict(adata.varm),
-            obsp=dict(adata.obsp),
-            varp=dict(adata.varp),
-            layers=dict(adata.layers),
-            raw=raw,
-        )
-    except Exception:  # fall back to a full (slower) copy on any oddity
-        return adata.to_memory(copy=True) if adata.isbacked else adata.copy()
-
-
-# ---- the dataset ----------------------------------------------------------------------------
 
 
 class AnnDataDataset(AbstractVersionedDataset[ad.AnnData, ad.AnnData]):
@@ -387,27 +218,16 @@ class AnnDataDataset(AbstractVersionedDataset[ad.AnnData, ad.AnnData]):
 
     # ---- save -----------------------------------------------------------------------------
 
-    def _save_written(self, data: Any) -> None:
-        """Move a file written out of core onto the dataset's path (atomically, locally)."""
-        save_path = get_filepath_str(self._get_save_path(), self._protocol)
-        try:
-            if self._is_local:
-                with atomic_path(Path(save_path)) as tmp:
-                    shutil.move(str(data.path), tmp)  # a copy when /tmp is another disk
-            else:
-                parent = str(PurePosixPath(save_path).parent)
-                if parent and parent != ".":
-                    self._fs.makedirs(parent, exist_ok=True)
-                self._fs.put_file(str(data.path), save_path)
-        finally:
-            data.discard()
+    def _save_path(self) -> str:
+        """The (versioned) path the next save writes to."""
+        return get_filepath_str(self._get_save_path(), self._protocol)
 
     def save(self, data: ad.AnnData) -> None:
         """Write ``data`` to the ``.h5ad`` file atomically, leaving ``data`` untouched.
 
         The file is written to a temporary file in the target's directory and moved onto the
         target only once complete; on failure the previous file (if any) is left as it was.
-        A :class:`~perturbflow.preprocess.stream.WrittenH5ad` (a file the out-of-core
+        A :class:`~perturbflow.io_utils.WrittenH5ad` (a file the out-of-core
         preprocessing already wrote) is moved onto the target the same way.
 
         Args:
@@ -416,32 +236,17 @@ class AnnDataDataset(AbstractVersionedDataset[ad.AnnData, ad.AnnData]):
         Raises:
             DatasetError: If ``data`` is not an AnnData or writing fails.
         """
-        from perturbflow.preprocess.stream import WrittenH5ad  # local: scanpy is heavy
-
         if isinstance(data, WrittenH5ad):  # written out of core: move the file into place
-            self._save_written(data)
+            move_written(data, self._save_path(), fs=self._fs, is_local=self._is_local)
             return
         if not isinstance(data, ad.AnnData):
             raise DatasetError(
                 f"AnnDataDataset can only save an anndata.AnnData, got {type(data).__name__} "
                 f"(dataset {self})."
             )
-        save_path = get_filepath_str(self._get_save_path(), self._protocol)
-        to_write = _write_view(data)
-
-        if self._is_local:
-            target = Path(save_path)
-            with atomic_path(target) as tmp:
-                to_write.write_h5ad(tmp, **self._save_args)
-        else:
-            with tempfile.TemporaryDirectory(prefix="anndata_dataset_") as tmp_dir:
-                tmp = Path(tmp_dir) / PurePosixPath(save_path).name
-                to_write.write_h5ad(tmp, **self._save_args)
-                parent = str(PurePosixPath(save_path).parent)
-                if parent and parent != ".":
-                    self._fs.makedirs(parent, exist_ok=True)
-                self._fs.put_file(str(tmp), save_path)
-
+        write_h5ad_to(
+            data, self._save_path(), fs=self._fs, is_local=self._is_local, save_args=self._save_args
+        )
         self._invalidate_cache()
 
     # ---- bookkeeping ----------------------------------------------------------------------
@@ -470,7 +275,7 @@ class AnnDataDataset(AbstractVersionedDataset[ad.AnnData, ad.AnnData]):
         load_path = self._existing_load_path()
         if self._is_local:
             try:
-                _check_hdf5(load_path)
+                check_hdf5(load_path)
             except ValueError as exc:
                 raise DatasetError(str(exc)) from exc
             with h5py.File(load_path, "r") as f:
@@ -498,7 +303,7 @@ class AnnDataDataset(AbstractVersionedDataset[ad.AnnData, ad.AnnData]):
         """
         with self._open_h5() as (f, where):
             try:
-                return _summarize(f, where)
+                return summarize(f, where)
             except ValueError as exc:
                 raise DatasetError(str(exc)) from exc
 
@@ -525,34 +330,6 @@ class AnnDataDataset(AbstractVersionedDataset[ad.AnnData, ad.AnnData]):
             raise DatasetError(f"preview nrows must be >= 0, got {nrows}.")
         with self._open_h5() as (f, where):
             try:
-                summary = _summarize(f, where)
-                head = _read_obs_head(f, nrows, where)
+                return TablePreview(obs_preview(f, nrows, where))
             except ValueError as exc:
                 raise DatasetError(str(exc)) from exc
-
-        columns = ["obs_name", *(str(c) for c in head.columns)]
-        rows = [
-            [_json_value(v) for v in (name, *values)]
-            for name, values in zip(head.index, head.itertuples(index=False), strict=True)
-        ]
-        return TablePreview(
-            {
-                "index": list(range(len(rows))),
-                "columns": columns,
-                "data": rows,
-                "summary": summary,
-            }
-        )
-
-
-def _json_value(value: Any) -> Any:
-    """Convert one table cell to a plain JSON value (numpy scalars unboxed, NA -> None)."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if value is None or value is pd.NA or value is pd.NaT:
-        return None
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, str | int | float | bool):
-        return value
-    return str(value)

@@ -22,7 +22,8 @@ import pandas as pd
 from kedro.io.core import AbstractDataset, DatasetError
 from kedro_datasets._typing import TablePreview
 
-from perturbflow.datasets.anndata_dataset import AnnDataDataset, describe_h5ad
+from perturbflow.datasets.anndata_dataset import AnnDataDataset
+from perturbflow.loading.h5ad_metadata import describe_h5ad
 
 
 @dataclass(frozen=True)

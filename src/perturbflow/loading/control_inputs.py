@@ -3,7 +3,8 @@
 :func:`pair_sentences` gives every perturbed cell sentence a control sentence of the same
 size (control rows, or mean-group ids for ``control_mean``); :func:`control_means` computes
 the mean control profiles those group ids index, reading rows in chunks. The strategies
-themselves live in :mod:`perturbflow.loading.pairing`, which still re-exports both.
+themselves live in :mod:`perturbflow.loading.pairing_strategies`, their registry and the
+design in :mod:`perturbflow.loading.pairing`.
 """
 
 from __future__ import annotations
@@ -16,12 +17,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from perturbflow.exceptions import InputError
-from perturbflow.loading.pairing import (
-    ControlMeanPairing,
-    PairingDesign,
-    PairingStrategy,
-    get_pairing_strategy,
-)
+from perturbflow.loading.pairing import PairingStrategy, get_pairing_strategy
+from perturbflow.loading.pairing_design import PairingDesign
+from perturbflow.loading.pairing_strategies import ControlMeanPairing
 
 logger = logging.getLogger(__name__)
 

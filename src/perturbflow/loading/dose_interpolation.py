@@ -32,7 +32,8 @@ import numpy as np
 
 from perturbflow.exceptions import InputError
 from perturbflow.loading.control_inputs import control_means
-from perturbflow.loading.pairing import ControlMeanPairing, PairingDesign
+from perturbflow.loading.pairing_design import PairingDesign
+from perturbflow.loading.pairing_strategies import ControlMeanPairing
 from perturbflow.perturbations import parse_perturbation
 
 

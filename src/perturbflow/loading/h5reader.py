@@ -16,7 +16,7 @@ Performance choices (64 random rows per read, 2-core machine, file in the page c
   (anndata backed); dense 200k x 128: 2.9M vs 52k. Each map is checked against HDF5 on its
   first and last rows at open and dropped (with a warning) if they differ.
 * Compressed or filtered datasets go through HDF5: the requested rows are sorted,
-  de-duplicated and cut into contiguous runs, and up to ``_RUNS_PER_READ`` runs are read by
+  de-duplicated and cut into contiguous runs, and up to ``RUNS_PER_READ`` runs are read by
   ONE call with a union of hyperslabs (one h5py slice read per run: ~6x slower on CSR);
   HDF5 converts to ``dtype`` while reading. Coalescing runs across gaps of 4 to 1024 rows
   was slower on CSR (5-9k vs 12k). gzip CSR: ~1.2k cells/s, each row inflating a whole
@@ -48,9 +48,10 @@ from typing import Any, Literal
 import h5py
 import numpy as np
 import scipy.sparse as sp
-from h5py import h5d, h5s
 
-from perturbflow.exceptions import InputError, suggest
+from perturbflow.exceptions import InputError
+from perturbflow.loading.h5matrix import resolve_matrix
+from perturbflow.loading.h5ranges import map_plan, read_all, read_runs
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +61,6 @@ RELEASE_EVERY = 8
 #: Rows per piece of a larger lazy read (each piece's mapped pages are released after it: the
 #: kernel maps up to 64 KiB around every page fault, ~37 KB per random row here).
 READ_PIECE = 4096
-_RUNS_PER_READ = 128  # runs per HDF5 read: more was slower (HDF5's hyperslab-union cost)
-_CSC_FIX = "`adata.X = scipy.sparse.csr_matrix(adata.X); adata.write_h5ad(path)` (or the layer)"
 
 
 class H5RowReader:
@@ -105,7 +104,7 @@ class H5RowReader:
         self._reads = 0
         if not self.path.is_file():
             raise InputError(f"{self.path}: no such h5ad file (key {key!r}).")
-        node = self._resolve(self._handle())
+        node = resolve_matrix(self._handle(), self.path, key)
         self._node = node.name
         self.encoding: Literal["dense", "csr"] = (
             "dense" if isinstance(node, h5py.Dataset) else "csr"
@@ -247,7 +246,7 @@ class H5RowReader:
         """The first-axis ranges ``[starts[i], stops[i])`` of dataset ``name``, concatenated."""
         plan = self._plans.get(name)
         if plan is None:
-            return _read_runs(self._handle()[name], starts, stops, self.dtype)
+            return read_runs(self._handle()[name], starts, stops, self.dtype)
         lengths = stops - starts
         idx = np.arange(lengths.sum()) + np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
         if plan[0] == "contiguous":
@@ -279,12 +278,12 @@ class H5RowReader:
         """Plan a memory map for each dataset that allows one, checked against HDF5."""
         f = self._handle()
         for name in names:
-            if (plan := _map_plan(f[name])) is None:
+            if (plan := map_plan(f[name])) is None:
                 continue
             self._plans[name] = plan
             ends = np.array([0, f[name].shape[0] - 1]), np.array([1, f[name].shape[0]])
             try:  # a wrong offset, or a filesystem without mmap, falls back to HDF5
-                same = np.array_equal(self._take(name, *ends), _read_runs(f[name], *ends, None))
+                same = np.array_equal(self._take(name, *ends), read_runs(f[name], *ends, None))
             except (OSError, ValueError):
                 same = False
             if not same:
@@ -296,115 +295,12 @@ class H5RowReader:
         """Read the whole matrix into RAM (a CSR matrix stays CSR)."""
         node = self._handle()[self._node]
         if self.encoding == "dense":
-            self._mem = _read_all(node, self.dtype)
+            self._mem = read_all(node, self.dtype)
         else:
-            data = _read_all(node["data"], self.dtype)
-            indices = _read_all(node["indices"], node["indices"].dtype)
+            data = read_all(node["data"], self.dtype)
+            indices = read_all(node["indices"], node["indices"].dtype)
             shape = (self.n_rows, self.n_cols)
             self._mem = sp.csr_matrix((data, indices, self._indptr), shape=shape)
-
-    def _resolve(self, f: h5py.File) -> h5py.Dataset | h5py.Group:
-        """The HDF5 node of ``key``, checked to be a dense numeric or a CSR matrix."""
-        key = self.key
-        name = key if key == "X" or key.startswith(("obsm/", "layers/")) else f"obsm/{key}"
-        node = f.get(name)
-        where = f"{self.path}: {key!r} (/{name})"
-        if node is None:
-            obsm, layers = _keys(f, "obsm"), [f"layers/{k}" for k in _keys(f, "layers")]
-            raise InputError(
-                f"{self.path}: no matrix {key!r} (looked for /{name}); expected 'X', an obsm "
-                f"key or 'layers/<name>'. obsm keys: {obsm or 'none'}; layers: "
-                f"{layers or 'none'}.{suggest(key, ['X', *obsm, *layers])}"
-            )
-        if isinstance(node, h5py.Dataset):
-            if node.ndim == 2 and np.issubdtype(node.dtype, np.number):
-                return node
-            raise InputError(
-                f"{where} is a {node.ndim}-D {node.dtype} array; expected 2-D numeric."
-            )
-        enc = node.attrs.get("encoding-type", node.attrs.get("h5sparse_format", ""))
-        enc = enc.decode() if isinstance(enc, bytes) else str(enc)
-        if enc in ("csr_matrix", "csr"):
-            return node
-        if enc in ("csc_matrix", "csc"):
-            raise InputError(
-                f"{where} is a CSC matrix: reading a row reads every column. Fix: {_CSC_FIX}."
-            )
-        raise InputError(
-            f"{where} has encoding {enc or 'unknown'!r}; expected a dense array or a CSR matrix "
-            f"(not a dataframe, awkward array or CSC)."
-        )
-
-
-def _keys(f: h5py.File, group: str) -> list[str]:
-    """The element names of ``group`` (none when it is absent)."""
-    node = f.get(group)
-    return sorted(node.keys()) if isinstance(node, h5py.Group) else []
-
-
-def _read_runs(ds: h5py.Dataset, starts: np.ndarray, stops: np.ndarray, dtype) -> np.ndarray:
-    """The first-axis ranges ``[starts[i], stops[i])`` of ``ds`` through HDF5, concatenated.
-
-    h5py's ``dataset[...]`` takes one slice per call (~40 us each): each group of
-    ``_RUNS_PER_READ`` runs is one read of a union of hyperslabs instead.
-    """
-    lengths = stops - starts
-    starts, lengths = starts[lengths > 0].tolist(), lengths[lengths > 0].tolist()
-    tail = tuple(int(s) for s in ds.shape[1:])
-    bounds = np.cumsum([0, *lengths])
-    out = np.empty((int(bounds[-1]), *tail), dtype=dtype or ds.dtype)
-    if out.size == 0:
-        return out
-    for first in range(0, len(starts), _RUNS_PER_READ):
-        last = min(first + _RUNS_PER_READ, len(starts))
-        space = ds.id.get_space()
-        space.select_none()
-        for i in range(first, last):
-            space.select_hyperslab(
-                (starts[i], *[0] * len(tail)), (lengths[i], *tail), op=h5s.SELECT_OR
-            )
-        lo, hi = int(bounds[first]), int(bounds[last])
-        ds.id.read(h5s.create_simple((hi - lo, *tail)), space, out[lo:hi])
-    return out
-
-
-def _map_plan(ds: h5py.Dataset) -> tuple | None:
-    """Where the elements of ``ds`` lie in the file, when it can be memory-mapped.
-
-    ``("contiguous", byte_offset)``; ``("chunked", chunk_len, first item of each chunk)`` for
-    a 1-D chunked dataset without filters whose chunks all exist and are aligned to the
-    itemsize; else ``None`` (compressed, filtered, external, virtual). HDF5's offsets are
-    absolute (a user block included).
-    """
-    plist = ds.id.get_create_plist()
-    if ds.is_virtual or plist.get_external_count() or ds.size == 0 or ds.dtype.kind not in "iuf":
-        return None
-    if plist.get_layout() == h5d.CONTIGUOUS:
-        offset = ds.id.get_offset()
-        return None if offset is None else ("contiguous", int(offset))
-    if plist.get_layout() != h5d.CHUNKED or plist.get_nfilters() or ds.ndim != 1:
-        return None
-    chunk_len = int(ds.chunks[0])
-    offsets = np.full(-(-ds.shape[0] // chunk_len), -1, dtype=np.int64)
-
-    def visit(info: Any) -> None:
-        offsets[info.chunk_offset[0] // chunk_len] = info.byte_offset
-
-    try:
-        ds.id.chunk_iter(visit)  # HDF5 >= 1.12.3 / 1.14
-    except (AttributeError, RuntimeError, ValueError):
-        return None
-    if (offsets < 0).any() or (offsets % ds.dtype.itemsize).any():
-        return None
-    return ("chunked", chunk_len, offsets // ds.dtype.itemsize)
-
-
-def _read_all(ds: h5py.Dataset, dtype) -> np.ndarray:
-    """The whole dataset in ``dtype`` (HDF5 converts while reading)."""
-    out = np.empty(ds.shape, dtype=dtype)
-    if out.size:
-        ds.read_direct(out)
-    return out
 
 
 def h5ad_identity(path: str | os.PathLike, *, edge_mib: float = 1.0) -> dict[str, Any]:

@@ -24,7 +24,9 @@ import numpy as np
 
 from perturbflow.exceptions import InputError
 from perturbflow.io_utils import atomic_path
-from perturbflow.loading.pairing import Pairing, PairingDesign, PairingStrategy
+from perturbflow.loading.pairing import PairingStrategy
+from perturbflow.loading.pairing_design import PairingDesign
+from perturbflow.loading.pairing_strategies import Pairing
 
 logger = logging.getLogger(__name__)
 

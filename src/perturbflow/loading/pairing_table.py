@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from perturbflow.loading.pairing import Pairing, PairingDesign
+from perturbflow.loading.pairing_design import PairingDesign
+from perturbflow.loading.pairing_strategies import Pairing
 
 
 def pairing_index_frame(

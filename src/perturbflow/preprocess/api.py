@@ -6,15 +6,15 @@ import logging
 from typing import Any
 
 import anndata as ad
-import pandas as pd
 
+from perturbflow.design import read_design
 from perturbflow.exceptions import InputError
 from perturbflow.params import ColumnsParams, PreprocessingParams
 from perturbflow.preprocess.hvg import select_hvg
 from perturbflow.preprocess.knockdown import filter_on_target_knockdown, knockdown_settings
 from perturbflow.preprocess.normalize import UNS_KEY, normalize_log1p
 from perturbflow.preprocess.report import build_report
-from perturbflow.preprocess.validation import context_labels, validate_adata
+from perturbflow.preprocess.validation import validate_adata
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +88,8 @@ def preprocess_adata(
     )
     del filtered
 
-    is_control = (processed.obs[columns.pert_col].astype(str) == columns.control_label).to_numpy()
-    contexts = context_labels(processed.obs, columns)
-    controls = pd.Series(contexts[is_control]).value_counts().sort_index()
+    design = read_design(processed.obs, columns)
+    controls = design.loc[design["is_control"], "context"].value_counts().sort_index()
     uns = processed.uns[UNS_KEY]
     report = build_report(
         source=source,

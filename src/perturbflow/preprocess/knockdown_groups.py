@@ -13,10 +13,10 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
+from perturbflow.design import read_design
 from perturbflow.exceptions import InputError, closest
 from perturbflow.params import ColumnsParams, KnockdownParams
 from perturbflow.preprocess._knockdown_utils import gather, targets_per_label
-from perturbflow.preprocess.validation import context_labels
 
 
 def exempt_labels(
@@ -52,9 +52,10 @@ class LabelCodes:
     @classmethod
     def of(cls, obs: pd.DataFrame, columns: ColumnsParams, source: str) -> LabelCodes:
         """Codes of ``obs``; :class:`InputError` when the control label never occurs."""
-        pert_codes, pert_uniques = pd.factorize(obs[columns.pert_col].astype(str))
+        design = read_design(obs, columns)
+        pert_codes, pert_uniques = pd.factorize(design["perturbation"])
         labels = [str(p) for p in pert_uniques]
-        ctx_codes, ctx_uniques = pd.factorize(context_labels(obs, columns))
+        ctx_codes, ctx_uniques = pd.factorize(design["context"])
         control = columns.control_label
         if control not in labels:
             raise InputError(

@@ -60,7 +60,28 @@ def merge_datasets(adatas: Mapping[str, ad.AnnData], *, dataset_col: str = "data
     if not adatas:
         raise InputError("merge_datasets: no dataset to merge.")
     items = [(str(name), adata) for name, adata in adatas.items()]
-    names = [name for name, _ in items]
+    _check_inputs(items)
+    labels = {name: _dataset_labels(adata, name, dataset_col) for name, adata in items}
+    owner = _dataset_owners(labels, dataset_col)
+    kind = _common_kind(items)
+    genes = _shared_genes(items)
+    merged = _concat(items, genes, labels, dataset_col)
+    merged.obs[dataset_col] = pd.Categorical(
+        merged.obs[dataset_col].astype(str), categories=list(owner)
+    )
+    logger.info(
+        "Merged %d datasets (%s): %d cells x %d shared genes (%s values)",
+        len(items),
+        ", ".join(f"{name}: {adata.n_obs} cells" for name, adata in items),
+        merged.n_obs,
+        merged.n_vars,
+        kind,
+    )
+    return merged
+
+
+def _check_inputs(items: list[tuple[str, ad.AnnData]]) -> None:
+    """Fail on an empty input or one whose gene names repeat."""
     for name, adata in items:
         if adata.n_obs == 0 or adata.n_vars == 0:
             raise InputError(f"{name}: the AnnData is empty ({adata.n_obs} x {adata.n_vars}).")
@@ -70,7 +91,10 @@ def merge_datasets(adatas: Mapping[str, ad.AnnData], *, dataset_col: str = "data
                 f"{name}: {len(dup)} gene names occur more than once (e.g. {list(dup[:5])}); "
                 "make them unique before merging."
             )
-    labels = {name: _dataset_labels(adata, name, dataset_col) for name, adata in items}
+
+
+def _dataset_owners(labels: dict[str, pd.Series], dataset_col: str) -> dict[str, str]:
+    """The input each dataset name comes from (in order); fails when two inputs share one."""
     owner: dict[str, str] = {}
     for name, values in labels.items():
         for dataset in values.unique():
@@ -81,7 +105,12 @@ def merge_datasets(adatas: Mapping[str, ad.AnnData], *, dataset_col: str = "data
                     "input distinct dataset names so every cell's dataset is unambiguous."
                 )
             owner[dataset] = name
+    return owner
 
+
+def _common_kind(items: list[tuple[str, ad.AnnData]]) -> str:
+    """The kind of values every input holds (:func:`detect_expression_kind`); fails on a mix."""
+    names = [name for name, _ in items]
     kinds = {name: detect_expression_kind(adata.X) for name, adata in items}
     if len(set(kinds.values())) > 1:
         by_kind = {k: [n for n in names if kinds[n] == k] for k in sorted(set(kinds.values()))}
@@ -89,7 +118,11 @@ def merge_datasets(adatas: Mapping[str, ad.AnnData], *, dataset_col: str = "data
             f"merge_datasets: the datasets hold different kinds of values: {by_kind}. "
             "Merge raw counts with raw counts (then normalise once) or log1p with log1p."
         )
+    return kinds[names[0]]
 
+
+def _shared_genes(items: list[tuple[str, ad.AnnData]]) -> list[str]:
+    """The genes of every input, in the first one's order; warns when few are shared."""
     sizes = {name: int(adata.n_vars) for name, adata in items}
     shared = set.intersection(*(set(adata.var_names) for _, adata in items))
     genes = [g for g in items[0][1].var_names if g in shared]
@@ -105,7 +138,16 @@ def merge_datasets(adatas: Mapping[str, ad.AnnData], *, dataset_col: str = "data
             len(genes),
             sizes,
         )
+    return genes
 
+
+def _concat(
+    items: list[tuple[str, ad.AnnData]],
+    genes: list[str],
+    labels: dict[str, pd.Series],
+    dataset_col: str,
+) -> ad.AnnData:
+    """Concatenate the inputs' shared genes: cells named ``"<key>:<name>"``, datasets set."""
     parts = []
     for name, adata in items:
         part = adata[:, genes].copy()
@@ -115,16 +157,4 @@ def merge_datasets(adatas: Mapping[str, ad.AnnData], *, dataset_col: str = "data
         part.obs_names = name + NAME_SEP + part.obs_names.astype(str)
         part.obs[dataset_col] = labels[name].to_numpy()
         parts.append(part)
-    merged = ad.concat(parts, join="inner", merge="same", uns_merge="same")
-    merged.obs[dataset_col] = pd.Categorical(
-        merged.obs[dataset_col].astype(str), categories=list(owner)
-    )
-    logger.info(
-        "Merged %d datasets (%s): %d cells x %d shared genes (%s values)",
-        len(items),
-        ", ".join(f"{name}: {adata.n_obs} cells" for name, adata in items),
-        merged.n_obs,
-        merged.n_vars,
-        kinds[names[0]],
-    )
-    return merged
+    return ad.concat(parts, join="inner", merge="same", uns_merge="same")

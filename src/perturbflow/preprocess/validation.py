@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from perturbflow.design import read_design
 from perturbflow.exceptions import InputError, closest, suggest
 from perturbflow.params import ColumnsParams
 
@@ -80,14 +81,9 @@ def context_labels(obs: pd.DataFrame, columns: ColumnsParams) -> pd.Series:
     """Return each cell's context key ``"dataset.celltype"`` (as in STATE's TOML files).
 
     The dataset comes from ``columns.dataset_col`` when set, else it is
-    ``columns.dataset_name`` for every cell.
+    ``columns.dataset_name`` for every cell (:func:`~perturbflow.design.read_design`).
     """
-    celltype = obs[columns.celltype_col].astype(str)
-    if columns.dataset_col is not None:
-        dataset = obs[columns.dataset_col].astype(str)
-    else:
-        dataset = pd.Series(columns.dataset_name, index=obs.index)
-    return (dataset + "." + celltype).rename("context")
+    return read_design(obs, columns)["context"]
 
 
 def require_columns(
@@ -307,14 +303,13 @@ def design_summary(
     Raises:
         InputError: What ``X`` holds disagrees with ``expected_input``.
     """
-    perts = obs[columns.pert_col]
-    labels = pd.Index(pd.unique(perts.astype(str)))
+    design = read_design(obs, columns)
+    labels = pd.Index(pd.unique(design["perturbation"]))
     control = columns.control_label
     warnings: list[str] = []
     kind = _resolve_kind(detected, expected_input, source=source, warnings=warnings)
 
-    is_control = (perts.astype(str) == control).to_numpy()
-    contexts = context_labels(obs, columns)
+    is_control, contexts = design["is_control"].to_numpy(), design["context"]
     with_controls = set(contexts[is_control].unique())
     all_contexts = sorted(contexts.unique())
     for ctx in all_contexts:

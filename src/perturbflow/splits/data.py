@@ -1,10 +1,10 @@
 """The expression matrix, split labels and training effects that every predictor reads.
 
 A *context* is a (dataset, cell type) pair, written ``"dataset.celltype"`` as in STATE's
-TOML files. A perturbation's *effect* (delta) in a context is the mean expression of its
-cells minus the mean of that context's control cells. Everything a baseline learns comes
-from cells labelled ``train`` in the split; held-out (``val``/``test``) cells are only
-read to build the real side of an evaluation.
+TOML files (:mod:`perturbflow.design`). A perturbation's *effect* (delta) in a
+context is the mean expression of its cells minus the mean of that context's control cells.
+Everything a baseline learns comes from cells labelled ``train`` in the split; held-out
+(``val``/``test``) cells are only read to build the real side of an evaluation.
 """
 
 from __future__ import annotations
@@ -18,18 +18,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from perturbflow.design import join_contexts
 from perturbflow.exceptions import InputError
 from perturbflow.loading.h5reader import H5RowReader
 from perturbflow.loading.row_matrix import RowMatrix
 from perturbflow.splits.rows import KeyRowIndex
 from perturbflow.splits.table import DESIGN_COLUMNS
-
-CONTEXT_SEP = "."
-
-
-def context_key(dataset: str, celltype: str) -> str:
-    """Return the ``"dataset.celltype"`` key of a context."""
-    return f"{dataset}{CONTEXT_SEP}{celltype}"
 
 
 @dataclass(frozen=True)
@@ -106,7 +100,7 @@ def split_cells(
 
     Args:
         adata: Preprocessed AnnData (log1p), holding ``obsm[obsm_key]`` when set.
-        split_table: Per-cell split table with ``dataset``, ``context`` (cell type),
+        split_table: Per-cell split table with ``dataset``, ``celltype``,
             ``perturbation``, ``is_control`` and one column per named split.
         split_name: Which named split's labels to use.
         genes: Names of the columns of the expression space (the HVG list when
@@ -156,6 +150,13 @@ def split_design(
         InputError: The split is missing, the cells of the table and the matrix differ, or
             the gene list does not match the matrix width.
     """
+    missing_design = [c for c in DESIGN_COLUMNS if c not in split_table.columns]
+    if missing_design:
+        raise InputError(
+            f"The split table lacks the design column(s) {missing_design} (a table written "
+            "before the cell-type column was named `celltype` has `context` instead): rerun "
+            "`kedro run --pipelines splits`."
+        )
     if split_name not in split_table.columns:
         raise InputError(
             f"Split {split_name!r} is not in the split table; it has "
@@ -177,14 +178,14 @@ def split_design(
     cells = pd.DataFrame(
         {
             "dataset": table["dataset"].astype(str).to_numpy(),
-            "celltype": table["context"].astype(str).to_numpy(),
+            "celltype": table["celltype"].astype(str).to_numpy(),
             "perturbation": table["perturbation"].astype(str).to_numpy(),
             "is_control": table["is_control"].astype(bool).to_numpy(),
             "split": table[split_name].astype(str).to_numpy(),
         },
         index=obs_names.copy(),
     )
-    cells["context"] = cells["dataset"] + CONTEXT_SEP + cells["celltype"]
+    cells["context"] = join_contexts(cells["dataset"], cells["celltype"])
     return SplitCells(
         X=as_row_matrix(matrix), genes=list(genes), cells=cells, split_name=split_name
     )

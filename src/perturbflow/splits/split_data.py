@@ -14,8 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from perturbflow.datasets.anndata_dataset import describe_h5ad
 from perturbflow.exceptions import InputError
+from perturbflow.loading.h5ad_metadata import describe_h5ad
 from perturbflow.loading.h5reader import H5RowReader
 from perturbflow.loading.row_matrix import RowMatrix
 from perturbflow.params import LoaderParams

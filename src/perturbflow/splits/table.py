@@ -21,38 +21,36 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from perturbflow.design import read_design
 from perturbflow.exceptions import InputError, suggest
 from perturbflow.params import ColumnsParams, SplitsParams
 from perturbflow.splits.config import HELDOUT_LABELS, SplitConfig, split_config_from_spec
 
 SPLIT_LABELS = ("train", "val", "test", "unused")
-DESIGN_COLUMNS = ("dataset", "context", "perturbation", "is_control")
+DESIGN_COLUMNS = ("dataset", "celltype", "perturbation", "is_control")
 
 
-def _column(obs: pd.DataFrame, name: str, role: str) -> pd.Series:
-    if name not in obs.columns:
-        raise InputError(
-            f"obs has no column {name!r} (columns.{role}); obs columns: {list(obs.columns)}."
-            f"{suggest(name, obs.columns)}"
-        )
-    values = obs[name]
-    missing = int(values.isna().sum())
+def _require_complete(obs: pd.DataFrame, name: str | None, role: str) -> None:
+    """Fail when the design column ``name`` (``columns.<role>``) has missing values."""
+    if name is None:
+        return
+    missing = int(obs[name].isna().sum())
     if missing:
         raise InputError(f"obs column {name!r} (columns.{role}) has {missing} missing values.")
-    return values.astype(str)
 
 
 def design_table(obs: pd.DataFrame, columns: ColumnsParams) -> pd.DataFrame:
-    """The design columns of a split table (``dataset``, ``context``, ``perturbation``, ...).
+    """The design columns of a split table (``dataset``, ``celltype``, ``perturbation``, ...).
 
-    ``context`` is the cell type; ``is_control`` marks the control cells.
+    ``is_control`` marks the control cells; a context is the (``dataset``, ``celltype``)
+    pair.
 
     Args:
         obs: Cell metadata (``adata.obs``), one row per cell with unique index.
         columns: Where the design lives in ``obs``.
 
     Returns:
-        A table indexed like ``obs``; ``context`` is the cell type.
+        A table indexed like ``obs``.
 
     Raises:
         InputError: If a column is missing or has missing values, the index has duplicates
@@ -64,24 +62,21 @@ def design_table(obs: pd.DataFrame, columns: ColumnsParams) -> pd.DataFrame:
             f"Cell names (obs index) are not unique, e.g. {dupes}; "
             "call adata.obs_names_make_unique() first."
         )
-    pert = _column(obs, columns.pert_col, "pert_col")
-    context = _column(obs, columns.celltype_col, "celltype_col")
-    if columns.dataset_col is not None:
-        dataset = _column(obs, columns.dataset_col, "dataset_col")
-    else:
-        dataset = pd.Series(columns.dataset_name, index=obs.index)
-    is_control = pert == columns.control_label
-    if not is_control.any():
+    design = read_design(obs, columns)
+    for role in ("pert_col", "celltype_col", "dataset_col"):
+        _require_complete(obs, getattr(columns, role), role)
+    pert = design["perturbation"]
+    if not design["is_control"].any():
         raise InputError(
             f"Control label {columns.control_label!r} (columns.control_label) never occurs in "
             f"obs column {columns.pert_col!r}.{suggest(columns.control_label, pert.unique())}"
         )
     return pd.DataFrame(
         {
-            "dataset": dataset.astype("category"),
-            "context": context.astype("category"),
+            "dataset": design["dataset"].astype("category"),
+            "celltype": design["celltype"].astype("category"),
             "perturbation": pert.astype("category"),
-            "is_control": is_control.to_numpy(dtype=bool),
+            "is_control": design["is_control"].to_numpy(dtype=bool),
         },
         index=obs.index,
     )
@@ -107,7 +102,7 @@ def _check_fewshot_perts(
 ) -> None:
     dataset, celltype = context
     where = f'Split config {config.source}: [fewshot."{dataset}.{celltype}"]'
-    in_context = (design["dataset"] == dataset) & (design["context"] == celltype)
+    in_context = (design["dataset"] == dataset) & (design["celltype"] == celltype)
     here = set(design.loc[in_context, "perturbation"].unique())
     everywhere = set(design["perturbation"].unique())
     for label in HELDOUT_LABELS:
@@ -126,7 +121,7 @@ def _check_fewshot_perts(
                 )
         absent = [p for p in perts if p not in here]
         if absent:
-            seen = design.loc[design["perturbation"].isin(absent), ["dataset", "context"]]
+            seen = design.loc[design["perturbation"].isin(absent), ["dataset", "celltype"]]
             where_seen = sorted({f"{d}.{c}" for d, c in seen.itertuples(index=False)})
             empty = "would be empty: " if len(absent) == len(perts) else ""
             raise InputError(
@@ -155,7 +150,7 @@ def build_split_table(
             ``obs[columns.dataset_col]``, or ``columns.dataset_name`` when that is ``None``.
 
     Returns:
-        A table indexed like ``obs`` with ``dataset``, ``context`` (cell type),
+        A table indexed like ``obs`` with ``dataset``, ``celltype``,
         ``perturbation``, ``is_control`` and a categorical ``split``.
 
     Raises:
@@ -166,7 +161,7 @@ def build_split_table(
     design = design_table(obs, columns)
     _check_datasets(design, config, columns)
     dataset = design["dataset"].astype(str).to_numpy()
-    celltype = design["context"].astype(str).to_numpy()
+    celltype = design["celltype"].astype(str).to_numpy()
     pert = design["perturbation"]
     perturbed = ~design["is_control"].to_numpy()
 
@@ -266,14 +261,14 @@ def summarise_split_table(table: pd.DataFrame, split_names: list[str]) -> pd.Dat
 
     Returns:
         One row per non-empty combination with ``split_name``, ``split``, ``dataset``,
-        ``context``, ``n_cells``, ``n_control_cells`` and ``n_perturbations`` (distinct
+        ``celltype``, ``n_cells``, ``n_control_cells`` and ``n_perturbations`` (distinct
         non-control perturbations).
 
     Raises:
         InputError: If a split name is not a column of ``table``.
     """
     frames = []
-    columns = ["split_name", "split", "dataset", "context"]
+    columns = ["split_name", "split", "dataset", "celltype"]
     for name in split_names:
         if name not in table.columns:
             raise InputError(
@@ -286,7 +281,7 @@ def summarise_split_table(table: pd.DataFrame, split_names: list[str]) -> pd.Dat
                 "split_name": name,
                 "split": pd.Categorical(table[name].astype(str), categories=SPLIT_LABELS),
                 "dataset": table["dataset"].astype(str),
-                "context": table["context"].astype(str),
+                "celltype": table["celltype"].astype(str),
                 "is_control": table["is_control"].astype(bool),
                 "perturbed": table["perturbation"].astype(str).where(~table["is_control"]),
             }

@@ -19,10 +19,11 @@ from perturbflow.tuning.params import (
     SamplerParams,
     TuneParams,
 )
-from perturbflow.tuning.study import count_finished, open_study, run_study, storage_url
+from perturbflow.tuning.study import StudyStorage, count_finished, open_study, run_study
 from perturbflow.tuning.sweep import TuneResult, check_tune, tune_finetuning
 
 __all__ = [
+    "StudyStorage",
     "CategoricalDimension",
     "CellEvalObjectiveParams",
     "FloatDimension",
@@ -36,6 +37,5 @@ __all__ = [
     "count_finished",
     "open_study",
     "run_study",
-    "storage_url",
     "tune_finetuning",
 ]

@@ -3,7 +3,7 @@
 One trial = :func:`perturbflow.models.training.finetune.finetune_st` on the split's training cells,
 from the base run, with the base finetuning config changed at the paths of ``tune.space``
 (LoRA rank and alpha, the loss weights, the learning rate), into its own run directory
-``<storage_dir>/<study_name>/trial-<number>``. Every trial uses the base config's seed, so
+``<tune_storage folder>/<study_name>/trial-<number>``. Every trial uses the base config's seed, so
 two trials differ only by the values searched.
 
 Objectives (``tune.objective``), both computed on the split's **validation** perturbations
@@ -27,7 +27,6 @@ both objectives: intermediate values of all trials are then comparable).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import shutil
@@ -42,18 +41,15 @@ from perturbflow.exceptions import InputError
 from perturbflow.params import ColumnsParams, LoaderParams
 from perturbflow.tuning.params import CellEvalObjectiveParams, TuneParams
 from perturbflow.tuning.space import apply, suggest
+from perturbflow.tuning.study import StudyStorage
 
 if TYPE_CHECKING:  # the evaluation and model stack (torch, cell-eval) loads on first use
+    from perturbflow.models.runs.run_dir import TrainedRun
     from perturbflow.models.training.finetune import FinetuningParams
     from perturbflow.splits.data import SplitCells
     from perturbflow.splits.split_data import SplitData
 
 logger = logging.getLogger(__name__)
-
-
-def trial_dir(storage_dir: str | Path, study_name: str, number: int) -> Path:
-    """The run directory of trial ``number`` of a study."""
-    return Path(storage_dir) / study_name / f"trial-{number:04d}"
 
 
 def validation_keys(data: SplitCells) -> dict[tuple[str, str], int]:
@@ -154,9 +150,11 @@ class FinetuningObjective:
         columns: Column names of the design.
         loader: Loader params of the finetuning.
         finetuning: The base finetuning config
-            (:class:`perturbflow.models.training.finetune.FinetuningParams`, ``init_from`` and
-            ``split`` already those of the sweep).
-        tune: The tune params (space, objective, pruner, where the trials' runs go).
+            (:class:`perturbflow.models.training.finetune.FinetuningParams`, ``split``
+            already the sweep's).
+        base: The trained run every trial finetunes.
+        storage: Where the trials' runs go.
+        tune: The tune params (space, objective, pruner).
     """
 
     def __init__(
@@ -166,18 +164,21 @@ class FinetuningObjective:
         columns: ColumnsParams,
         loader: LoaderParams,
         finetuning: FinetuningParams,
+        base: TrainedRun,
+        storage: StudyStorage,
         tune: TuneParams,
     ) -> None:
         self.split = split
+        self.base = base
+        self.storage = storage
         self.columns = columns
         self.loader = loader
         self.finetuning = finetuning
         self.tune = tune
 
-    def config(self, values: Mapping[str, Any], run_dir: str | Path | None = None) -> Any:
-        """The finetuning config of a trial with these values (and its run directory)."""
-        config = apply(self.finetuning, values)
-        return config if run_dir is None else dataclasses.replace(config, run_dir=str(run_dir))
+    def config(self, values: Mapping[str, Any]) -> Any:
+        """The finetuning config of a trial with these values."""
+        return apply(self.finetuning, values)
 
     def __call__(self, trial: optuna.Trial) -> float:
         """Finetune with the trial's values and return its objective value.
@@ -189,14 +190,15 @@ class FinetuningObjective:
         from perturbflow.tuning.pruning import StepPruningCallback
 
         values = suggest(trial, self.tune.space)
-        run_dir = trial_dir(self.tune.storage_dir, self.tune.study_name, run_number(trial))
-        config = self.config(values, run_dir)
+        run_dir = self.storage.trial_dir(self.tune.study_name, run_number(trial))
+        config = self.config(values)
         trial.set_user_attr("run_dir", str(run_dir))
         pruning = StepPruningCallback(trial) if self.tune.pruner.kind != "none" else None
         logger.info("Trial %d: %s -> %s", trial.number, values, run_dir)
         try:
             summary = finetune_st(
                 self.split,
+                self.base,
                 columns=self.columns,
                 loader=self.loader,
                 finetuning=config,

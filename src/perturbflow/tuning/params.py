@@ -143,16 +143,12 @@ class TuneParams:
     """The ``tune`` params group: one Optuna study over the finetuning hyper-parameters.
 
     Attributes:
-        study_name: Name of the study in the storage (one storage can hold many).
-        storage: An Optuna RDB storage URL (``sqlite:///...``, ``postgresql://...``,
-            ``mysql+pymysql://...``), or ``None`` for
-            ``sqlite:///<storage_dir>/<study_name>.db``.
-        storage_dir: Folder of the default sqlite file and of the trials' run
-            directories (``<storage_dir>/<study_name>/trial-0007``).
+        study_name: Name of the study in the storage (the catalog's ``tune_storage``: one
+            sqlite file per study, or one database for many).
         split: The named split whose training cells are finetuned on and whose
             validation perturbations score a trial, or ``None`` for ``finetuning.split``.
-        init_from: The base run directory to finetune, or ``None`` for
-            ``finetuning.init_from``.
+        base: The trained run to finetune (its split name in the ``st_models`` store),
+            or ``None`` for ``finetuning.base``.
         keep_checkpoints: Keep each finished trial's Lightning checkpoints; ``False``
             deletes ``checkpoints/`` once the trial ended (its adapter, summary and logs
             stay), since every checkpoint holds the whole module.
@@ -172,10 +168,8 @@ class TuneParams:
     """
 
     study_name: str
-    storage: str | None
-    storage_dir: str
     split: str | None
-    init_from: str | None
+    base: str | None
     keep_checkpoints: bool
     n_trials: int
     timeout: float | None

@@ -24,6 +24,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,32 +43,48 @@ logger = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # What a study remembers about how it was created; a resume with other values would mix
 # incomparable trials in one study.
+# ("init_from" holds the base run's folder: the attribute keeps the name studies were stored
+# with before the base became the `base` key, so that those studies still resume)
 IDENTITY_ATTRS = ("objective", "split", "init_from")
 
 
-def storage_url(tune: TuneParams) -> str:
-    """The study's storage URL: ``tune.storage``, or the default sqlite file.
+@dataclass(frozen=True)
+class StudyStorage:
+    """Where the studies live (the catalog's ``tune_storage``).
 
-    The default is ``sqlite:///<storage_dir>/<study_name>.db`` (a path relative to the
-    working directory, the project root under ``kedro run``); its folder is created.
-
-    Raises:
-        InputError: A URL that is not an RDB URL SQLAlchemy can parse.
+    Attributes:
+        folder: Folder of the default sqlite files and of the trials' finetuned runs
+            (``<folder>/<study_name>/trial-0007``).
+        url: An Optuna RDB URL (``postgresql://...``) holding every study, or ``None`` for
+            one sqlite file per study, ``<folder>/<study_name>.db``.
     """
-    if tune.storage is None:
-        folder = Path(tune.storage_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{folder / tune.study_name}.db"
-    try:
-        url = make_url(tune.storage)
-    except ArgumentError as err:
-        raise InputError(
-            f"tune.storage {tune.storage!r} is not a database URL (expected e.g. "
-            "sqlite:///data/06_models/optuna/study.db or postgresql://user@host/db)."
-        ) from err
-    if url.drivername.startswith("sqlite") and url.database not in (None, "", ":memory:"):
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    return tune.storage
+
+    folder: Path
+    url: str | None = None
+
+    def study_url(self, study_name: str) -> str:
+        """The storage URL of study ``study_name``.
+
+        Raises:
+            InputError: A URL that is not an RDB URL SQLAlchemy can parse.
+        """
+        if self.url is None:
+            Path(self.folder).mkdir(parents=True, exist_ok=True)
+            return f"sqlite:///{Path(self.folder) / study_name}.db"
+        try:
+            url = make_url(self.url)
+        except ArgumentError as err:
+            raise InputError(
+                f"The tune_storage url {self.url!r} is not a database URL (expected e.g. "
+                "sqlite:///data/06_models/optuna/study.db or postgresql://user@host/db)."
+            ) from err
+        if url.drivername.startswith("sqlite") and url.database not in (None, "", ":memory:"):
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        return self.url
+
+    def trial_dir(self, study_name: str, number: int) -> Path:
+        """The finetuned run folder of trial ``number``."""
+        return Path(self.folder) / study_name / f"trial-{number:04d}"
 
 
 def make_storage(url: str, heartbeat: HeartbeatParams) -> RDBStorage:
@@ -164,7 +181,9 @@ def make_pruner(params: PrunerParams) -> optuna.pruners.BasePruner:
     )
 
 
-def open_study(tune: TuneParams, *, identity: Mapping[str, str] | None = None) -> optuna.Study:
+def open_study(
+    tune: TuneParams, storage: StudyStorage, *, identity: Mapping[str, str] | None = None
+) -> optuna.Study:
     """Create the study, or load it when the storage already holds it (a resume).
 
     The sampler's seed is ``tune.seed`` plus the number of trials already in the study: a
@@ -173,15 +192,16 @@ def open_study(tune: TuneParams, *, identity: Mapping[str, str] | None = None) -
 
     Args:
         tune: The tune params.
+        storage: Where the study lives.
         identity: What the study is about (objective, split, base run). Stored as user
             attributes of a new study and compared on a resume.
 
     Raises:
         InputError: The stored study has another direction or identity.
     """
-    storage = make_storage(storage_url(tune), tune.heartbeat)
+    rdb = make_storage(storage.study_url(tune.study_name), tune.heartbeat)
     study = optuna.create_study(
-        storage=storage,
+        storage=rdb,
         study_name=tune.study_name,
         direction=tune.direction,
         sampler=make_sampler(tune.sampler, tune.seed),
@@ -190,7 +210,7 @@ def open_study(tune: TuneParams, *, identity: Mapping[str, str] | None = None) -
     )
     if study.direction.name.lower() != tune.direction:
         raise InputError(
-            f"Study {tune.study_name!r} in {storage.url} was created to "
+            f"Study {tune.study_name!r} in {rdb.url} was created to "
             f"{study.direction.name.lower()}; tune.direction is {tune.direction}. Use "
             "another tune.study_name for a study with the other direction."
         )
@@ -200,7 +220,7 @@ def open_study(tune: TuneParams, *, identity: Mapping[str, str] | None = None) -
     logger.info(
         "Study %s (%s): %d trials stored, %d finished.",
         tune.study_name,
-        storage.url,
+        rdb.url,
         len(existing),
         count_finished(study),
     )

@@ -27,7 +27,7 @@ from perturbflow.tuning.objective import (
 )
 from perturbflow.tuning.params import TuneParams
 from perturbflow.tuning.space import check_space
-from perturbflow.tuning.study import open_study, run_study, storage_url
+from perturbflow.tuning.study import StudyStorage, open_study, run_study
 from perturbflow.tuning.tables import best_params, trials_table
 
 logger = logging.getLogger(__name__)
@@ -53,10 +53,10 @@ class TuneResult:
 
 
 def base_config(finetuning: Any, tune: TuneParams) -> Any:
-    """The finetuning config every trial starts from (``tune.split``/``init_from`` when set)."""
+    """The finetuning config every trial starts from (``tune.split``/``base`` when set)."""
     changes = {}
-    if tune.init_from is not None:
-        changes["init_from"] = tune.init_from
+    if tune.base is not None:
+        changes["base"] = tune.base
     if tune.split is not None:
         changes["split"] = tune.split
     return dataclasses.replace(finetuning, **changes) if changes else finetuning
@@ -95,6 +95,8 @@ def check_tune(split: Any, finetuning: Any, tune: TuneParams) -> None:
 
 def tune_finetuning(
     split: Any,
+    base_run: Any,
+    storage: StudyStorage,
     *,
     columns: ColumnsParams,
     loader: Any,
@@ -105,6 +107,9 @@ def tune_finetuning(
 
     Args:
         split: The data of ``tune.split`` (:class:`perturbflow.splits.split_data.SplitData`).
+        base_run: The trained run every trial finetunes
+            (:class:`~perturbflow.models.runs.run_dir.TrainedRun`).
+        storage: Where the study and the trials' runs live.
         columns: Column names of the design.
         loader: Loader params of the finetuning.
         finetuning: The base finetuning config (``FinetuningParams``); each trial changes
@@ -120,17 +125,24 @@ def tune_finetuning(
         "objective": tune.objective
         + (f":{sorted(tune.cell_eval.weights.items())}" if tune.objective == "cell_eval" else ""),
         "split": base.split,
-        "init_from": str(base.init_from),
+        "init_from": str(base_run.path),
     }
-    study = open_study(tune, identity=identity)
+    study = open_study(tune, storage, identity=identity)
     objective = FinetuningObjective(
-        split, columns=columns, loader=loader, finetuning=base, tune=tune
+        split,
+        columns=columns,
+        loader=loader,
+        finetuning=base,
+        base=base_run,
+        storage=storage,
+        tune=tune,
     )
     ran = run_study(study, objective, n_trials=tune.n_trials, timeout=tune.timeout)
-    record = best_params(study, extra={"storage": storage_url(tune)})
+    record = best_params(
+        study, extra={"storage": storage.study_url(tune.study_name), "base_run": str(base_run.path)}
+    )
     if record["best_trial"] is not None:
-        best_config = objective.config(record["params"], record["user_attrs"].get("run_dir"))
-        record["finetuning"] = dataclasses.asdict(best_config)
+        record["finetuning"] = dataclasses.asdict(objective.config(record["params"]))
     logger.info(
         "Study %s: %d finished trials (%d run now), best %s = %s (trial %s).",
         study.study_name,

@@ -7,9 +7,10 @@ from pathlib import Path
 import anndata as ad
 import pandas as pd
 
+from perturbflow.design import CONTEXT_SEP
 from perturbflow.models.inference.gene_space import aligned_matrix
 from perturbflow.models.runs.run_dir import TrainedRun
-from perturbflow.splits.data import CONTEXT_SEP, SplitCells
+from perturbflow.splits.data import SplitCells
 
 
 def split_cells(data_in: ad.AnnData, run: TrainedRun) -> SplitCells:

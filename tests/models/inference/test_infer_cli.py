@@ -17,12 +17,12 @@ import pytest
 import scipy.sparse as sp
 
 from perturbflow.commands import build_parser, run_cli
+from perturbflow.design import CONTEXT_SEP
 from perturbflow.exceptions import InputError
 from perturbflow.models.inference import gene_space
 from perturbflow.models.inference.infer import infer_adata
 from perturbflow.models.inference.predict import predict_cells
 from perturbflow.models.runs.run_dir import load_run
-from perturbflow.splits.data import CONTEXT_SEP
 from tests.models.inference.inference_data import infer_args, split_cells
 from tests.synthetic import COLUMNS
 

@@ -9,11 +9,11 @@ import anndata as ad
 import numpy as np
 import pytest
 
+from perturbflow.design import CONTEXT_SEP
 from perturbflow.exceptions import InputError
 from perturbflow.models.inference.infer import infer_adata
 from perturbflow.models.inference.predict import predict_cells
 from perturbflow.models.runs.run_dir import load_run
-from perturbflow.splits.data import CONTEXT_SEP
 from tests.models.inference.inference_data import infer_args, split_cells
 from tests.synthetic import COLUMNS
 
@@ -141,7 +141,7 @@ def test_batch_encoder_trains_and_infers_with_batch_codes(planted, tmp_path):
     path = tmp_path / "screen.h5ad"
     adata.write_h5ad(path)
     columns = dataclasses.replace(COLUMNS, batch_col="batch")
-    params = training_params(tmp_path, max_steps=6, val_every_n_steps=3, ckpt_every_n_steps=3)
+    params = training_params(max_steps=6, val_every_n_steps=3, ckpt_every_n_steps=3)
     params = dataclasses.replace(
         params, model=dataclasses.replace(params.model, batch_encoder=True)
     )

@@ -59,7 +59,6 @@ def main(root: str, max_steps: int, devices: int) -> None:
     table = split_table(adata, {"zs": {("C", "p3"): "test", ("B", "p2"): "val"}})
     split = make_split(adata, f"{root}/screen.h5ad", table, "zs")
     params = training_params(
-        root,
         max_steps=max_steps,
         val_every_n_steps=10,
         ckpt_every_n_steps=5,

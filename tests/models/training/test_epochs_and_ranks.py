@@ -27,7 +27,7 @@ def _train_recording(planted, root: Path, max_steps: int) -> list[dict]:
     root.mkdir(parents=True, exist_ok=True)
     split = make_split(planted["adata"], planted["path"], planted["table"], "zs")
     recorder = BatchRecorder(root)
-    params = training_params(root, max_steps=max_steps, val_every_n_steps=10, ckpt_every_n_steps=10)
+    params = training_params(max_steps=max_steps, val_every_n_steps=10, ckpt_every_n_steps=10)
     train_st(
         split,
         columns=COLUMNS,

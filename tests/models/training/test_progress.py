@@ -152,7 +152,7 @@ def test_duration_format():
 @pytest.mark.parametrize("enabled", [True, False])
 def test_build_trainer_wires_the_display(tmp_path, enabled, monkeypatch):
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal: log lines
-    settings = training_params(tmp_path, progress_bar=enabled)
+    settings = training_params(progress_bar=enabled)
     trainer, _, _ = build_trainer(tmp_path / "fewshot", settings, has_val=True)
     bars = [c for c in trainer.callbacks if isinstance(c, ProgressBar)]
     if enabled:
@@ -167,7 +167,7 @@ def test_training_run_logs_its_progress(planted, tmp_path, caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger=PROGRESS_LOGGER)
     split = make_split(planted["adata"], planted["path"], planted["table"], "zs")
     settings = training_params(
-        tmp_path, progress_bar=True, max_steps=20, val_every_n_steps=10, ckpt_every_n_steps=10
+        progress_bar=True, max_steps=20, val_every_n_steps=10, ckpt_every_n_steps=10
     )
     train_st(split, columns=COLUMNS, loader=loader_params(), training=settings, run_dir=tmp_path)
     lines = progress_lines(caplog)

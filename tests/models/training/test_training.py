@@ -82,7 +82,7 @@ def _train_again(trained_run: dict, split) -> dict:
         split,
         columns=COLUMNS,
         loader=loader_params(),
-        training=training_params(trained_run["root"]),
+        training=training_params(),
         run_dir=trained_run["run_dir"],
     )
 
@@ -96,7 +96,7 @@ def test_rerun_reuses_a_finished_run(trained_run):
 def test_changed_config_moves_the_old_run_aside(planted, tmp_path):
     split = make_split(planted["adata"], planted["path"], planted["table"], "zs")
     run_dir = tmp_path / "run"
-    params = training_params(tmp_path, max_steps=4, val_every_n_steps=2, ckpt_every_n_steps=2)
+    params = training_params(max_steps=4, val_every_n_steps=2, ckpt_every_n_steps=2)
     train_st(split, columns=COLUMNS, loader=loader_params(), training=params, run_dir=run_dir)
     changed = with_training(params, max_steps=6)
     summary = train_st(
@@ -130,12 +130,10 @@ def test_killed_training_resumes_from_last(planted, tmp_path):
 
 def test_bad_configuration_fails_before_training(planted, tmp_path):
     split = make_split(planted["adata"], planted["path"], planted["table"], "zs")
-    model = training_params(tmp_path).model
+    model = training_params().model
     import dataclasses
 
-    batch = with_training(
-        training_params(tmp_path), model=dataclasses.replace(model, batch_encoder=True)
-    )
+    batch = with_training(training_params(), model=dataclasses.replace(model, batch_encoder=True))
     with pytest.raises(InputError, match="batch_col is null"):
         train_st(
             split, columns=COLUMNS, loader=loader_params(), training=batch, run_dir=tmp_path / "r"
@@ -149,7 +147,7 @@ def test_bad_configuration_fails_before_training(planted, tmp_path):
             no_train,
             columns=COLUMNS,
             loader=loader_params(),
-            training=training_params(tmp_path),
+            training=training_params(),
             run_dir=tmp_path / "r",
         )
 
@@ -169,7 +167,7 @@ def test_ema_weights_are_validated_checkpointed_and_saved(planted, tmp_path):
             split,
             columns=COLUMNS,
             loader=loader_params(),
-            training=training_params(tmp_path, ema_decay=1.5),
+            training=training_params(ema_decay=1.5),
             run_dir=tmp_path / "bad",
         )
     assert not (tmp_path / "bad").exists()
@@ -178,7 +176,7 @@ def test_ema_weights_are_validated_checkpointed_and_saved(planted, tmp_path):
         split,
         columns=COLUMNS,
         loader=loader_params(),
-        training=training_params(tmp_path, ema_decay=0.9),
+        training=training_params(ema_decay=0.9),
         run_dir=run_dir,
     )
     assert summary["status"] == "finished"

@@ -21,7 +21,7 @@ root = sys.argv[1]
 adata = ad.read_h5ad(root + "/screen.h5ad")
 table = split_table(adata, {"zs": {("C", "p3"): "test", ("B", "p2"): "val"}})
 split = make_split(adata, root + "/screen.h5ad", table, "zs")
-params = training_params(root, max_steps=int(sys.argv[2]), val_every_n_steps=20,
+params = training_params(max_steps=int(sys.argv[2]), val_every_n_steps=20,
                          ckpt_every_n_steps=10)
 print(train_st(split, columns=COLUMNS, loader=loader_params(), training=params,
                run_dir=root + "/run"))

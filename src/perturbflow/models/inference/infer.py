@@ -20,6 +20,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from perturbflow.design import read_design
 from perturbflow.exceptions import InputError
 from perturbflow.loading._messages import listed
 from perturbflow.loading.categories import CategoryMap
@@ -36,7 +37,7 @@ from perturbflow.models.inference.predict import CellPredictions, Key, predict_c
 from perturbflow.models.runs.run_dir import TrainedRun
 from perturbflow.params import ColumnsParams
 from perturbflow.predictions import assemble_predictions
-from perturbflow.splits.data import CONTEXT_SEP, SplitCells
+from perturbflow.splits.data import SplitCells
 
 logger = logging.getLogger(__name__)
 
@@ -195,35 +196,23 @@ def _input_data(
             what :func:`aligned_matrix` refuses.
     """
     obs = adata.obs
-    needed = [columns.pert_col, columns.celltype_col]
-    needed += [c for c in (columns.batch_col, columns.dataset_col) if c]
-    absent = [c for c in needed if c not in obs.columns]
-    if absent:
+    try:
+        design = read_design(obs, columns)
+    except InputError as err:
+        raise InputError(f"{source}: {err}") from err
+    if columns.batch_col and columns.batch_col not in obs.columns:
+        absent = [columns.batch_col]
         raise InputError(f"{source}: obs lacks column(s) {absent} (obs has {list(obs.columns)}).")
-    pert = obs[columns.pert_col].astype(str)
-    is_control = (pert == columns.control_label).to_numpy()
-    if not is_control.any():
+    if not design["is_control"].any():
         raise InputError(
             f"{source}: no cell has {columns.pert_col} == {columns.control_label!r}; the "
             "control cells are the inputs of a prediction."
         )
     X = aligned_matrix(adata, run, source=source)
-    dataset = (
-        obs[columns.dataset_col].astype(str).to_numpy()
-        if columns.dataset_col
-        else np.full(len(obs), columns.dataset_name, dtype=object)
+    cells = design[["dataset", "celltype", "perturbation", "is_control"]].assign(
+        split="test", context=design["context"]
     )
-    cells = pd.DataFrame(
-        {
-            "dataset": dataset,
-            "celltype": obs[columns.celltype_col].astype(str).to_numpy(),
-            "perturbation": pert.to_numpy(),
-            "is_control": is_control,
-            "split": "test",
-        },
-        index=adata.obs_names.astype(str),
-    )
-    cells["context"] = cells["dataset"] + CONTEXT_SEP + cells["celltype"]
+    cells.index = adata.obs_names.astype(str)
     data = SplitCells(X=X, genes=list(run.genes), cells=cells, split_name="infer")
     contexts = sorted(cells["context"].unique())
     without = [c for c in contexts if not len(data.control_rows(c))]

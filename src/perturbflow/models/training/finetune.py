@@ -1,7 +1,7 @@
 """Finetune a trained ST run on a new context: LoRA through peft, or full finetuning.
 
 The library function behind ``kedro run --pipelines finetuning`` (and the ``tune``
-pipeline's objective). :func:`finetune_st` starts from a finished run (``init_from``),
+pipeline's objective). :func:`finetune_st` starts from a finished run (``base``),
 extends its perturbation encoder with new identity slots for components the base never
 trained (zero-initialised, always trained), adapts the network with LoRA on the chosen
 target groups (:mod:`perturbflow.models.components.lora`) or trains every weight, and saves only
@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass
 
@@ -45,7 +46,6 @@ from perturbflow.models.runs.run_dir import (
     SUMMARY,
     TrainedRun,
     config_digest,
-    load_run,
     write_json,
 )
 from perturbflow.models.st_module import STModule, architecture_dict
@@ -70,9 +70,8 @@ _STRICT = ConfigDict(extra="forbid")
 
 # how a finetuning is executed, not what it learns (a run differing only here is reused)
 EXECUTION_KEYS = (
-    "init_from",
+    "base",
     "split",
-    "run_dir",
     "predictor",
     "progress_bar",
     "cpu_threads",
@@ -113,7 +112,8 @@ class FinetuningParams(TrainerParams):
     Besides them:
 
     Attributes:
-        init_from: The base run directory (a finished ``training`` run).
+        base: The base run (a finished ``training`` run): its split name in the
+            ``st_models`` store (the pipeline's; the library takes the loaded run).
         method: ``lora`` (adapters only, base weights frozen) or ``full`` (every weight).
         lora: LoRA settings (read when ``method`` is ``lora``).
         new_identity_slots: Give components the base never trained a new, zero-initialised
@@ -123,19 +123,22 @@ class FinetuningParams(TrainerParams):
             empty: every training cell of the split.
         identity_dropout: Probability of hiding a sentence's identity part.
         split: The named split to finetune on (the pipeline's; the library takes SplitData).
-        run_dir: The finetuned run directory (the pipeline's).
         predictor: Name of the finetuned model's predictions (``<split>/<predictor>``).
     """
 
-    init_from: str
+    base: str
     method: Literal["lora", "full"]
     lora: LoraParams
     new_identity_slots: bool
     contexts: list[str]
     identity_dropout: float
     split: str
-    run_dir: str
     predictor: str
+
+    @property
+    def run_name(self) -> str:
+        """The finetuned run's key in the ``finetuned_models`` store: ``<split>-<method>``."""
+        return f"{self.split}-{self.method}"
 
 
 def _check(split: SplitData, base: TrainedRun, finetuning: FinetuningParams) -> None:
@@ -246,7 +249,7 @@ def _resolved_config(
         "format": "perturbflow.STFinetune",
         "version": 1,
         "split": split.split_name,
-        "base": {"path": str(finetuning.init_from), "digest": base.digest},
+        "base": {"path": str(base.path), "digest": base.digest},
         "columns": dataclasses.asdict(columns),
         "loader": dataclasses.asdict(loader),
         "finetuning": learned,
@@ -258,6 +261,7 @@ def _resolved_config(
 
 def finetune_st(
     split: SplitData,
+    base: TrainedRun,
     *,
     columns: ColumnsParams,
     loader: LoaderParams,
@@ -265,15 +269,17 @@ def finetune_st(
     run_dir: str | Path,
     callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
-    """Finetune (or resume, or reuse) the base run ``finetuning.init_from`` on ``split``.
+    """Finetune (or resume, or reuse) the trained run ``base`` on ``split``.
 
     Args:
         split: The split's data (:func:`perturbflow.splits.split_data.split_data_from_file`);
             its training cells (within ``finetuning.contexts``) are finetuned on, its
             validation perturbations pick the weights kept.
+        base: The trained run to start from
+            (:func:`~perturbflow.models.runs.run_dir.load_run`).
         columns: Column names of the design.
         loader: Sentence length, batch size, pairing, workers.
-        finetuning: Base run, method, LoRA, loss, optimiser and trainer settings.
+        finetuning: Method, LoRA, loss, optimiser and trainer settings.
         run_dir: The finetuned run directory.
         callbacks: Extra Lightning callbacks (e.g. an Optuna pruning callback monitoring
             ``val/pearson_delta``).
@@ -287,7 +293,6 @@ def finetune_st(
         InputError: Bad configuration, base run or data, found before the first step.
         TrainingStopped: The finetuning was stopped before ``max_steps``: rerun to resume.
     """
-    base = load_run(finetuning.init_from)
     split = restrict_contexts(split, finetuning.contexts)
     _check(split, base, finetuning)
     run = Path(run_dir)
@@ -303,9 +308,10 @@ def finetune_st(
     if reused is not None:
         return reused
     resume_from = prepare_run_dir(run, digest, finetuning.resume)
-    write_run_files(
-        run, config, digest, split, dm, inputs, sources, columns, config_name=FINETUNE_CONFIG
-    )
+    if rank_zero_only.rank == 0:  # under DDP every rank runs this; one writes the run
+        write_run_files(
+            run, config, digest, split, dm, inputs, sources, columns, config_name=FINETUNE_CONFIG
+        )
     n_trainable = sum(p.numel() for p in module.net.parameters() if p.requires_grad)
     fit = fit_run(
         module,
@@ -321,19 +327,20 @@ def finetune_st(
             f"{len(new)} new identity slots) on split {split.split_name}"
         ),
     )
-    _save_finetuned(
-        run, module, finetuning, base=base, arch=arch, lora=lora, new=new, digest=digest
-    )
     summary = {
         **fit.summary(digest, split.split_name),
         "method": finetuning.method,
-        "base_run": str(finetuning.init_from),
+        "base_run": str(base.path),
         "base_digest": base.digest,
         "new_identity_slots": new,
         "n_trainable_parameters": int(n_trainable),
         "n_parameters": int(sum(p.numel() for p in module.net.parameters())),
     }
-    write_json(run / SUMMARY, summary)
+    if rank_zero_only.rank == 0:
+        _save_finetuned(
+            run, module, finetuning, base=base, arch=arch, lora=lora, new=new, digest=digest
+        )
+        write_json(run / SUMMARY, summary)
     logger.info(
         "Finetuned %s: %d steps in %.0f s, weights %s, best val pearson_delta %s.",
         run,
@@ -369,7 +376,7 @@ def _save_finetuned(
         "new_vocabulary": new,
         "n_base_identity": len(base.inputs.vocabulary) if base.inputs.params.identity else 0,
         "architecture": architecture_dict(arch),
-        "base": {"path": str(finetuning.init_from), "digest": base.digest},
+        "base": {"path": str(base.path), "digest": base.digest},
         "config_sha256": digest,
     }
     save_adapter(run, state, meta)

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from perturbflow.design import CONTEXT_SEP
 from perturbflow.exceptions import InputError
 from perturbflow.loading._messages import listed
 from perturbflow.models.components.inputs import PerturbationInputs
-from perturbflow.splits.data import CONTEXT_SEP
 from perturbflow.splits.effects import TrainingEffects
 from perturbflow.splits.split_data import SplitData
 

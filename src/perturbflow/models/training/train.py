@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 # Settings that change how a run is executed, not what it learns: a run that differs only
 # in these is the same run (it can be resumed or reused).
-EXECUTION_KEYS = ("splits", "runs_dir", "progress_bar", "cpu_threads", "resume", "logger")
+EXECUTION_KEYS = ("splits", "progress_bar", "cpu_threads", "resume", "logger")
 
 
 def _check(split: SplitData, columns: ColumnsParams, training: TrainingParams) -> None:

@@ -154,7 +154,7 @@ def build_trainer(
         default_root_dir=str(run),
         plugins=[AtomicCheckpointIO()],
         # the sentence sampler shares each epoch between DDP ranks itself
-        # (perturbflow.loading.datamodule): Lightning's DistributedSampler cannot wrap it
+        # (perturbflow.loading.sentence_sampler): Lightning's DistributedSampler cannot wrap it
         use_distributed_sampler=False,
     )
     return trainer, best, meter

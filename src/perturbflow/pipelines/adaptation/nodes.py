@@ -1,9 +1,8 @@
 """Nodes of the ``adaptation`` pipeline: thin wrappers over :mod:`perturbflow.adaptation`.
 
-Like the ``training`` pipeline's run directory, the adapter directory is written by the
-library (atomically: ``shift.pt`` + ``adapter.json``) and its summary goes to the catalog;
-the prediction node reads the adapter back from disk against the run, so an adapter
-fitted for another run fails there.
+The trained run comes from the ``st_models`` store (``adaptation.run`` names it), the fitted
+shift goes to the ``mmd_shifts`` store (``adaptation.name``) and the prediction node reads
+it back from there, checked against the run: a shift fitted for another run fails.
 """
 
 from __future__ import annotations
@@ -19,22 +18,22 @@ from matplotlib.figure import Figure
 
 from perturbflow.adaptation import (
     AdaptationParams,
-    adapter_metadata,
+    MMDShift,
     control_expression,
     fit_shift,
-    load_adapter,
     plot_mmd_curve,
     predict_adapted,
     read_cells,
     read_perturbation_list,
-    save_adapter,
     select_cells,
+    shift_metadata,
     source_embeddings,
 )
 from perturbflow.adaptation.io import resolve_files
-from perturbflow.datasets.h5ad_cells import read_h5ad_cells
+from perturbflow.datasets.h5ad_cells import H5adCells, read_h5ad_cells
+from perturbflow.datasets.model_store import StoredModels
 from perturbflow.exceptions import InputError
-from perturbflow.models.runs.run_dir import load_run
+from perturbflow.models.runs.run_dir import TrainedRun
 from perturbflow.params import ColumnsParams
 
 logger = logging.getLogger(__name__)
@@ -44,16 +43,31 @@ def _control_label(params: AdaptationParams, columns: ColumnsParams) -> str:
     return params.control_label or columns.control_label
 
 
-def embed_source_controls(params: AdaptationParams, columns: ColumnsParams) -> dict:
+def _run(st_models: StoredModels, params: AdaptationParams) -> TrainedRun:
+    run = st_models.named_by(params.run, "adaptation.run")
+    return (
+        run if params.device == "cpu" else dataclasses.replace(run, net=run.net.to(params.device))
+    )
+
+
+def embed_source_controls(
+    st_models: StoredModels,
+    preprocessed_adata: H5adCells,
+    params: AdaptationParams,
+    columns: ColumnsParams,
+) -> dict:
     """Basal-encoder embeddings of the source files' control cells.
+
+    The source is ``adaptation.source.files``, or the preprocessed screen when that is
+    ``None``.
 
     Returns:
         ``{"embeddings": cells x width array, "files": per-file counts}`` (in memory).
     """
-    run = load_run(params.run_dir, device=params.device)
+    run = _run(st_models, params)
     src = params.source
     result = source_embeddings(
-        src.files,
+        [str(preprocessed_adata.filename)] if src.files is None else src.files,
         run,
         pert_col=columns.pert_col,
         control_label=_control_label(params, columns),
@@ -67,26 +81,36 @@ def embed_source_controls(params: AdaptationParams, columns: ColumnsParams) -> d
     return {"embeddings": result.embeddings, "files": result.files}
 
 
-def read_target(params: AdaptationParams, columns: ColumnsParams) -> ad.AnnData:
-    """The target context's cells (controls and any perturbed cells), in memory."""
-    path = resolve_files(params.target.file, what="target")
-    if len(path) != 1:
-        raise InputError(
-            f"adaptation.target.file must name one file; {params.target.file!r} gives "
-            f"{[str(p) for p in path]}."
-        )
-    obs = read_h5ad_cells(path[0]).obs  # obs only: the cells are read by rows below
+def read_target(
+    preprocessed_adata: H5adCells, params: AdaptationParams, columns: ColumnsParams
+) -> ad.AnnData:
+    """The target context's cells (controls and any perturbed cells), in memory.
+
+    The target is ``adaptation.target.file``, or the preprocessed screen when that is
+    ``None``.
+    """
+    if params.target.file is None:
+        path, obs = Path(preprocessed_adata.filename), preprocessed_adata.obs
+    else:
+        paths = resolve_files(params.target.file, what="target")
+        if len(paths) != 1:
+            raise InputError(
+                f"adaptation.target.file must name one file; {params.target.file!r} gives "
+                f"{[str(p) for p in paths]}."
+            )
+        path = paths[0]
+        obs = read_h5ad_cells(path).obs  # obs only: the cells are read by rows below
     celltypes = None if params.target.celltype is None else [params.target.celltype]
     rows = select_cells(
         obs,
-        source=str(path[0]),
+        source=str(path),
         pert_col=columns.pert_col,
         control_label=None,
         celltype_col=columns.celltype_col,
         celltypes=celltypes,
     )
-    target = read_cells(path[0], rows)
-    target.uns["perturbflow_source_file"] = str(path[0])
+    target = read_cells(path, rows)
+    target.uns["perturbflow_source_file"] = str(path)
     return target
 
 
@@ -103,18 +127,20 @@ def _target_controls(target: ad.AnnData, columns: ColumnsParams, label: str) -> 
     return target[rows]
 
 
-def fit_adapter(
+def fit_target_shift(
+    st_models: StoredModels,
     source: dict,
     target: ad.AnnData,
     params: AdaptationParams,
     columns: ColumnsParams,
-) -> tuple[dict, pd.DataFrame]:
-    """Fit the shift on the target's control expression; write the adapter directory.
+) -> tuple[dict[str, MMDShift], dict, pd.DataFrame]:
+    """Fit the shift on the target's control expression.
 
     Returns:
-        The adapter's metadata (``adaptation_summary``) and the MMD curve.
+        ``{adaptation.name: the shift}`` for the ``mmd_shifts`` store, its metadata
+        (``adaptation_summary``) and the MMD curve.
     """
-    run = load_run(params.run_dir, device=params.device)
+    run = _run(st_models, params)
     label = _control_label(params, columns)
     source_name = str(target.uns.get("perturbflow_source_file", "target"))
     controls = control_expression(_target_controls(target, columns, label), run, source=source_name)
@@ -125,39 +151,39 @@ def fit_adapter(
         params.fit,
         device=params.device,
     )
-    meta = adapter_metadata(
+    meta = shift_metadata(
         fit,
         run,
         params.fit,
-        adapter_dir=params.adapter_dir,
+        name=params.name,
         source_files=source["files"],
         source_celltypes=params.source.celltypes,
         target_file=source_name,
         target_celltype=params.target.celltype,
     )
-    save_adapter(params.adapter_dir, fit, meta)
-    return meta, fit.curve
+    return {params.name: MMDShift(fit.shift, meta)}, meta, fit.curve
 
 
-def plot_adapter_curve(curve: pd.DataFrame, params: AdaptationParams) -> Figure:
+def plot_shift_curve(curve: pd.DataFrame, params: AdaptationParams) -> Figure:
     """The MMD curve as a matplotlib figure (the catalog writes the PNG)."""
-    return plot_mmd_curve(curve, title=f"Adapter {Path(params.adapter_dir).name}")
+    return plot_mmd_curve(curve, title=f"MMD shift {params.name}")
 
 
 def predict_target(
-    adaptation_summary: dict,
+    st_models: StoredModels,
+    mmd_shifts: StoredModels,
     target: ad.AnnData,
     params: AdaptationParams,
     columns: ColumnsParams,
 ) -> tuple[ad.AnnData, pd.DataFrame, pd.DataFrame]:
-    """Predict the requested perturbations from the adapted target controls.
+    """Predict the requested perturbations from the shifted target controls.
 
     Returns:
         The cell-level predictions (cell-eval's form), the per-perturbation means and how
         each perturbation was encoded.
     """
-    run = load_run(params.run_dir)
-    adapter, _ = load_adapter(adaptation_summary["adapter_dir"], run)
+    run = st_models.named_by(params.run, "adaptation.run")
+    shift = mmd_shifts.named_by(params.name, "adaptation.name").check_run(run)
     label = _control_label(params, columns)
     perts = None
     if params.perturbations.file is not None:
@@ -171,7 +197,7 @@ def predict_target(
         run,
         target,
         design,
-        adapter,
+        shift,
         perturbations=perts,
         cells_per_perturbation=params.predict.cells_per_perturbation,
         allow_unknown=params.predict.allow_unknown,

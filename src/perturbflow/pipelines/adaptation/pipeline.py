@@ -1,53 +1,60 @@
-"""``adaptation`` pipeline definition."""
+"""The ``adaptation`` pipeline: an MMD shift of a new domain's controls, then predictions."""
 
 from kedro.pipeline import Pipeline, node
 
 from perturbflow.pipelines.adaptation.nodes import (
     embed_source_controls,
-    fit_adapter,
-    plot_adapter_curve,
+    fit_target_shift,
+    plot_shift_curve,
     predict_target,
     read_target,
 )
 
 
 def create_pipeline(**kwargs: object) -> Pipeline:
-    """Trained run + source controls + target controls -> adapter -> target predictions."""
+    """st_models -> embed source controls, fit the shift -> mmd_shifts -> predictions."""
     return Pipeline(
         [
             node(
                 embed_source_controls,
-                inputs=["params:adaptation", "params:columns"],
+                inputs=[
+                    "st_models",
+                    "preprocessed_adata@cells",
+                    "params:adaptation",
+                    "params:columns",
+                ],
                 outputs="adaptation_source_embeddings",
                 name="embed_source_controls",
             ),
             node(
                 read_target,
-                inputs=["params:adaptation", "params:columns"],
+                inputs=["preprocessed_adata@cells", "params:adaptation", "params:columns"],
                 outputs="adaptation_target_cells",
                 name="read_adaptation_target",
             ),
             node(
-                fit_adapter,
+                fit_target_shift,
                 inputs=[
+                    "st_models",
                     "adaptation_source_embeddings",
                     "adaptation_target_cells",
                     "params:adaptation",
                     "params:columns",
                 ],
-                outputs=["adaptation_summary", "adaptation_mmd_curve"],
-                name="fit_adapter",
+                outputs=["mmd_shifts", "adaptation_summary", "adaptation_mmd_curve"],
+                name="fit_mmd_shift",
             ),
             node(
-                plot_adapter_curve,
+                plot_shift_curve,
                 inputs=["adaptation_mmd_curve", "params:adaptation"],
                 outputs="adaptation_mmd_plot",
-                name="plot_adapter_curve",
+                name="plot_mmd_curve",
             ),
             node(
                 predict_target,
                 inputs=[
-                    "adaptation_summary",
+                    "st_models",
+                    "mmd_shifts",
                     "adaptation_target_cells",
                     "params:adaptation",
                     "params:columns",

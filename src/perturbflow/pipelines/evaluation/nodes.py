@@ -63,40 +63,46 @@ def predict_baselines(
     )
 
 
-def score_predictions(
+def gather_predictions(
     baseline_predictions: Partitions,
     model_predictions: Partitions,
+    finetuned_predictions: Partitions,
+    heldout_real: Partitions,
+) -> dict[str, Partitions]:
+    """Every prediction to score: the baselines, then the ST and finetuned models'.
+
+    Model predictions (``07_model_output/{model,finetuned}_predictions/<split>/<name>.h5ad``,
+    from the training and finetuning pipelines) count when present and of a split
+    evaluated now; others are left over from earlier runs and ignored (with a warning).
+    Partitions stay load functions: each is read when scored.
+
+    Returns:
+        ``<split>/<predictor>`` -> the prediction (or its load function).
+    """
+    models = {**model_predictions, **finetuned_predictions}
+    kept = {k: v for k, v in models.items() if k.split("/")[0] in heldout_real}
+    ignored = sorted(set(models) - set(kept))
+    if ignored:
+        logger.warning("Model predictions of splits not evaluated now are ignored: %s", ignored)
+    return {**baseline_predictions, **kept}
+
+
+def score_predictions(
+    predictions: Partitions,
     heldout_real: Partitions,
     columns: ColumnsParams,
     evaluation: EvaluationParams,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Score every baseline and model prediction and each split's ceiling with cell-eval.
-
-    Model predictions (``07_model_output/model_predictions/<split>/<model>.h5ad``, written
-    by the training pipeline) are scored when present; only those of the splits evaluated
-    here count.
+    """Score every prediction and each split's ceiling with cell-eval.
 
     Returns:
         ``metrics.csv`` (one row per split and predictor) and the per-perturbation table.
     """
-    predictions = {**baseline_predictions, **_current(model_predictions, heldout_real)}
     return evaluate_predictions(predictions, heldout_real, columns, evaluation)
 
 
-def _current(model_predictions: Partitions, heldout_real: Partitions) -> dict:
-    """Model predictions of the splits being evaluated (others are left over, ignored)."""
-    kept = {k: v for k, v in model_predictions.items() if k.split("/")[0] in heldout_real}
-    ignored = sorted(set(model_predictions) - set(kept))
-    if ignored:
-        logger.warning("Model predictions of splits not evaluated now are ignored: %s", ignored)
-    return kept
-
-
 def measure_variability(
-    baseline_predictions: Partitions,
-    model_predictions: Partitions,
-    heldout_real: Partitions,
-    columns: ColumnsParams,
+    predictions: Partitions, heldout_real: Partitions, columns: ColumnsParams
 ) -> pd.DataFrame:
     """Per split and predictor, how variable predicted cells are against real ones.
 
@@ -104,7 +110,6 @@ def measure_variability(
         ``prediction_variability.csv``: the median over genes of std(pred)/std(real), per
         perturbation averaged (mean, min, max); the target is 0.5 to 2.
     """
-    predictions = {**baseline_predictions, **_current(model_predictions, heldout_real)}
     return variability_table(predictions, heldout_real, columns)
 
 
@@ -128,15 +133,14 @@ def plot_metric_comparison(metrics: pd.DataFrame) -> go.Figure:
 
 
 def plot_predicted_vs_real(
-    baseline_predictions: Partitions,
-    model_predictions: Partitions,
+    predictions: Partitions,
     heldout_real: Partitions,
     columns: ColumnsParams,
     evaluation: EvaluationParams,
 ) -> go.Figure:
     """Predicted vs real delta for a few test perturbations (kedro-viz shows it)."""
     return delta_scatter_figure(
-        {**baseline_predictions, **_current(model_predictions, heldout_real)},
+        predictions,
         heldout_real,
         columns,
         n_perturbations=evaluation.plot_perturbations,

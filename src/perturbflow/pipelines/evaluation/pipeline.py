@@ -4,6 +4,7 @@ from kedro.pipeline import Pipeline, node
 
 from perturbflow.pipelines.evaluation.nodes import (
     format_metrics_table,
+    gather_predictions,
     measure_variability,
     plot_metric_comparison,
     plot_predicted_vs_real,
@@ -14,6 +15,7 @@ from perturbflow.pipelines.evaluation.nodes import (
 
 def create_pipeline(**kwargs: object) -> Pipeline:
     """Preprocessed screen + split table -> baseline predictions, metrics and plots."""
+    # long only because it is the node list (seven nodes, their inputs spelled out)
     return Pipeline(
         [
             node(
@@ -35,10 +37,20 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                 name="predict_baselines",
             ),
             node(
-                score_predictions,
+                gather_predictions,
                 inputs=[
                     "baseline_predictions",
                     "model_predictions",
+                    "finetuned_predictions",
+                    "heldout_real",
+                ],
+                outputs="all_predictions",
+                name="gather_predictions",
+            ),
+            node(
+                score_predictions,
+                inputs=[
+                    "all_predictions",
                     "heldout_real",
                     "params:columns",
                     "params:evaluation",
@@ -48,12 +60,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
             ),
             node(
                 measure_variability,
-                inputs=[
-                    "baseline_predictions",
-                    "model_predictions",
-                    "heldout_real",
-                    "params:columns",
-                ],
+                inputs=["all_predictions", "heldout_real", "params:columns"],
                 outputs="prediction_variability",
                 name="measure_variability",
             ),
@@ -72,8 +79,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
             node(
                 plot_predicted_vs_real,
                 inputs=[
-                    "baseline_predictions",
-                    "model_predictions",
+                    "all_predictions",
                     "heldout_real",
                     "params:columns",
                     "params:evaluation",

@@ -6,14 +6,17 @@ See :mod:`perturbflow.models.training.finetune`.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import anndata as ad
 import pandas as pd
 
+from perturbflow.datasets.model_store import StoredModels
 from perturbflow.evaluation.benchmark import PREDICTION_SEP, split_names
 from perturbflow.exceptions import InputError
 from perturbflow.models.inference.predict import predict_heldout
 from perturbflow.models.runs.adapter import load_finetuned
+from perturbflow.models.runs.run_dir import TrainedRun
 from perturbflow.models.training.finetune import FinetuningParams, finetune_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams
 from perturbflow.splits.split_data import split_data_from_file
@@ -22,18 +25,30 @@ logger = logging.getLogger(__name__)
 
 
 def finetune_model(
+    st_models: StoredModels,
     preprocessed_adata: ad.AnnData,
     split_table: pd.DataFrame,
     hvg_genes: list[str],
     columns: ColumnsParams,
     loader: LoaderParams,
     finetuning: FinetuningParams,
-) -> dict:
-    """Finetune (resume, or reuse) ``finetuning.init_from`` on ``finetuning.split``.
+    finetuning_training: Path,
+) -> dict[str, TrainedRun]:
+    """Finetune (resume, or reuse) the trained run ``finetuning.base`` on ``finetuning.split``.
+
+    Args:
+        st_models: The trained runs (catalog store), keyed by split.
+        preprocessed_adata: The preprocessed screen (obs; the matrix is read by rows).
+        split_table: The per-cell split table.
+        hvg_genes: Names of the loader's expression space.
+        columns: Column names of the design.
+        loader: Sentence length, batch size, pairing, workers.
+        finetuning: Base, method, LoRA, loss, optimiser and trainer settings.
+        finetuning_training: The work folder (catalog): the run's checkpoints while it
+            trains, ``<split>-<method>/``, so that a rerun resumes.
 
     Returns:
-        The finetuned run's directory, split, predictor name and summary
-        (``06_models/finetuned/runs.json``).
+        ``{<split>-<method>: the finetuned run}`` for the ``finetuned_models`` store.
     """
     known = split_names(split_table)
     if finetuning.split not in known:
@@ -41,6 +56,7 @@ def finetune_model(
             f"finetuning.split {finetuning.split!r} is not a split of the split table "
             f"({known}); add it to parameters_splits.yml."
         )
+    base = st_models.named_by(finetuning.base, "finetuning.base")
     split = split_data_from_file(
         preprocessed_adata,
         split_table,
@@ -48,24 +64,19 @@ def finetune_model(
         genes=hvg_genes,
         loader=loader,
     )
-    summary = finetune_st(
-        split, columns=columns, loader=loader, finetuning=finetuning, run_dir=finetuning.run_dir
-    )
-    return {
-        "run_dir": finetuning.run_dir,
-        "split": finetuning.split,
-        "predictor": finetuning.predictor,
-        **summary,
-    }
+    run_dir = Path(finetuning_training) / finetuning.run_name
+    finetune_st(split, base, columns=columns, loader=loader, finetuning=finetuning, run_dir=run_dir)
+    return {finetuning.run_name: load_finetuned(run_dir)}
 
 
 def predict_finetuned(
-    finetuned_run: dict,
+    finetuned_models: StoredModels,
     preprocessed_adata: ad.AnnData,
     split_table: pd.DataFrame,
     hvg_genes: list[str],
     columns: ColumnsParams,
     loader: LoaderParams,
+    finetuning: FinetuningParams,
     evaluation: EvaluationParams,
 ) -> tuple[dict[str, ad.AnnData], pd.DataFrame]:
     """Predict the split's test perturbations from control cells with the finetuned model.
@@ -74,8 +85,8 @@ def predict_finetuned(
         The predictions keyed ``<split>/<predictor>`` (cell-eval's form, scored by the
         evaluation pipeline beside the baselines) and how each perturbation was encoded.
     """
-    name, predictor = finetuned_run["split"], finetuned_run["predictor"]
-    run = load_finetuned(finetuned_run["run_dir"])
+    name, predictor = finetuning.split, finetuning.predictor
+    run = finetuned_models[finetuning.run_name]
     data = split_data_from_file(
         preprocessed_adata,
         split_table,

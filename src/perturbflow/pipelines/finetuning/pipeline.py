@@ -1,4 +1,4 @@
-"""``finetuning`` pipeline definition."""
+"""The ``finetuning`` pipeline: a trained run finetuned on a new context, then predicted."""
 
 from kedro.pipeline import Pipeline, node
 
@@ -6,31 +6,34 @@ from perturbflow.pipelines.finetuning.nodes import finetune_model, predict_finet
 
 
 def create_pipeline(**kwargs: object) -> Pipeline:
-    """Base run + preprocessed screen + split table -> finetuned run -> test predictions."""
+    """st_models (a trained run) -> finetune -> finetuned_models -> finetuned_predictions."""
     return Pipeline(
         [
             node(
                 finetune_model,
                 inputs=[
+                    "st_models",
                     "preprocessed_adata@cells",
                     "split_table",
                     "hvg_genes",
                     "params:columns",
                     "params:loader",
                     "params:finetuning",
+                    "finetuning_training",
                 ],
-                outputs="finetuned_run",
+                outputs="finetuned_models",
                 name="finetune_st_model",
             ),
             node(
                 predict_finetuned,
                 inputs=[
-                    "finetuned_run",
+                    "finetuned_models",
                     "preprocessed_adata@cells",
                     "split_table",
                     "hvg_genes",
                     "params:columns",
                     "params:loader",
+                    "params:finetuning",
                     "params:evaluation",
                 ],
                 outputs=["finetuned_predictions", "finetuned_prediction_sources"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import anndata as ad
@@ -12,7 +13,7 @@ from perturbflow.evaluation.benchmark import PREDICTION_SEP, split_names
 from perturbflow.exceptions import InputError
 from perturbflow.models.inference.predict import predict_heldout
 from perturbflow.models.inference.quality import control_offset_report
-from perturbflow.models.runs.run_dir import load_run
+from perturbflow.models.runs.run_dir import TrainedRun, load_run
 from perturbflow.models.training.train import train_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams
 from perturbflow.splits.split_data import SplitData, split_data_from_file
@@ -59,34 +60,47 @@ def train_models(
     columns: ColumnsParams,
     loader: LoaderParams,
     training: TrainingParams,
-) -> dict:
+    st_training: Path,
+) -> dict[str, TrainedRun]:
     """Train (resume, or reuse) one ST model per split in ``training.splits``.
 
+    Args:
+        preprocessed_adata: The preprocessed screen (obs; the matrix is read by rows).
+        split_table: The per-cell split table.
+        hvg_genes: Names of the loader's expression space.
+        columns: Column names of the design.
+        loader: Sentence length, batch size, pairing, workers.
+        training: Model, loss, optimiser and trainer settings.
+        st_training: The work folder (catalog): ``<split>/`` holds each run's checkpoints
+            while it trains, so a rerun resumes there.
+
     Returns:
-        Per split its run directory and summary (``06_models/st/runs.json``).
+        The trained run of each split (saved to the ``st_models`` store).
     """
     _check_splits(split_table, training)
     runs = {}
     for name in training.splits:
         split = _split(preprocessed_adata, split_table, name, hvg_genes, loader)
-        run_dir = Path(training.runs_dir) / name
-        summary = train_st(
-            split, columns=columns, loader=loader, training=training, run_dir=run_dir
-        )
-        runs[name] = {"run_dir": str(run_dir), **summary}
+        run_dir = Path(st_training) / name
+        train_st(split, columns=columns, loader=loader, training=training, run_dir=run_dir)
+        runs[name] = load_run(run_dir)
     return runs
 
 
 def predict_st_models(
-    st_runs: dict,
+    st_models: Mapping[str, TrainedRun],
     preprocessed_adata: ad.AnnData,
     split_table: pd.DataFrame,
     hvg_genes: list[str],
     columns: ColumnsParams,
     loader: LoaderParams,
+    training: TrainingParams,
     evaluation: EvaluationParams,
 ) -> tuple[dict[str, ad.AnnData], pd.DataFrame, dict]:
-    """Predict every split's test perturbations from control cells with its ST model.
+    """Predict the test perturbations of ``training.splits`` from control cells.
+
+    Each split's model is read from the ``st_models`` store (other splits' models there,
+    from earlier runs, are left alone).
 
     Returns:
         Predictions keyed ``<split>/st`` (cell-eval's form), how each perturbation was
@@ -94,14 +108,14 @@ def predict_st_models(
         on control cells given the control label (``st_quality.json``).
     """
     predictions, sources, quality = {}, [], {}
-    for name, info in st_runs.items():
-        run = load_run(info["run_dir"])
+    for name in training.splits:
+        run = st_models[name]
         data = _split(preprocessed_adata, split_table, name, hvg_genes, loader).data
         predicted, encoded = predict_heldout(run, data, columns, seed=evaluation.seed)
         predictions[f"{name}{PREDICTION_SEP}{MODEL_NAME}"] = predicted
         sources.append(encoded.assign(split=name, predictor=MODEL_NAME))
         quality[name] = control_offset_report(run, data, columns, seed=evaluation.seed)
-        quality[name]["run_dir"] = info["run_dir"]
+        quality[name]["run_dir"] = str(run.path)
         logger.info(
             "ST %s: predicted %d test perturbations; control offset %.3f of the real deltas",
             name,

@@ -6,15 +6,18 @@ import anndata as ad
 import pandas as pd
 import plotly.graph_objects as go
 
+from perturbflow.datasets.model_store import StoredModels
 from perturbflow.evaluation.benchmark import split_names
 from perturbflow.exceptions import InputError
 from perturbflow.models.training.finetune import FinetuningParams
 from perturbflow.params import ColumnsParams, LoaderParams
 from perturbflow.splits.split_data import split_data_from_file
-from perturbflow.tuning import TuneParams, tune_finetuning
+from perturbflow.tuning import StudyStorage, TuneParams, tune_finetuning
 
 
 def tune_finetuning_hyperparameters(
+    st_models: StoredModels,
+    tune_storage: StudyStorage,
     preprocessed_adata: ad.AnnData,
     split_table: pd.DataFrame,
     hvg_genes: list[str],
@@ -26,6 +29,9 @@ def tune_finetuning_hyperparameters(
     """Run (or resume) the study of ``tune`` over ``finetuning``'s hyper-parameters.
 
     Args:
+        st_models: The trained runs (catalog store); the sweep finetunes
+            ``tune.base`` (else ``finetuning.base``).
+        tune_storage: Where the study and its trials' runs live (catalog).
         preprocessed_adata: The preprocessed screen, opened backed.
         split_table: The per-cell split table.
         hvg_genes: Names of the loader's expression space.
@@ -54,8 +60,10 @@ def tune_finetuning_hyperparameters(
         genes=hvg_genes,
         loader=loader,
     )
+    base_key = "tune.base" if tune.base else "finetuning.base"
+    base = st_models.named_by(tune.base or finetuning.base, base_key)
     result = tune_finetuning(
-        split, columns=columns, loader=loader, finetuning=finetuning, tune=tune
+        split, base, tune_storage, columns=columns, loader=loader, finetuning=finetuning, tune=tune
     )
     figures = result.figures
     return (

@@ -12,6 +12,8 @@ def create_pipeline(**kwargs: object) -> Pipeline:
             node(
                 tune_finetuning_hyperparameters,
                 inputs=[
+                    "st_models",
+                    "tune_storage",
                     "preprocessed_adata@cells",
                     "split_table",
                     "hvg_genes",

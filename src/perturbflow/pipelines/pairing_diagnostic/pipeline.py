@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Pipeline, node
 
-from perturbflow.pipelines.pairing.nodes import build_encodings, pair_controls
+from perturbflow.pipelines.pairing_diagnostic.nodes import build_encodings, pair_controls
 
 
 def create_pipeline(**kwargs: object) -> Pipeline:
@@ -15,7 +15,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                     "preprocessed_adata@cells",
                     "params:columns",
                     "params:loader",
-                    "params:pairing",
+                    "pairing_cache",
                 ],
                 outputs=["pairing_index", "pairing_stats"],
                 name="pair_controls",

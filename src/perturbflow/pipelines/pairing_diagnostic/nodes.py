@@ -1,22 +1,31 @@
-"""Nodes of the ``pairing`` pipeline: thin wrappers over :mod:`perturbflow.loading`."""
+"""Nodes of the ``pairing_diagnostic`` pipeline: thin wrappers over :mod:`perturbflow.loading`.
+
+A diagnostic: training pairs controls inside its DataModule (the same strategies, by
+``loader.pairing``), so nothing downstream reads these outputs. They let a user look at the
+pairing a strategy makes (fallbacks, pairs per context and batch) and the vocabulary the
+screen has, before training on it.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 
+from perturbflow.design import read_design
 from perturbflow.loading.categories import CategoryMap
 from perturbflow.loading.encodings import PerturbationEncoder
 from perturbflow.loading.h5reader import h5ad_identity
-from perturbflow.loading.pairing import PairingDesign, get_pairing_strategy
+from perturbflow.loading.pairing import get_pairing_strategy
 from perturbflow.loading.pairing_cache import PairingCache
+from perturbflow.loading.pairing_design import PairingDesign
 from perturbflow.loading.pairing_table import pairing_index_frame
-from perturbflow.params import ColumnsParams, LoaderParams, PairingParams
+from perturbflow.params import ColumnsParams, LoaderParams
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +42,11 @@ def pair_controls(
     preprocessed_adata: ad.AnnData,
     columns: ColumnsParams,
     loader: LoaderParams,
-    pairing: PairingParams,
+    pairing_cache: Path,
 ) -> tuple[pd.DataFrame, dict]:
     """Pair every perturbed cell with a control (or a mean group) of its context.
 
-    The pairing is cached under ``pairing.cache_dir`` by a content hash of what it reads
+    The pairing is cached in the ``pairing_cache`` folder by a content hash of what it reads
     (obs codes, strategy and options, seed, the file's identity): a changed file, obs,
     option or seed never reuses a stale pairing.
 
@@ -45,14 +54,14 @@ def pair_controls(
         preprocessed_adata: The preprocessed screen (backed: only ``obs`` is read).
         columns: Where the design lives in ``obs``.
         loader: The pairing strategy, its options and the seed.
-        pairing: Where the cache lives.
+        pairing_cache: The cache folder (a catalog work folder).
 
     Returns:
         The pairing index (one row per perturbed cell) and its statistics.
     """
     design = PairingDesign.from_obs(preprocessed_adata.obs, columns)
     strategy = get_pairing_strategy(loader.pairing, **dict(loader.pairing_kwargs))
-    cache = PairingCache(pairing.cache_dir)
+    cache = PairingCache(pairing_cache)
     rows = np.flatnonzero(~design.is_control)
     identity = _identity(preprocessed_adata)
     key = cache.key(design, strategy, seed=loader.seed, identity=identity, pert_rows=rows)
@@ -94,10 +103,9 @@ def build_encodings(
         saves no ``None``).
     """
     obs = preprocessed_adata.obs
-    encoder = PerturbationEncoder.fit(
-        obs[columns.pert_col].astype(str), control_label=columns.control_label
-    )
-    celltypes = CategoryMap.fit(obs[columns.celltype_col].astype(str), name="cell types")
+    design = read_design(obs, columns)
+    encoder = PerturbationEncoder.fit(design["perturbation"], control_label=columns.control_label)
+    celltypes = CategoryMap.fit(design["celltype"], name="cell types")
     batches = (
         CategoryMap.fit(obs[columns.batch_col].astype(str), name="batches")
         if columns.batch_col
