@@ -132,7 +132,12 @@ def test_kedro_viz_build(project_copy: Path):
     names = {node["name"] for node in main["nodes"]}
     assert {"preprocess", "predict_baselines", "score_predictions", "metrics"} <= names
     layers = set(main.get("layers", []))
-    assert {"raw", "intermediate", "primary", "model_output", "reporting"} <= layers
+    assert {"raw", "intermediate", "primary", "models", "model_output", "reporting"} <= layers
+    # the trained models are a dataset between the node that trains and the one that predicts
+    ids = {node["name"]: node["id"] for node in main["nodes"]}
+    edges = {(edge["source"], edge["target"]) for edge in main["edges"]}
+    assert (ids["train_st_models"], ids["st_models"]) in edges
+    assert (ids["st_models"], ids["predict_st"]) in edges
     # the plot is in the site (kedro-viz drops every preview without --include-previews)
     (plot,) = [n["id"] for n in main["nodes"] if n["name"] == "metrics_comparison_plot"]
     details = json.loads((project_copy / "build" / "api" / "nodes" / plot).read_text())

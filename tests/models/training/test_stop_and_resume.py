@@ -127,3 +127,42 @@ def test_a_corrupt_model_file_is_named_and_never_run(trained_run, tmp_path, kind
     assert "rerun the training" in message
     assert "weights_only=False" not in message or "do not pass weights_only=False" in message
     assert not marker.exists()
+
+
+def test_a_checkpoint_holds_its_steps_validation_and_its_row_is_on_disk(planted, tmp_path):
+    # a run killed after a checkpoint resumes from it and never validates its steps again:
+    # a step that validates is checkpointed after its validation, whose row is on disk then
+    # (Lightning used to save the step checkpoint first: a kill during that validation lost
+    # the row for good, a CI failure of test_killed_training_resumes_from_last)
+    from lightning.pytorch.callbacks import Callback
+
+    from perturbflow.models.training.train import train_st
+    from tests.models.support import loader_params, make_split, training_params
+    from tests.synthetic import COLUMNS
+
+    metrics = tmp_path / "run" / "logs" / "metrics.csv"
+    seen: dict[int, list[int]] = {}
+
+    class ReadTheFile(Callback):
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            frame = pd.read_csv(metrics) if metrics.is_file() else pd.DataFrame()
+            rows = []
+            if "val/pearson_delta" in frame:
+                rows = frame["step"][frame["val/pearson_delta"].notna()].tolist()
+            seen.setdefault(trainer.global_step, rows)  # the first save of the step
+
+    split = make_split(planted["adata"], planted["path"], planted["table"], "zs")
+    params = training_params(max_steps=30, val_every_n_steps=15, ckpt_every_n_steps=5)
+    train_st(
+        split,
+        columns=COLUMNS,
+        loader=loader_params(),
+        training=params,
+        run_dir=tmp_path / "run",
+        callbacks=[ReadTheFile()],
+    )
+    assert sorted(seen) == [5, 10, 15, 20, 25, 30]
+    for step, on_disk in seen.items():
+        assert on_disk == list(range(14, step, 15)), step
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step=*.ckpt"))
+    assert names == sorted(f"step={n}.ckpt" for n in (5, 10, 15, 20, 25, 30))

@@ -14,6 +14,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -120,7 +121,9 @@ def build_trainer(
     best = _best_checkpoint(run) if has_val else None
     meter = ThroughputMeter()
     all_callbacks: list[Callback] = [
-        _periodic_checkpoints(run, settings.ckpt_every_n_steps),
+        _periodic_checkpoints(
+            run, settings.ckpt_every_n_steps, settings.val_every_n_steps if has_val else None
+        ),
         *([best] if best else []),
         meter,
         StopCheckpoint(run / CHECKPOINTS),
@@ -160,15 +163,41 @@ def build_trainer(
     return trainer, best, meter
 
 
-def _periodic_checkpoints(run: Path, every: int) -> ModelCheckpoint:
+class _StepCheckpoint(ModelCheckpoint):
+    """``step=N.ckpt`` every N steps; at a step that validates, saved after its validation.
+
+    Lightning saves step checkpoints at the end of the training batch, before that step's
+    validation: a run killed during the validation resumed after it and never validated
+    that step, so its row was missing from ``metrics.csv``. Deferring the save to the end
+    of the validation (Lightning's own deferral, used for monitored checkpoints) makes a
+    checkpoint mean "everything up to this step, its validation included".
+    """
+
+    def __init__(self, *args: Any, val_every: int | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._val_every = val_every
+
+    def on_train_batch_end(  # noqa: D102
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
+    ) -> None:
+        step = trainer.global_step
+        due = self._every_n_train_steps > 0 and step % self._every_n_train_steps == 0
+        if due and self._val_every and step % self._val_every == 0:
+            self._defer_save_until_validation = True
+            return
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+
+
+def _periodic_checkpoints(run: Path, every: int, val_every: int | None) -> ModelCheckpoint:
     """``step=N.ckpt`` every ``every`` steps, all kept, and ``last.ckpt``."""
-    return ModelCheckpoint(
+    return _StepCheckpoint(
         dirpath=run / CHECKPOINTS,
         filename="step={step}",
         auto_insert_metric_name=False,
         every_n_train_steps=every,
         save_top_k=-1,
         save_last=True,
+        val_every=val_every,
     )
 
 
