@@ -16,6 +16,7 @@ from perturbflow.adaptation.config import (
 )
 from perturbflow.adaptation.io import (
     SourceEmbeddings,
+    TargetCells,
     control_expression,
     read_cells,
     read_perturbation_list,
@@ -46,6 +47,7 @@ __all__ = [
     "ShiftFit",
     "ShiftFitParams",
     "SourceEmbeddings",
+    "TargetCells",
     "shift_metadata",
     "control_expression",
     "embed",

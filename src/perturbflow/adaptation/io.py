@@ -116,6 +116,19 @@ def select_cells(
     return np.flatnonzero(mask)
 
 
+@dataclass(frozen=True)
+class TargetCells:
+    """The target domain's cells, in memory, and the file they were read from.
+
+    Attributes:
+        cells: The target context's cells (controls and any perturbed cells).
+        file: Their h5ad file (named in messages and in the shift's record).
+    """
+
+    cells: ad.AnnData
+    file: str
+
+
 def read_cells(path: str | os.PathLike[str], rows: np.ndarray) -> ad.AnnData:
     """The given rows of an h5ad, read from a backed file into memory."""
     adata, _ = _read_obs(Path(path))

@@ -29,7 +29,7 @@ from perturbflow.adaptation import (
     shift_metadata,
     source_embeddings,
 )
-from perturbflow.adaptation.io import resolve_files
+from perturbflow.adaptation.io import TargetCells, resolve_files
 from perturbflow.datasets.h5ad_cells import H5adCells, read_h5ad_cells
 from perturbflow.datasets.model_store import StoredModels
 from perturbflow.exceptions import InputError
@@ -83,7 +83,7 @@ def embed_source_controls(
 
 def read_target(
     preprocessed_adata: H5adCells, params: AdaptationParams, columns: ColumnsParams
-) -> ad.AnnData:
+) -> TargetCells:
     """The target context's cells (controls and any perturbed cells), in memory.
 
     The target is ``adaptation.target.file``, or the preprocessed screen when that is
@@ -109,28 +109,25 @@ def read_target(
         celltype_col=columns.celltype_col,
         celltypes=celltypes,
     )
-    target = read_cells(path, rows)
-    target.uns["perturbflow_source_file"] = str(path)
-    return target
+    return TargetCells(read_cells(path, rows), str(path))
 
 
-def _target_controls(target: ad.AnnData, columns: ColumnsParams, label: str) -> ad.AnnData:
-    source = str(target.uns.get("perturbflow_source_file", "target"))
+def _target_controls(target: TargetCells, columns: ColumnsParams, label: str) -> ad.AnnData:
     rows = select_cells(
-        target.obs,
-        source=source,
+        target.cells.obs,
+        source=target.file,
         pert_col=columns.pert_col,
         control_label=label,
         celltype_col=None,
         celltypes=None,
     )
-    return target[rows]
+    return target.cells[rows]
 
 
 def fit_target_shift(
     st_models: StoredModels,
     source: dict,
-    target: ad.AnnData,
+    target: TargetCells,
     params: AdaptationParams,
     columns: ColumnsParams,
 ) -> tuple[dict[str, MMDShift], dict, pd.DataFrame]:
@@ -142,8 +139,7 @@ def fit_target_shift(
     """
     run = _run(st_models, params)
     label = _control_label(params, columns)
-    source_name = str(target.uns.get("perturbflow_source_file", "target"))
-    controls = control_expression(_target_controls(target, columns, label), run, source=source_name)
+    controls = control_expression(_target_controls(target, columns, label), run, source=target.file)
     fit = fit_shift(
         run.net.basal_encoder,
         controls,
@@ -158,7 +154,7 @@ def fit_target_shift(
         name=params.name,
         source_files=source["files"],
         source_celltypes=params.source.celltypes,
-        target_file=source_name,
+        target_file=target.file,
         target_celltype=params.target.celltype,
     )
     return {params.name: MMDShift(fit.shift, meta)}, meta, fit.curve
@@ -172,7 +168,7 @@ def plot_shift_curve(curve: pd.DataFrame, params: AdaptationParams) -> Figure:
 def predict_target(
     st_models: StoredModels,
     mmd_shifts: StoredModels,
-    target: ad.AnnData,
+    target: TargetCells,
     params: AdaptationParams,
     columns: ColumnsParams,
 ) -> tuple[ad.AnnData, pd.DataFrame, pd.DataFrame]:
@@ -195,7 +191,7 @@ def predict_target(
     design = dataclasses.replace(columns, control_label=label)
     out = predict_adapted(
         run,
-        target,
+        target.cells,
         design,
         shift,
         perturbations=perts,
@@ -203,6 +199,6 @@ def predict_target(
         allow_unknown=params.predict.allow_unknown,
         map_back=params.predict.map_back,
         seed=params.predict.seed,
-        source=str(target.uns.get("perturbflow_source_file", "target")),
+        source=target.file,
     )
     return out.cells, out.means, out.sources
