@@ -8,7 +8,7 @@ Usage (from the project root, in the project's environment; check `df -h` first:
 For each size, generates a raw-count screen (CSR float32, ``--density`` non-zeros;
 ``--perturbations`` CRISPRi targets + ``non-targeting``, ``--celltypes`` cell types, 8
 batches; each perturbation silences its target gene and shifts 40 other genes), then runs
-``kedro run --pipelines preprocessing``, ``splits``, ``pairing`` (every perturbed cell
+``kedro run --pipelines preprocessing``, ``splits``, ``pairing_diagnostic`` (every perturbed cell
 paired with a control of its context), ``training`` (``--steps`` steps, then the test
 predictions) and ``evaluation`` through a conf environment written for it
 (``--conf-source`` = conf/base + a ``scale`` environment whose outputs go under the work
@@ -44,6 +44,8 @@ from perturbflow.preprocess.h5blocks import CSRAppender
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK_ROWS = 4096
 STEPS = ("preprocessing", "splits", "pairing", "training", "evaluation")
+# the pipeline each step runs (the step names are the keys of docs/results/scale.json)
+PIPELINES = {"pairing": "pairing_diagnostic"}
 
 
 def generate(path: Path, n_cells: int, n_genes: int, n_perts: int, n_types: int,
@@ -134,7 +136,7 @@ def write_conf(
 def run_step(pipeline: str, conf: Path, log: Path) -> dict:
     """``kedro run`` one pipeline; its wall time and the peak RSS of its process tree."""
     command = [str(Path(sys.executable).with_name("kedro")), "run", "--conf-source", str(conf),
-               "--env", "scale", "--pipelines", pipeline]  # fmt: skip
+               "--env", "scale", "--pipelines", PIPELINES.get(pipeline, pipeline)]  # fmt: skip
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
     started = time.perf_counter()
     with open(log, "w") as out:
