@@ -98,3 +98,28 @@ def test_shifts_round_trip_and_work_folders_and_storage(tmp_path):
     assert storage.study_url("s") == f"sqlite:///{tmp_path}/optuna/s.db"
     shared = OptunaStorageDataset(path="x", credentials={"url": "postgresql://u@h/db"}).load()
     assert shared.study_url("s") == "postgresql://u@h/db"
+
+
+def test_a_failed_swap_keeps_the_previous_folder(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from perturbflow.datasets.model_store import replace_folder
+
+    target = tmp_path / "st" / "zs"
+    replace_folder(lambda d: (d / "model.pt").write_text("old"), target)
+    with pytest.raises(RuntimeError, match="disk full"):  # failing while filling the new one
+        replace_folder(lambda d: (_ for _ in ()).throw(RuntimeError("disk full")), target)
+    assert (target / "model.pt").read_text() == "old"
+    real_rename = Path.rename
+
+    def rename(self, dest):  # the swap itself fails: the old folder goes back
+        if ".tmp-" in self.name:
+            raise OSError("cross-device link")
+        return real_rename(self, dest)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(OSError, match="cross-device"):
+        replace_folder(lambda d: (d / "model.pt").write_text("new"), target)
+    monkeypatch.undo()
+    assert (target / "model.pt").read_text() == "old"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["zs"]  # nothing left behind

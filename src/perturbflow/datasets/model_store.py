@@ -47,8 +47,10 @@ def _rank() -> int:
 def replace_folder(source_files: Callable[[Path], None], target: Path) -> None:
     """Fill a fresh folder with ``source_files(tmp)``, then swap it in for ``target``.
 
-    The new folder is complete before the old one goes: a crash leaves either the old
-    model or the new one (and at worst a ``.tmp-*`` folder beside them), never a mix.
+    The new folder is complete before the old one moves: a failure while filling it leaves
+    the old folder untouched, a failure of the swap puts the old folder back, and a hard
+    crash between the two renames leaves both beside ``target`` as hidden folders
+    (``.<name>.old-*``, ``.<name>.tmp-*``); never a mix of the two.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     stamp = f"{os.getpid()}-{time.time_ns()}"
@@ -57,12 +59,19 @@ def replace_folder(source_files: Callable[[Path], None], target: Path) -> None:
     try:
         tmp.mkdir()
         source_files(tmp)
-        if target.exists():
-            target.rename(old)
-        tmp.rename(target)
-    finally:
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        raise
+    if target.exists():
+        target.rename(old)
+    try:
+        tmp.rename(target)
+    except BaseException:
+        if old.exists():
+            old.rename(target)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _copy_model_files(run_dir: Path) -> Callable[[Path], None]:
