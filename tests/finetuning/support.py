@@ -18,6 +18,7 @@ import pytest
 from perturbflow.models.training.finetune import FinetuningParams, LoraParams
 from perturbflow.models.training.train import train_st
 from tests.models.support import (
+    TRAINER_EXECUTION,
     loader_params,
     loss_params,
     make_split,
@@ -61,16 +62,7 @@ def finetuning_params(**overrides):
         max_steps=40,
         val_every_n_steps=20,
         ckpt_every_n_steps=20,
-        accelerator="cpu",
-        devices=1,
-        strategy="auto",
-        num_nodes=1,
-        precision="32-true",
-        seed=0,
-        logger="csv",
-        progress_bar=False,
-        cpu_threads=None,
-        resume=True,
+        **TRAINER_EXECUTION,
         split="ft",
         predictor="st_lora",
     )

@@ -66,6 +66,21 @@ def loss_params(**overrides) -> LossParams:
     return LossParams(**values)
 
 
+# how the tests' trainings and finetunings run: one CPU process, quiet, resumable
+TRAINER_EXECUTION = dict(
+    accelerator="cpu",
+    devices=1,
+    strategy="auto",
+    num_nodes=1,
+    precision="32-true",
+    seed=0,
+    logger="csv",
+    progress_bar=False,
+    cpu_threads=None,
+    resume=True,
+)
+
+
 def training_params(**overrides) -> TrainingParams:
     model = dict(
         size="cpu",
@@ -105,16 +120,7 @@ def training_params(**overrides) -> TrainingParams:
         max_steps=150,
         val_every_n_steps=50,
         ckpt_every_n_steps=50,
-        accelerator="cpu",
-        devices=1,
-        strategy="auto",
-        num_nodes=1,
-        precision="32-true",
-        seed=0,
-        logger="csv",
-        progress_bar=False,
-        cpu_threads=None,
-        resume=True,
+        **TRAINER_EXECUTION,
         ema_decay=None,
     )
     values.update(overrides)

@@ -174,12 +174,12 @@ def _load_finetuned(path: Path) -> Any:
 class RunsDataset(AbstractDataset[Mapping[str, Any], StoredModels]):
     """A folder of trained (``kind: st``) or finetuned (``kind: finetuned``) runs, by key.
 
-    ``save`` takes ``{key: run}`` (a :class:`~perturbflow.models.runs.run_dir.TrainedRun`,
-    or anything with the run folder as ``.path``) and writes each run's model files (all
-    but its checkpoints) into ``<path>/<key>/``, replacing that key's previous model and
-    keeping the other keys'. ``load`` returns a :class:`StoredModels` mapping that reads a
-    run on first access: a finetuned run is rebuilt on its base run, as
-    :func:`~perturbflow.models.runs.adapter.load_finetuned` does.
+    ``save`` takes ``{key: run folder}`` (a path, or a loaded
+    :class:`~perturbflow.models.runs.run_dir.TrainedRun`, whose ``.path`` is used) and
+    writes each run's model files (all but its checkpoints) into ``<path>/<key>/``,
+    replacing that key's previous model and keeping the other keys'. ``load`` returns a
+    :class:`StoredModels` mapping that reads a run on first access: a finetuned run is
+    rebuilt on its base run, as :func:`~perturbflow.models.runs.adapter.load_finetuned` does.
 
     Example (catalog)::
 

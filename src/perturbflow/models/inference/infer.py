@@ -60,9 +60,9 @@ class InferOptions:
             perturbations, or every requested one on every plate with controls.
         seed: Seed of the control sampling.
         input_map: Maps the aligned expression (cells x the model's genes) to what the
-            model reads, e.g. a domain adapter; the output's control cells stay the
-            input's own.
-        output_map: Maps predicted cells back before clipping (the adapter's inverse).
+            model reads, e.g. an MMD shift (:mod:`perturbflow.adaptation`); the output's
+            control cells stay the input's own.
+        output_map: Maps predicted cells back before clipping (the shift's inverse).
     """
 
     perturbations: Sequence[str] | None = None
@@ -250,7 +250,7 @@ def _infer_per_batch(
 ) -> tuple[ad.AnnData, pd.DataFrame]:
     """``per_batch``: every plate from its own controls (the model's genes)."""
     if options.input_map is not None or options.output_map is not None:
-        raise InputError("per_batch does not take an input_map / output_map (adapters).")
+        raise InputError("per_batch does not take an input_map / output_map (an MMD shift).")
     if not columns.batch_col:
         raise InputError(f"{source}: per-batch prediction needs the batch column (--batch-col).")
     return infer_plates(

@@ -169,10 +169,10 @@ def predict_cells(
             the control label returns its inputs exactly; ``keep`` (default) does not.
         sentences_per_batch: Sentences per forward pass.
         control_inputs: What the model reads for each row of ``data.X`` (same shape), e.g.
-            control cells moved by a domain adapter (:mod:`perturbflow.adaptation`);
+            control cells moved by an MMD shift (:mod:`perturbflow.adaptation`);
             default ``data.X``. Only control rows are read.
         output_map: Applied to each key's predicted cells before clipping at zero, e.g.
-            an adapter's inverse that maps predictions back to the data's space.
+            a shift's inverse that maps predictions back to the data's space.
 
     Returns:
         The predicted cells, the perturbation encodings and the control rows each

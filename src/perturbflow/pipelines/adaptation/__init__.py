@@ -1,4 +1,4 @@
-"""``adaptation`` pipeline: MMD shift adapter of a trained run to a new domain, predictions."""
+"""``adaptation`` pipeline: a trained run adapted to a new domain by an MMD shift, predictions."""
 
 from perturbflow.pipelines.adaptation.pipeline import create_pipeline
 

@@ -15,8 +15,6 @@ from perturbflow.datasets.model_store import StoredModels
 from perturbflow.evaluation.benchmark import PREDICTION_SEP, split_names
 from perturbflow.exceptions import InputError
 from perturbflow.models.inference.predict import predict_heldout
-from perturbflow.models.runs.adapter import load_finetuned
-from perturbflow.models.runs.run_dir import TrainedRun
 from perturbflow.models.training.finetune import FinetuningParams, finetune_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams
 from perturbflow.splits.split_data import split_data_from_file
@@ -33,7 +31,7 @@ def finetune_model(
     loader: LoaderParams,
     finetuning: FinetuningParams,
     finetuning_training: Path,
-) -> dict[str, TrainedRun]:
+) -> dict[str, Path]:
     """Finetune (resume, or reuse) the trained run ``finetuning.base`` on ``finetuning.split``.
 
     Args:
@@ -48,7 +46,8 @@ def finetune_model(
             trains, ``<split>-<method>/``, so that a rerun resumes.
 
     Returns:
-        ``{<split>-<method>: the finetuned run}`` for the ``finetuned_models`` store.
+        ``{<split>-<method>: the finished run folder}``: the ``finetuned_models`` store
+        saves its files.
     """
     known = split_names(split_table)
     if finetuning.split not in known:
@@ -66,7 +65,7 @@ def finetune_model(
     )
     run_dir = Path(finetuning_training) / finetuning.run_name
     finetune_st(split, base, columns=columns, loader=loader, finetuning=finetuning, run_dir=run_dir)
-    return {finetuning.run_name: load_finetuned(run_dir)}
+    return {finetuning.run_name: run_dir}
 
 
 def predict_finetuned(
@@ -86,7 +85,7 @@ def predict_finetuned(
         evaluation pipeline beside the baselines) and how each perturbation was encoded.
     """
     name, predictor = finetuning.split, finetuning.predictor
-    run = finetuned_models[finetuning.run_name]
+    run = finetuned_models.named_by(finetuning.run_name, "finetuning.split + method")
     data = split_data_from_file(
         preprocessed_adata,
         split_table,

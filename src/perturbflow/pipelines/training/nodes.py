@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 
 import anndata as ad
 import pandas as pd
 
+from perturbflow.datasets.model_store import StoredModels
 from perturbflow.evaluation.benchmark import PREDICTION_SEP, split_names
 from perturbflow.exceptions import InputError
 from perturbflow.models.inference.predict import predict_heldout
 from perturbflow.models.inference.quality import control_offset_report
-from perturbflow.models.runs.run_dir import TrainedRun, load_run
 from perturbflow.models.training.train import train_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams
 from perturbflow.splits.split_data import SplitData, split_data_from_file
@@ -61,7 +60,7 @@ def train_models(
     loader: LoaderParams,
     training: TrainingParams,
     st_training: Path,
-) -> dict[str, TrainedRun]:
+) -> dict[str, Path]:
     """Train (resume, or reuse) one ST model per split in ``training.splits``.
 
     Args:
@@ -75,7 +74,8 @@ def train_models(
             while it trains, so a rerun resumes there.
 
     Returns:
-        The trained run of each split (saved to the ``st_models`` store).
+        The finished run folder of each split: the ``st_models`` store saves its model
+        files (the runs are read from the store by the nodes that use them).
     """
     _check_splits(split_table, training)
     runs = {}
@@ -83,12 +83,12 @@ def train_models(
         split = _split(preprocessed_adata, split_table, name, hvg_genes, loader)
         run_dir = Path(st_training) / name
         train_st(split, columns=columns, loader=loader, training=training, run_dir=run_dir)
-        runs[name] = load_run(run_dir)
+        runs[name] = run_dir
     return runs
 
 
 def predict_st_models(
-    st_models: Mapping[str, TrainedRun],
+    st_models: StoredModels,
     preprocessed_adata: ad.AnnData,
     split_table: pd.DataFrame,
     hvg_genes: list[str],
@@ -109,7 +109,7 @@ def predict_st_models(
     """
     predictions, sources, quality = {}, [], {}
     for name in training.splits:
-        run = st_models[name]
+        run = st_models.named_by(name, "training.splits")
         data = _split(preprocessed_adata, split_table, name, hvg_genes, loader).data
         predicted, encoded = predict_heldout(run, data, columns, seed=evaluation.seed)
         predictions[f"{name}{PREDICTION_SEP}{MODEL_NAME}"] = predicted
