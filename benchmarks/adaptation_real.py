@@ -20,7 +20,11 @@ A172 perturbations from A172's control cells:
   in the adapted space (the shift then shows up as part of every effect).
 
 Everything is scored with the evaluation pipeline's own code (cell-eval), beside the
-baselines (control, perturbation_mean, context_mean, linear) and the data ceiling. The
+baselines (control, perturbation_mean, context_mean, linear) and the data ceiling;
+``context_mean`` is the context transfer a linear response prior starts a held-out context
+from. Under the default ``prior_scope: out_of_context`` every A172 perturbation is predicted
+at that prior whatever the shift; ``--params training.model.prior_scope=all`` lets the
+network (and so the shift) move it. The
 source files are written per cell line into the work directory (controls only).
 """
 
@@ -83,13 +87,19 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=300, help="ST training steps")
     parser.add_argument("--work-dir", type=Path, default=Path("data/06_models/adaptation_bench"))
+    parser.add_argument(
+        "--params",
+        action="append",
+        default=[],
+        help="overrides of the project's params, e.g. training.model.prior_scope=all",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
     started = time.perf_counter()
     args.work_dir.mkdir(parents=True, exist_ok=True)
 
-    params = load_params("conf", "base", [])
+    params = load_params("conf", "base", args.params)
     columns = ColumnsParams(**params["columns"])
     loader = LoaderParams(**params["loader"])
     evaluation = EvaluationParams(**{**params["evaluation"], "ceiling": True, "num_threads": 1})
@@ -114,8 +124,8 @@ def main() -> None:
     target = write_inputs(adata, columns, args.work_dir)
     context = f"mcfaline23.{TARGET}"
     perts = data.data.heldout_perturbations(context, "test")
-    sub = table[[SPLIT, "dataset", "context", "perturbation", "is_control"]]
-    preds, reals, _, _ = build_baseline_predictions(adata, sub, genes, columns, evaluation)
+    sub = table[[SPLIT, "dataset", "celltype", "perturbation", "is_control"]]
+    preds, reals, *_ = build_baseline_predictions(adata, sub, genes, columns, evaluation)
 
     seeds: dict[int, dict] = {}
     for seed in args.seeds:
@@ -220,7 +230,8 @@ def main() -> None:
     per_pert = per.pivot_table(index="perturbation", columns="predictor", values="pearson_delta")
     result = {
         "command": "OMP_NUM_THREADS=1 python benchmarks/adaptation_real.py --out "
-        f"{args.out} --seeds {' '.join(map(str, args.seeds))} --steps {args.steps}",
+        f"{args.out} --seeds {' '.join(map(str, args.seeds))} --steps {args.steps}"
+        + "".join(f" --params {p}" for p in args.params),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "split": SPLIT,
         "target": context,

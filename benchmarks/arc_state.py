@@ -762,7 +762,7 @@ def bench_split(args: argparse.Namespace, spec: SplitSpec) -> dict:
     counts = check_counts(args, toml, cols.control_label, data)
 
     t0 = time.time()
-    baseline, reals, _, _ = build_baseline_predictions(adata, table, genes, cols, params)
+    baseline, reals, *_ = build_baseline_predictions(adata, table, genes, cols, params)
     real = reals[spec.split]
     pm = baseline[f"{spec.split}/perturbation_mean"]
     baseline_s = time.time() - t0

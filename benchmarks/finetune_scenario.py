@@ -114,8 +114,8 @@ def main() -> None:
         )
 
     base_split, ft_split = data_of("pretrain_k562"), data_of("finetune_a172")
-    sub = table[["finetune_a172", *("dataset", "context", "perturbation", "is_control")]]
-    preds, reals, _, _ = build_baseline_predictions(adata, sub, genes, columns, evaluation)
+    sub = table[["finetune_a172", *("dataset", "celltype", "perturbation", "is_control")]]
+    preds, reals, *_ = build_baseline_predictions(adata, sub, genes, columns, evaluation)
     data = ft_split.data
     keys = {
         (c, p): len(data.perturbation_rows(c, p, "test"))

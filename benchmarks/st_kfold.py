@@ -34,18 +34,18 @@ N_VAL = 4
 
 def fold_table(table: pd.DataFrame, fold: int, n_folds: int, seed: int) -> pd.DataFrame:
     """The few-shot table with fold ``fold``'s K562 perturbations as test (column ``fold``)."""
-    cells = table[table["context"] == CONTEXT]
+    cells = table[table["celltype"] == CONTEXT]
     perts = sorted(cells.loc[~cells["is_control"], "perturbation"].astype(str).unique())
     order = np.random.default_rng(seed).permutation(perts)
     groups = np.array_split(order, n_folds)
     test = set(groups[fold])
     val = set(groups[(fold + 1) % n_folds][:N_VAL])
     label = pd.Series("train", index=table.index, dtype=object)
-    in_context = (table["context"] == CONTEXT) & ~table["is_control"]
+    in_context = (table["celltype"] == CONTEXT) & ~table["is_control"]
     pert = table["perturbation"].astype(str)
     label[in_context & pert.isin(test)] = "test"
     label[in_context & pert.isin(val)] = "val"
-    out = table[["dataset", "context", "perturbation", "is_control"]].copy()
+    out = table[["dataset", "celltype", "perturbation", "is_control"]].copy()
     out["fold"] = pd.Categorical(label, categories=["train", "val", "test", "unused"])
     return out
 
@@ -60,33 +60,34 @@ def _flat(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+SEEDED = ("st", "perturbflow")  # per-seed predictors: <name>_seed<s>
+
+
 def summarise(paths: list[Path]) -> dict:
-    """Merge per-run JSONs: per fold and predictor, the figures (ST: mean/sd over seeds)."""
+    """Merge per-run JSONs: per fold and predictor, the figures (models: mean/sd over seeds)."""
     rows = []
     for path in paths:
         for result in json.loads(path.read_text())["results"]:
             for name, row in result["predictors"].items():
-                seed = name.removeprefix("st_seed") if name.startswith("st_seed") else None
+                if name == "st_ensemble":
+                    continue  # one seed per run: the same as st_seed<s>
+                model, _, seed = name.rpartition("_seed")
+                seeded = model in SEEDED
                 rows.append(
                     {
                         "fold": result["fold"],
-                        "predictor": "st" if seed else name,
-                        "seed": int(seed) if seed else None,
+                        "predictor": model if seeded else name,
+                        "seed": int(seed) if seeded else None,
                         **{m: row.get(m) for m in METRICS},
                     }
                 )
     frame = pd.DataFrame(rows)
     frame["seed"] = frame["seed"].astype("Int64")
-    st = frame[frame["predictor"] == "st"]
-    baselines = frame[frame["predictor"] != "st"].drop_duplicates(["fold", "predictor"])
+    models = frame[frame["predictor"].isin(SEEDED)]
+    baselines = frame[~frame["predictor"].isin(SEEDED)].drop_duplicates(["fold", "predictor"])
     per_fold = baselines.pivot_table(index="fold", columns="predictor", values=list(METRICS))
-    st_fold = st.groupby("fold")[list(METRICS)].agg(["mean", "std"])
-    st_seed = st.groupby("seed")[list(METRICS)].mean()  # mean over folds, per seed
-    st_seed.index = [f"seed{seed}" for seed in st_seed.index]
     table = {
         "per_fold_baselines": _flat(per_fold).round(4).to_dict(),
-        "per_fold_st_over_seeds": _flat(st_fold).round(4).to_dict(),
-        "st_mean_over_folds_per_seed": st_seed.round(4).to_dict(),
         "baselines_mean_over_folds": baselines.groupby("predictor")[list(METRICS)]
         .mean()
         .round(4)
@@ -95,12 +96,21 @@ def summarise(paths: list[Path]) -> dict:
     }
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(per_fold.round(3))
-        print(st_fold.round(3))
-        print("ST, mean over folds, per seed:\n", st_seed.round(3))
         print(
             "baselines, mean over folds:\n",
             baselines.groupby("predictor")[list(METRICS)].mean().round(3),
         )
+        for name in SEEDED:
+            own = models[models["predictor"] == name]
+            per_fold_seeds = own.groupby("fold")[list(METRICS)].agg(["mean", "std"])
+            per_seed = own.groupby("seed")[list(METRICS)].mean()  # mean over folds, per seed
+            per_seed.index = [f"seed{seed}" for seed in per_seed.index]
+            over_seeds = per_seed.agg(["mean", "std"])
+            table[f"per_fold_{name}_over_seeds"] = _flat(per_fold_seeds).round(4).to_dict()
+            table[f"{name}_mean_over_folds_per_seed"] = per_seed.round(4).to_dict()
+            table[f"{name}_mean_over_folds"] = over_seeds.round(4).to_dict()
+            print(f"{name} per fold (mean, sd over seeds):\n", per_fold_seeds.round(3))
+            print(f"{name}, mean over folds per seed:\n", per_seed.round(3))
     return table
 
 

@@ -8,8 +8,12 @@ splits` for each environment used):
 
 For each split: trains one ST model per seed with the project's configuration (conf/base,
 plus conf/<env> for the environment), predicts the test perturbations from control cells,
-and scores everything with the evaluation pipeline's own code (cell-eval), beside the
-baselines and the ceiling. Writes per-seed and mean/sd figures as JSON and prints a table.
+and scores everything with the evaluation pipeline's own code (cell-eval, one call per
+split), beside the baselines and the ceiling. Per seed it also builds the ``perturbflow``
+predictor (the candidate, among the baselines and that seed's ST, best on the split's
+validation perturbations: ``perturbflow_seed<s>``), and ``st_ensemble``: the mean of the
+seeds' predicted cells from the same control cells. Writes per-seed and mean/sd figures as
+JSON and prints a table.
 """
 
 from __future__ import annotations
@@ -25,10 +29,13 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from perturbflow.baselines import real_deltas
 from perturbflow.commands import load_params
 from perturbflow.evaluation.benchmark import build_baseline_predictions, evaluate_predictions
+from perturbflow.evaluation.selection import choose_by_validation, validation_scores
 from perturbflow.evaluation.variability import variability_table
 from perturbflow.models.inference.predict import predict_cells
+from perturbflow.models.inference.validation import predict_mean_deltas
 from perturbflow.models.runs.run_dir import load_run
 from perturbflow.models.training.train import train_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams
@@ -71,7 +78,7 @@ def run_split(
     columns = ColumnsParams(**params["columns"])
     loader = LoaderParams(**params["loader"])
     evaluation = EvaluationParams(**{**params["evaluation"], "ceiling": True})
-    sub = table[[split, "dataset", "context", "perturbation", "is_control"]]
+    sub = table[[split, "dataset", "celltype", "perturbation", "is_control"]]
     data = split_data(
         str(path),
         adata.obs,
@@ -82,13 +89,15 @@ def run_split(
         matrix=adata.obsm["X_hvg"],
         obsm_key="X_hvg",
     )
-    preds, reals, _, _ = build_baseline_predictions(adata, sub, genes, columns, evaluation)
+    baselines = build_baseline_predictions(adata, sub, genes, columns, evaluation)
+    preds, reals = baselines.predictions, baselines.reals
+    val_real = real_deltas(data.data, "val")
     keys = {
         (c, p): len(data.data.perturbation_rows(c, p, "test"))
         for c in data.data.heldout_contexts("test")
         for p in data.data.heldout_perturbations(c, "test")
     }
-    trainings = {}
+    trainings, chosen, members = {}, {}, []
     for seed in seeds:
         training = TrainingParams(**{**params["training"], "seed": seed, "progress_bar": False})
         run_dir = work / f"{env}_{split}_seed{seed}"
@@ -96,8 +105,22 @@ def run_split(
         summary = train_st(data, columns=columns, loader=loader, training=training, run_dir=run_dir)
         summary["wall_seconds_incl_setup"] = round(time.perf_counter() - started, 1)
         trainings[seed] = summary
-        result = predict_cells(load_run(run_dir), data.data, keys, seed=seed, allow_unknown=True)
+        run = load_run(run_dir)
+        result = predict_cells(run, data.data, keys, seed=seed, allow_unknown=True)
         preds[f"{split}/st_seed{seed}"] = assemble_predictions(data.data, result.cells, columns)
+        members.append(predict_cells(run, data.data, keys, seed=0, allow_unknown=True).cells)
+        st_val = validation_scores(
+            split, f"st_seed{seed}", predict_mean_deltas(run, data.data, seed=seed), val_real
+        )
+        names = [n for n in evaluation.predictors if n != "control"] + [f"st_seed{seed}"]
+        table_ = choose_by_validation(
+            pd.concat([baselines.validation, st_val], ignore_index=True), [split], {split: names}
+        )
+        pick = table_.loc[table_["chosen"], "predictor"].iloc[0]
+        chosen[seed] = table_.to_dict("records")
+        preds[f"{split}/perturbflow_seed{seed}"] = preds[f"{split}/{pick}"]
+    ensemble = {k: np.mean([m[k] for m in members], axis=0) for k in members[0]}
+    preds[f"{split}/st_ensemble"] = assemble_predictions(data.data, ensemble, columns)
     agg, per = evaluate_predictions(preds, reals, columns, evaluation)
     variability = variability_table(preds, reals, columns).set_index("predictor")
     rows = {}
@@ -107,14 +130,8 @@ def run_split(
             rows[row["predictor"]]["std_ratio"] = float(
                 variability.loc[row["predictor"], "std_ratio_mean"]
             )
-    st = [rows[f"st_seed{s}"] for s in seeds]
-    summary = {
-        m: {
-            "mean": float(np.mean([r[m] for r in st])),
-            "sd": float(np.std([r[m] for r in st], ddof=1)) if len(st) > 1 else 0.0,
-        }
-        for m in [*METRICS, "std_ratio"]
-    }
+    summary = _seed_summary([rows[f"st_seed{s}"] for s in seeds])
+    chosen_summary = _seed_summary([rows[f"perturbflow_seed{s}"] for s in seeds])
     ceiling = rows.get("ceiling", {}).get("pearson_delta")
     summary["share_of_ceiling_pearson_delta"] = (
         summary["pearson_delta"]["mean"] / ceiling if ceiling else None
@@ -125,9 +142,34 @@ def run_split(
         "split": split,
         "predictors": rows,
         "st_summary": summary,
+        "perturbflow_summary": chosen_summary,
+        "perturbflow_selection": chosen,
+        "validation_baselines": baselines.validation.to_dict("records"),
+        "prior_sources": _prior_sources(work / f"{env}_{split}_seed{seeds[0]}", keys),
         "trainings": trainings,
         "per_perturbation_pearson_delta": per_pert.round(4).to_dict(),
     }
+
+
+def _seed_summary(rows: list[dict]) -> dict:
+    """Mean and sd over seeds of each metric."""
+    return {
+        m: {
+            "mean": float(np.mean([r[m] for r in rows])),
+            "sd": float(np.std([r[m] for r in rows], ddof=1)) if len(rows) > 1 else 0.0,
+        }
+        for m in [*METRICS, "std_ratio"]
+        if all(m in r for r in rows)
+    }
+
+
+def _prior_sources(run_dir: Path, keys: dict) -> dict:
+    """Which prior each test perturbation started from (the run's key table)."""
+    table = pd.read_csv(run_dir / "perturbation_sources.csv")
+    if "prior" not in table:
+        return {}
+    table = table.set_index(["context", "perturbation"])
+    return {p: str(table.loc[(c, p), "prior"]) for c, p in keys if (c, p) in table.index}
 
 
 def main() -> None:
@@ -149,14 +191,15 @@ def main() -> None:
         print(f"\n{env}:{split}")
         for name, row in r["predictors"].items():
             print(f"  {name:18s} " + "  ".join(f"{k}={v:.3f}" for k, v in row.items()))
-        print(
-            "  st mean/sd: "
-            + "  ".join(
-                f"{m}={v['mean']:.3f}±{v['sd']:.3f}"
-                for m, v in r["st_summary"].items()
-                if isinstance(v, dict)
+        for name in ("st", "perturbflow"):
+            print(
+                f"  {name} mean/sd: "
+                + "  ".join(
+                    f"{m}={v['mean']:.3f}±{v['sd']:.3f}"
+                    for m, v in r[f"{name}_summary"].items()
+                    if isinstance(v, dict)
+                )
             )
-        )
     out = {
         "command": "python benchmarks/st_quality.py "
         + " ".join(

@@ -105,8 +105,8 @@ def run_split(env: str, split: str, seeds: list[int], overrides: list[str], work
     data = split_data(str(path), adata.obs, table, split, obsm_key="X_hvg", **kwargs)
     val_table = validation_as_test(table, split)
     scoring = split_data(str(path), adata.obs, val_table, split, obsm_key="X_hvg", **kwargs)
-    sub = val_table[[split, "dataset", "context", "perturbation", "is_control"]]
-    preds, reals, _, _ = build_baseline_predictions(adata, sub, genes, columns, evaluation)
+    sub = val_table[[split, "dataset", "celltype", "perturbation", "is_control"]]
+    preds, reals, *_ = build_baseline_predictions(adata, sub, genes, columns, evaluation)
     keys = {
         (c, p): len(scoring.data.perturbation_rows(c, p, "test"))
         for c in scoring.data.heldout_contexts("test")

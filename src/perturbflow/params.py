@@ -255,6 +255,22 @@ class PerturbationInputParams:
 
 
 @dataclass(frozen=True, config=_STRICT)
+class PriorParams:
+    """How the response prior is fitted (:mod:`perturbflow.models.components.prior`).
+
+    Attributes:
+        folds: Folds over the training keys: each training key's prior is fitted without
+            its fold (cross-fitting), so training sees priors as imperfect as at test time.
+        ranks: Candidate ranks of the ``linear`` prior, chosen on validation perturbations.
+        ridge: Ridge penalty of the ``linear`` prior.
+    """
+
+    folds: int
+    ranks: list[int]
+    ridge: float
+
+
+@dataclass(frozen=True, config=_STRICT)
 class STModelParams:
     """Architecture of the State Transition (ST) model.
 
@@ -272,10 +288,17 @@ class STModelParams:
         predict_residual: Predict the perturbed cells as their control cells plus a delta.
         direct_path: A linear map from the perturbation vector to the delta beside the
             transformer (combinations then add their components' shifts exactly).
-        response_prior: ``context_mean`` adds the context's mean training response (the
-            ``perturbation_mean`` effect) to every perturbed sentence's predicted delta,
-            so the network learns each perturbation's departure from it and predicts a
-            perturbation it knows nothing about as ``perturbation_mean``; ``none`` does not.
+        response_prior: The baseline response every perturbed sentence's predicted delta
+            starts from, so the network learns each perturbation's departure from it:
+            ``linear`` (the linear baseline, the context transfer in a held-out context),
+            ``context_transfer`` (the perturbation's response in other contexts),
+            ``context_mean`` (the context's mean training response) or ``none``.
+        prior_scope: Where the prior applies: ``all`` (every perturbed sentence, in
+            training with cross-fitted priors and at inference) or ``out_of_context`` (the
+            network trains without it; at inference a perturbation none of whose
+            components was trained in its context is predicted at its prior, carried by
+            the network's cells).
+        prior: How the prior is fitted (folds, the linear prior's ranks and ridge).
         inputs: What the perturbation encoder reads.
     """
 
@@ -288,7 +311,9 @@ class STModelParams:
     batch_encoder: bool
     predict_residual: bool
     direct_path: bool
-    response_prior: Literal["none", "context_mean"]
+    response_prior: Literal["none", "context_mean", "context_transfer", "linear"]
+    prior_scope: Literal["all", "out_of_context"]
+    prior: PriorParams
     inputs: PerturbationInputParams
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from perturbflow.baselines.linear import predict_linear_with
 from perturbflow.evaluation import (
     predict_context_mean,
     predict_control,
@@ -13,7 +14,6 @@ from perturbflow.evaluation import (
     real_adata,
     select_and_fit_linear,
 )
-from perturbflow.evaluation.linear import predict_linear_with
 from perturbflow.splits import split_cells, training_effects
 from tests.synthetic import COLUMNS, make_screen, split_table
 
@@ -217,3 +217,17 @@ def test_target_signature_without_training_support_is_not_used():
     assert "target_signature" in report["sources_unused_for_lack_of_training_support"]
     pred = predict_linear_with(model, evidence, [("ds.A", "T1")])[("ds.A", "T1")]
     assert pred.source == "fallback:perturbation_mean"
+
+
+def test_predicted_cells_centre_the_control_draw_on_the_context_mean(shared_shift_screen):
+    adata, table, _ = shared_shift_screen
+    data = split_cells(adata, table, "s", genes=list(adata.var_names))
+    effects = training_effects(data)
+    key = ("ds.A", "p6")
+    pred = predict_perturbation_mean(data, effects, [key])
+    cells = predicted_adata(data, "test", pred, COLUMNS, seed=3)
+    own = cells[cells.obs[COLUMNS.pert_col] == "p6"].X
+    control = data.X[data.control_rows("ds.A")].mean(axis=0)
+    # whichever controls were drawn, the predicted population's mean is control + delta
+    np.testing.assert_allclose(own.mean(axis=0), control + pred[key].delta, atol=1e-5)
+    assert own.std(axis=0).mean() > 0.03  # the drawn cells keep their spread

@@ -74,7 +74,7 @@ def _module(base_run, ft_split, params):
 
 def test_lora_trains_only_adapters_and_new_slots(base_run, ft_split):
     params = finetuning_params()
-    module, inputs, _, sources, lora, new = _module(base_run, ft_split, params)
+    module, inputs, _, sources, lora, new, _ = _module(base_run, ft_split, params)
     assert new == ["p4"]  # the one component the base never trained
     assert inputs.vocabulary[-1] == "p4"
     assert sources.set_index("perturbation").loc["p4", "source"] == "identity"

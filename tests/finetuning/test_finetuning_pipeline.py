@@ -62,7 +62,14 @@ def test_finetuning_then_evaluation_scores_st_lora(project_copy: Path):
     assert {"perturbation_mean", "linear", "st_lora"} <= set(scored.index)
     assert scored.loc["st_lora", ["pearson_delta", "mse"]].notna().all()
     sources = pd.read_csv(data / "08_reporting/finetuned_prediction_sources.csv")
-    assert set(sources["source"]) == {"identity"}  # all four were trained in K562
+    # all four were trained in K562, none in A172: with the default prior_scope
+    # out_of_context each is predicted at the prior refitted on the finetuning split
+    assert all(s.startswith("prior linear:") for s in sources["source"]), sources["source"]
+    assert (run_dir / "response_prior.json").is_file()
+    # the finetuned model is a candidate of the split's validation-chosen predictor
+    selection = pd.read_csv(data / "08_reporting/perturbflow_selection.csv")
+    own = selection[selection["split"] == "finetune_a172"].set_index("predictor")
+    assert own.loc["st_lora", "n_validation"] == 2 and own["chosen"].sum() == 1
     _run(project_copy, "training", SCENARIO)  # a training rerun keeps the finetuned predictions
     assert (finetuned / "finetune_a172/st_lora.h5ad").is_file()
     assert (predictions / "pretrain_k562/st.h5ad").is_file()

@@ -16,6 +16,7 @@ from perturbflow.params import (
     LossParams,
     OptimizerParams,
     PerturbationInputParams,
+    PriorParams,
     STModelParams,
     TrainingParams,
 )
@@ -93,6 +94,8 @@ def training_params(**overrides) -> TrainingParams:
         predict_residual=True,
         direct_path=True,
         response_prior="none",
+        prior_scope="all",
+        prior=PriorParams(folds=5, ranks=[2, 4, 8], ridge=0.1),
         inputs=PerturbationInputParams(
             identity=True,
             evidence=True,

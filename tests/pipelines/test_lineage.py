@@ -24,6 +24,8 @@ LINEAGE = {
     "st_models": ("training", {"training", "finetuning", "adaptation", "tune"}),
     "finetuned_models": ("finetuning", {"finetuning"}),
     "model_predictions": ("training", {"evaluation"}),
+    "model_validation_scores": ("training", {"evaluation"}),
+    "finetuned_validation_scores": ("finetuning", {"evaluation"}),
     "finetuned_predictions": ("finetuning", {"evaluation"}),
     "mmd_shifts": ("adaptation", {"adaptation"}),
     "merged_raw_adata": ("merge", {"merge"}),

@@ -17,7 +17,15 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 OUTPUT_ROOT = Path("data/runs/papalexi")
-PREDICTORS = ["control", "perturbation_mean", "context_mean", "linear", "st", "ceiling"]
+PREDICTORS = [
+    "control",
+    "perturbation_mean",
+    "context_mean",
+    "linear",
+    "st",
+    "perturbflow",
+    "ceiling",
+]
 # a tiny ST model: this test checks the wiring, benchmarks/st_quality.py the quality
 TINY_TRAINING = {
     "training": {

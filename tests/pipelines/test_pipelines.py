@@ -82,6 +82,8 @@ def test_evaluation_pipeline_on_generated_screen(tmp_path):
             "params:loader": loader_params(),
             "model_predictions": {},  # no model trained: the baselines alone are scored
             "finetuned_predictions": {},
+            "model_validation_scores": {},
+            "finetuned_validation_scores": {},
         }
     )
     pipeline = evaluation_pipeline()
@@ -95,15 +97,24 @@ def test_evaluation_pipeline_on_generated_screen(tmp_path):
         "perturbation_mean",
         "context_mean",
         "linear",
+        "perturbflow",
         "ceiling",
     ]
     by = metrics.set_index("predictor")
+    # perturbflow is the candidate best on the validation perturbation: here the planted
+    # shared effect makes context_mean exact, and its test figures are context_mean's
+    selection = outputs["perturbflow_selection"].load().set_index("predictor")
+    assert selection["chosen"].sum() == 1 and selection.loc["context_mean", "chosen"]
+    assert "control" not in selection.index
+    assert by.loc["perturbflow", "pearson_delta"] == by.loc["context_mean", "pearson_delta"]
     assert by.loc["context_mean", "pearson_delta"] > 0.9  # planted: same effect everywhere
     assert by.loc["context_mean", "pearson_delta"] > by.loc["perturbation_mean", "pearson_delta"]
     assert by.loc["perturbation_mean", "score_vs_perturbation_mean"] == 0.0
     assert "| zs" in outputs["metrics_table"].load()
     sources = outputs["prediction_sources"].load()
     assert set(sources.loc[sources["predictor"] == "linear", "source"]) == {"other_contexts"}
+    chosen = sources.loc[sources["predictor"] == "perturbflow", "source"]
+    assert len(chosen) and all(s.startswith("context_mean:") for s in chosen)
     assert outputs["linear_baseline_selection"].load()["zs"]["n_validation_perturbations"] == 1
     predictions = outputs["baseline_predictions"].load()
     assert set(predictions) == {

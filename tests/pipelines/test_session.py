@@ -32,8 +32,19 @@ def test_default_pipeline_on_test_env(project_copy: Path):
         "context_mean",
         "linear",
         "st",
+        "perturbflow",
     ]
     assert metrics.loc[metrics["predictor"] == "st", "pearson_delta"].notna().all()
+    # perturbflow: per split the candidate best on validation, the ST model among them
+    selection = pd.read_csv(reporting / "perturbflow_selection.csv")
+    assert set(selection["split"]) == {"fewshot", "zeroshot"}
+    assert (selection.groupby("split")["chosen"].sum() == 1).all()
+    fewshot = selection[selection["split"] == "fewshot"].set_index("predictor")
+    assert fewshot.loc["st", "n_validation"] == 4  # the TOML's four validation perturbations
+    chosen = fewshot.index[fewshot["chosen"]][0]
+    by = metrics[metrics["split"] == "fewshot"].set_index("predictor")["pearson_delta"]
+    assert by["perturbflow"] == by[chosen]
+    assert (project_copy / "data/06_models/st/fewshot/response_prior.json").is_file()
     models = project_copy / "data/06_models/st"  # the st_models store: one run per split
     runs = {d.name: json.loads((d / "run.json").read_text()) for d in models.iterdir()}
     assert set(runs) == {"fewshot", "zeroshot"}

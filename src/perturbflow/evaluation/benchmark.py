@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from functools import partial
+from typing import NamedTuple
 
 import anndata as ad
 import pandas as pd
 
-from perturbflow.evaluation.baselines import (
+from perturbflow.baselines.linear import predict_linear_with, real_deltas, select_and_fit_linear
+from perturbflow.baselines.simple import (
     EffectPredictor,
     Key,
     PredictedEffect,
@@ -22,13 +24,13 @@ from perturbflow.evaluation.baselines import (
     predict_perturbation_mean,
 )
 from perturbflow.evaluation.cells import predicted_adata, real_adata
-from perturbflow.evaluation.linear import predict_linear_with, select_and_fit_linear
 from perturbflow.evaluation.scoring import (
     CEILING,
     add_normalised_scores,
     aggregate_metrics,
     score_predictions,
 )
+from perturbflow.evaluation.selection import SCORE_COLUMNS, validation_scores
 from perturbflow.exceptions import InputError
 from perturbflow.loading.h5reader import H5RowReader
 from perturbflow.params import ColumnsParams, EvaluationParams
@@ -68,6 +70,25 @@ def _predict(
     return SIMPLE_PREDICTORS[name](data, effects, keys)
 
 
+class BaselineRun(NamedTuple):
+    """What :func:`build_baseline_predictions` returns.
+
+    Attributes:
+        predictions: ``"<split>/<predictor>"`` -> test predictions (or load functions).
+        reals: Split -> the real held-out test cells (or load functions).
+        sources: Which rule predicted each held-out test perturbation.
+        linear_selection: The linear baseline's rank-selection report per split.
+        validation: Every baseline's pearson_delta on each validation perturbation
+            (:data:`perturbflow.evaluation.selection.SCORE_COLUMNS`).
+    """
+
+    predictions: dict
+    reals: dict
+    sources: pd.DataFrame
+    linear_selection: dict
+    validation: pd.DataFrame
+
+
 def build_baseline_predictions(
     adata: ad.AnnData,
     split_table: pd.DataFrame,
@@ -80,7 +101,7 @@ def build_baseline_predictions(
     memory_budget_mib: float = 4096.0,
     preload: bool | None = None,
     lazy: bool = False,
-) -> tuple[dict[str, ad.AnnData], dict[str, ad.AnnData], pd.DataFrame, dict]:
+) -> BaselineRun:
     """Cell-level test-set predictions of every baseline for every named split.
 
     Args:
@@ -102,14 +123,15 @@ def build_baseline_predictions(
 
     Returns:
         ``predictions`` keyed ``"<split>/<predictor>"``, ``reals`` keyed by split,
-        a table of prediction sources (which rule predicted each held-out perturbation)
-        and the linear baseline's rank-selection report per split.
+        a table of prediction sources (which rule predicted each held-out perturbation),
+        the linear baseline's rank-selection report per split and every baseline's
+        validation scores (what the ``perturbflow`` predictor chooses on).
 
     Raises:
         InputError: If a split has no test perturbation.
     """
     predictions, reals, reports = {}, {}, {}
-    source_rows = []
+    source_rows, validation = [], []
     reader = None
     if not isinstance(adata, ad.AnnData) or adata.isbacked:
         reader = H5RowReader(
@@ -128,8 +150,12 @@ def build_baseline_predictions(
         if not keys:
             raise InputError(f"Split {split!r} has no test perturbation to evaluate.")
         reals[split] = partial(real_adata, data, "test", columns)
+        val_real = real_deltas(data, "val")
         for name in params.predictors:
-            predicted = _predict(name, data, effects, keys, params, reports)
+            both = _predict(name, data, effects, [*keys, *val_real], params, reports)
+            predicted = {k: both[k] for k in keys}
+            val_pred = {k: both[k].delta for k in val_real}
+            validation.append(validation_scores(split, name, val_pred, val_real))
             predictions[f"{split}{PREDICTION_SEP}{name}"] = partial(
                 predicted_adata, data, "test", predicted, columns, seed=params.seed
             )
@@ -148,7 +174,14 @@ def build_baseline_predictions(
     if not lazy:
         predictions = {k: build() for k, build in predictions.items()}
         reals = {k: build() for k, build in reals.items()}
-    return predictions, reals, pd.DataFrame(source_rows), reports
+    scores = pd.concat(validation, ignore_index=True) if validation else None
+    return BaselineRun(
+        predictions,
+        reals,
+        pd.DataFrame(source_rows),
+        reports,
+        scores if scores is not None else pd.DataFrame(columns=SCORE_COLUMNS),
+    )
 
 
 def materialise(value: ad.AnnData | Callable[[], ad.AnnData]) -> ad.AnnData:

@@ -3,7 +3,8 @@
 cell-eval compares a predicted and a real AnnData that share the var order and the set
 of perturbations, control included. A predicted perturbation gets as many cells as the
 real one; each predicted cell is a real control cell of the same context (sampled without
-replacement while there are enough) plus the predicted delta. Repeating one mean vector
+replacement while there are enough, the sample centred on the mean of all the context's
+controls) plus the predicted delta. Repeating one mean vector
 instead would make nearly every gene "significant" in cell-eval's differential
 expression test and distort the DE metrics. Predicted values are clipped at zero: a
 log1p expression cannot be negative (and cell-eval rejects negative log1p data).
@@ -16,9 +17,9 @@ from collections.abc import Mapping
 import anndata as ad
 import numpy as np
 
-from perturbflow.evaluation.baselines import Key, PredictedEffect
+from perturbflow.baselines.simple import Key, PredictedEffect
 from perturbflow.params import ColumnsParams
-from perturbflow.predictions import _obs, assemble_predictions
+from perturbflow.predictions import _obs, assemble_predictions, shifted_controls
 from perturbflow.splits.data import SplitCells
 
 
@@ -89,6 +90,7 @@ def predicted_adata(
         for pert in data.heldout_perturbations(context, label):
             n = len(data.perturbation_rows(context, pert, label))
             picked = rng.choice(ctrl, size=n, replace=n > len(ctrl))
-            delta = effects[(context, pert)].delta.astype(np.float32)
-            cells[(context, pert)] = np.clip(data.X[picked] + delta, 0.0, None)
+            cells[(context, pert)] = shifted_controls(
+                data.X[picked], data.control_mean(context), effects[(context, pert)].delta
+            )
     return assemble_predictions(data, cells, columns)

@@ -40,8 +40,9 @@ class STModule(pl.LightningModule):
         key_index: ``[n_contexts, n_perturbations]`` row of each key in ``pert_table``
             (``-1``: not a key of this split, encoded as zeros).
         identity_mask: ``[P]`` identity columns of a perturbation vector.
-        prior_table: ``[n_keys, G]`` prior delta of each key (its context's mean training
-            response; zeros for the control), aligned with ``pert_table``, or ``None``.
+        prior_table: ``[n_keys, G]`` prior delta of each key (training keys' out-of-fold;
+            zeros for the control), aligned with ``pert_table``, or ``None``
+            (:mod:`perturbflow.models.components.prior`).
     """
 
     def __init__(

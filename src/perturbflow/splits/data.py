@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from perturbflow.design import join_contexts
 from perturbflow.exceptions import InputError
 from perturbflow.loading.h5reader import H5RowReader
-from perturbflow.loading.row_matrix import RowMatrix
+from perturbflow.loading.row_matrix import RowMatrix, row_blocks
 from perturbflow.splits.rows import KeyRowIndex
 from perturbflow.splits.table import DESIGN_COLUMNS
 
@@ -57,6 +57,23 @@ class SplitCells:
         """``(dataset, celltype)`` of each context."""
         parts = self.cells[["context", "dataset", "celltype"]].drop_duplicates("context")
         return {str(c): (str(d), str(t)) for c, d, t in parts.itertuples(index=False)}
+
+    @cached_property
+    def _control_means(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def control_mean(self, context: str) -> np.ndarray:
+        """Mean expression of all control cells of ``context`` (float64, cached).
+
+        Read in blocks of rows, so a large context's controls are never held whole.
+        """
+        if context not in self._control_means:
+            rows = self.control_rows(context)
+            total = np.zeros(self.X.shape[1], dtype=np.float64)
+            for _, block in row_blocks(self.X, rows):
+                total += np.asarray(block, dtype=np.float64).sum(axis=0)
+            self._control_means[context] = total / max(len(rows), 1)
+        return self._control_means[context]
 
     def heldout_contexts(self, label: str) -> list[str]:
         """Contexts that have perturbed cells labelled ``label`` (sorted)."""

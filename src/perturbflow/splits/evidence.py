@@ -53,6 +53,17 @@ class Evidence:
         self.index = self.effects.index()
         self.gene_index = {g: i for i, g in enumerate(self.data.genes)}
 
+    def with_effects(self, effects: TrainingEffects) -> Evidence:
+        """The same cells' evidence under other training effects (e.g. a fold left out).
+
+        Target signatures depend on the control cells alone: the cache is shared, so the
+        controls are not read again.
+        """
+        other = Evidence(self.data, effects)
+        other._signatures = self._signatures
+        other._targets = self._targets
+        return other
+
     def vector(self, source: str, key: Key) -> np.ndarray | None:
         """The evidence vector of ``key`` from ``source``, or ``None`` if unavailable."""
         context, perturbation = key

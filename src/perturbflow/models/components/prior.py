@@ -1,62 +1,389 @@
 """The response prior: what the ST model predicts before it has learned anything specific.
 
-With ``training.model.response_prior: context_mean`` every perturbed sentence's predicted
-delta starts from its context's mean training response (the ``perturbation_mean`` effect of
-:func:`perturbflow.evaluation.baselines.predict_perturbation_mean`: the mean over the
-context's training perturbations, or over every training context for a context without
-any). The network, whose output head starts at zero, then learns each perturbation's
-*departure* from that mean. Two things follow:
+Every perturbed sentence's predicted delta starts from a prior delta for its
+``(context, perturbation)``; the network, whose output head starts at zero, learns the
+perturbation's *departure* from it. A model that learns nothing scores exactly its prior.
+``training.model.response_prior`` picks it:
 
-* a perturbation the model knows nothing about (identity hidden or never trained, the
-  "is perturbed" column alone) is predicted near ``perturbation_mean``, which is what a
-  model should fall back to, instead of an average learned only from the identity-dropout
-  share of the training sentences;
-* a combination ``A+B`` of components trained in the context is predicted as the mean plus
-  the two departures, i.e. the additive model ``delta_A + delta_B - mean`` that the linear
-  baseline's ``components`` source uses.
+* ``none``: no prior (the network predicts the whole delta);
+* ``context_mean``: the context's mean training response (the ``perturbation_mean``
+  baseline of :mod:`perturbflow.baselines.simple`);
+* ``context_transfer``: the perturbation's mean response in the other training contexts
+  where it was seen (the ``context_mean`` baseline), else the context's mean;
+* ``linear``: the linear baseline (:mod:`perturbflow.baselines.linear`: additive doubles,
+  other contexts' responses and target signatures through ridge maps, its rank chosen on
+  validation perturbations) in a context with training perturbations, and the context
+  transfer in a held-out context (zero-shot), where the linear model has no own responses.
 
-The prior is computed from the run's saved training effects (``training_effects.npz``), so
-training and inference use the same numbers, and no held-out cell is read.
+**Scope** (``training.model.prior_scope``): ``all`` adds the prior to every perturbed
+sentence, in training and at inference (the network learns each perturbation's departure);
+``out_of_context`` trains the network without it and, at inference, predicts a key none of
+whose components was trained in its context (:func:`out_of_context_keys`) at its prior
+(:func:`perturbflow.models.inference.predict.predict_cells`).
+
+**Cross-fitting.** A training key's prior must be as imperfect as a test key's, or the
+network learns to trust it too much. Training keys are cut into ``prior.folds`` folds
+(seeded); each fold's priors come from the training effects *without* that fold's keys
+(the linear model's basis, maps and context means refitted), so no training key's prior
+has seen its own cells. Every other key (validation, test, anything predicted later) gets
+the prior fitted on all training keys. :func:`fit_response_prior` returns both;
+:meth:`ResponsePrior.save` writes the fitted linear model and the training keys'
+out-of-fold priors into the run folder (``response_prior.json`` + ``.npz``, no pickles), and
+inference recomputes a key's prior from them, the run's saved training effects and the
+cells it predicts from (a target signature reads the context's control cells).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from perturbflow.perturbations import components
+from perturbflow.baselines.linear import (
+    LinearModel,
+    fit_linear,
+    predict_linear_with,
+    select_and_fit_linear,
+)
+from perturbflow.exceptions import InputError
+from perturbflow.io_utils import atomic_path
+from perturbflow.perturbations import components, parse_perturbation
+from perturbflow.splits.data import SplitCells
 from perturbflow.splits.effects import TrainingEffects
+from perturbflow.splits.evidence import Evidence
+
+logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 
-PRIORS = ("none", "context_mean")
+PRIORS = ("none", "context_mean", "context_transfer", "linear")
+SCOPES = ("all", "out_of_context")
+PRIOR_JSON = "response_prior.json"
+PRIOR_NPZ = "response_prior.npz"
 
 
-def prior_deltas(
-    effects: TrainingEffects, keys: Sequence[Key], *, control_label: str, kind: str
-) -> np.ndarray | None:
-    """Prior delta per key, ``[n_keys, G]`` float32, or ``None`` for ``kind='none'``.
+@dataclass(frozen=True)
+class PriorSettings:
+    """How a prior is fitted (``training.model.prior``).
+
+    Attributes:
+        folds: Folds over the training keys for their out-of-fold priors (>= 2).
+        ranks: Candidate ranks of the linear prior (chosen on validation perturbations).
+        ridge: Ridge penalty of the linear prior.
+        seed: Seed of the fold assignment.
+    """
+
+    folds: int = 5
+    ranks: tuple[int, ...] = (2, 4, 8, 16, 32)
+    ridge: float = 0.1
+    seed: int = 0
+
+
+@dataclass
+class ResponsePrior:
+    """A fitted response prior: its kind, the linear model and the out-of-fold table.
+
+    Attributes:
+        kind: One of :data:`PRIORS` but ``none``.
+        effects: The training effects it was fitted on (the run's ``training_effects``).
+        control_label: The control's label (its prior is zero).
+        model: The linear model fitted on all training keys (``linear`` only).
+        out_of_fold: A training key's prior fitted without its fold.
+        report: What was fitted (rank, folds, sources), JSON-serialisable.
+    """
+
+    kind: str
+    effects: TrainingEffects
+    control_label: str
+    model: LinearModel | None = None
+    out_of_fold: dict[Key, np.ndarray] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def deltas(
+        self, keys: Sequence[Key], data: SplitCells, *, out_of_fold: bool = False
+    ) -> tuple[np.ndarray, list[str]]:
+        """The prior delta of each key ``[n_keys, G]`` float32 and its source.
+
+        Args:
+            keys: ``(context, perturbation)`` pairs.
+            data: Cells in the prior's genes (a target signature reads its controls).
+            out_of_fold: Training keys get their out-of-fold prior (what training uses);
+                otherwise every key gets the prior fitted on all training keys.
+        """
+        out = np.zeros((len(keys), self.effects.deltas.shape[1]), dtype=np.float32)
+        sources = ["control"] * len(keys)
+        evidence = Evidence(data, self.effects) if self.kind == "linear" else None
+        for row, key in enumerate(keys):
+            if _is_control(key, self.control_label):
+                continue
+            if out_of_fold and key in self.out_of_fold:
+                out[row], sources[row] = self.out_of_fold[key], "out_of_fold"
+                continue
+            delta, sources[row] = _prior_of(self.kind, self.effects, key, self.model, evidence)
+            out[row] = delta
+        return out, sources
+
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        """Write ``response_prior.json`` and ``response_prior.npz`` (arrays only)."""
+        arrays: dict[str, np.ndarray] = {}
+        meta: dict[str, Any] = {"kind": self.kind, "report": self.report, "maps": []}
+        if self.model is not None:
+            arrays["basis"] = self.model.basis
+            for i, (source, matrix) in enumerate(self.model.maps.items()):
+                arrays[f"map_{i}"] = matrix
+                meta["maps"].append(source)
+            meta["rank"] = self.model.rank
+            meta["n_fit_columns"] = self.model.n_fit_columns
+        keys = sorted(self.out_of_fold)
+        meta["out_of_fold_keys"] = [list(k) for k in keys]
+        if keys:
+            arrays["out_of_fold"] = np.vstack([self.out_of_fold[k] for k in keys])
+        with atomic_path(os.path.join(directory, PRIOR_NPZ)) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+        with atomic_path(os.path.join(directory, PRIOR_JSON)) as tmp:
+            Path(tmp).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _is_control(key: Key, control_label: str) -> bool:
+    return not [c for c in components(key[1]) if c != control_label]
+
+
+def _transfer(effects: TrainingEffects, key: Key) -> tuple[np.ndarray, str]:
+    """The perturbation's mean response in the other training contexts, else the mean."""
+    context, perturbation = key
+    index = effects.index()
+    rows = [
+        index[(c, perturbation)]
+        for c in effects.contexts()
+        if c != context and (c, perturbation) in index
+    ]
+    if rows:
+        return effects.deltas[rows].mean(axis=0), "context_transfer"
+    return effects.mean_delta(context), "context_mean"
+
+
+def _prior_of(
+    kind: str,
+    effects: TrainingEffects,
+    key: Key,
+    model: LinearModel | None,
+    evidence: Evidence | None,
+) -> tuple[np.ndarray, str]:
+    if kind == "context_mean":
+        return effects.mean_delta(key[0]), "context_mean"
+    if kind == "context_transfer" or key[0] not in effects.contexts():
+        return _transfer(effects, key)  # a held-out context: nothing of its own to map
+    assert model is not None and evidence is not None
+    predicted = predict_linear_with(model, evidence, [key])[key]
+    return predicted.delta, f"linear:{predicted.source}"
+
+
+def check_kind(kind: str) -> None:
+    """Raise ``ValueError`` for an unknown prior kind."""
+    if kind not in PRIORS:
+        raise ValueError(f"unknown response prior {kind!r}; expected one of {PRIORS}")
+
+
+def fit_response_prior(
+    data: SplitCells,
+    effects: TrainingEffects,
+    *,
+    kind: str,
+    control_label: str,
+    settings: PriorSettings = PriorSettings(),
+) -> ResponsePrior | None:
+    """Fit a prior on a split's training effects, with out-of-fold priors for training keys.
 
     Args:
-        effects: Training effects of the run (deltas in the model's expression space).
-        keys: ``(context, perturbation)`` pairs; the control's prior is zero.
+        data: The split's cells (validation perturbations choose the linear rank; the
+            controls give target signatures); no test cell is read.
+        effects: The split's training effects.
+        kind: One of :data:`PRIORS`; ``none`` returns ``None``.
         control_label: The control's label.
-        kind: ``none`` or ``context_mean``.
+        settings: Folds, the linear model's candidate ranks and ridge, the fold seed.
+
+    Returns:
+        The fitted prior, or ``None`` for ``kind='none'``.
 
     Raises:
         ValueError: An unknown ``kind``.
+        InputError: Fewer than two folds.
     """
+    check_kind(kind)
     if kind == "none":
         return None
-    if kind != "context_mean":
-        raise ValueError(f"unknown response prior {kind!r}; expected one of {PRIORS}")
-    means: dict[str, np.ndarray] = {}
-    out = np.zeros((len(keys), effects.deltas.shape[1]), dtype=np.float32)
-    for row, (context, perturbation) in enumerate(keys):
-        if not [c for c in components(perturbation) if c != control_label]:
-            continue  # the control: no effect
-        if context not in means:
-            means[context] = effects.mean_delta(context).astype(np.float32)
-        out[row] = means[context]
+    if settings.folds < 2:
+        raise InputError(f"training.model.prior.folds is {settings.folds}; expected >= 2.")
+    model, rank, evidence = None, None, Evidence(data, effects)
+    report: dict[str, Any] = {"kind": kind, "folds": settings.folds, "seed": settings.seed}
+    if kind == "linear":
+        model, evidence, selection = select_and_fit_linear(
+            data, effects, ranks=list(settings.ranks), ridge=settings.ridge
+        )
+        rank = model.rank
+        report["linear"] = selection
+    perturbed = [k for k in effects.keys if not _is_control(k, control_label)]
+    order = np.random.default_rng(settings.seed).permutation(len(perturbed))
+    folds = np.array_split(order, min(settings.folds, max(len(perturbed), 1)))
+    out_of_fold: dict[Key, np.ndarray] = {}
+    for fold in folds:
+        held = {perturbed[i] for i in fold}
+        if not held:
+            continue
+        kept = [i for i, k in enumerate(effects.keys) if k not in held]
+        if not kept:
+            for key in held:  # a single training key: nothing else to learn from
+                out_of_fold[key] = np.zeros(effects.deltas.shape[1], dtype=np.float32)
+            continue
+        reduced = _without(effects, kept)
+        fold_model, fold_evidence = None, None
+        if kind == "linear":
+            fold_evidence = evidence.with_effects(reduced)
+            fold_model = fit_linear(fold_evidence, rank=rank, ridge=settings.ridge)
+        for key in held:
+            delta, _ = _prior_of(kind, reduced, key, fold_model, fold_evidence)
+            out_of_fold[key] = delta.astype(np.float32)
+    report["n_out_of_fold_keys"] = len(out_of_fold)
+    logger.info(
+        "response prior %s of split %s: %d training keys cross-fitted over %d folds%s",
+        kind,
+        data.split_name,
+        len(out_of_fold),
+        len(folds),
+        f", linear rank {rank}" if rank is not None else "",
+    )
+    return ResponsePrior(kind, effects, control_label, model, out_of_fold, report)
+
+
+def _without(effects: TrainingEffects, rows: list[int]) -> TrainingEffects:
+    return TrainingEffects(
+        keys=[effects.keys[i] for i in rows],
+        deltas=effects.deltas[rows],
+        n_cells=effects.n_cells[rows],
+        control_means=effects.control_means,
+    )
+
+
+def load_response_prior(
+    directory: str | os.PathLike[str],
+    kind: str,
+    effects: TrainingEffects,
+    control_label: str,
+) -> ResponsePrior | None:
+    """The prior of a run folder (``None`` for ``kind='none'``).
+
+    A ``context_mean`` run written before the prior files existed needs none (its prior
+    is the saved effects' context mean).
+
+    Raises:
+        InputError: A ``linear`` or ``context_transfer`` run without its prior files.
+    """
+    check_kind(kind)
+    if kind == "none":
+        return None
+    path = Path(directory)
+    if not (path / PRIOR_JSON).is_file():
+        if kind == "context_mean":
+            return ResponsePrior(kind, effects, control_label)
+        raise InputError(
+            f"{path} was trained with response_prior {kind!r} but has no {PRIOR_JSON}: "
+            "the run is incomplete; retrain it."
+        )
+    meta = json.loads((path / PRIOR_JSON).read_text())
+    with np.load(path / PRIOR_NPZ, allow_pickle=False) as arrays:
+        model = None
+        if "basis" in arrays:
+            model = LinearModel(
+                basis=arrays["basis"],
+                maps={s: arrays[f"map_{i}"] for i, s in enumerate(meta["maps"])},
+                rank=int(meta["rank"]),
+                n_fit_columns=dict(meta["n_fit_columns"]),
+            )
+        keys = [tuple(k) for k in meta["out_of_fold_keys"]]
+        table = arrays["out_of_fold"] if keys else np.zeros((0, effects.deltas.shape[1]))
+        out_of_fold = {k: table[i] for i, k in enumerate(keys)}
+    return ResponsePrior(meta["kind"], effects, control_label, model, out_of_fold, meta["report"])
+
+
+def _names(label: str) -> set[str]:
+    """Component names of a label (doses dropped: another dose of a trained drug counts)."""
+    try:
+        return {c.name for c in parse_perturbation(label)}
+    except InputError:
+        return set(components(label))
+
+
+def out_of_context_keys(
+    effects: TrainingEffects, keys: Sequence[Key], control_label: str
+) -> list[bool]:
+    """Per key: no component of it was trained in its context (control: ``False``).
+
+    Such a key is what the network has nothing specific to say about in that context: a
+    single trained only in other contexts, a perturbation never trained, any key of a
+    held-out context. ``prior_scope: out_of_context`` predicts it at its prior.
+    """
+    trained: dict[str, set[str]] = {}
+    for context, perturbation in effects.keys:
+        trained.setdefault(context, set()).update(_names(perturbation))
+    out = []
+    for key in keys:
+        names = _names(key[1]) - {control_label}
+        out.append(bool(names) and not (names & trained.get(key[0], set())))
     return out
+
+
+def prior_table(
+    data: SplitCells,
+    effects: TrainingEffects,
+    keys: Sequence[Key],
+    *,
+    kind: str,
+    settings: Any,
+    control_label: str,
+    seed: int,
+    scope: str = "all",
+) -> tuple[ResponsePrior | None, np.ndarray | None, list[str]]:
+    """Fit a prior for a training run and its per-key table (training keys out-of-fold).
+
+    Args:
+        data: The split's cells.
+        effects: The split's training effects.
+        keys: The keys of the run's key table.
+        kind: ``training.model.response_prior``.
+        settings: ``training.model.prior`` (folds, ranks, ridge).
+        control_label: The control's label.
+        seed: Seed of the fold assignment (the training seed).
+        scope: ``training.model.prior_scope``; with ``out_of_context`` the network trains
+            without the prior (no table) and only out-of-context keys name a prior source.
+
+    Returns:
+        The prior (``None`` for ``none``), the ``[n_keys, G]`` table the module adds to
+        its predicted deltas (``None`` for ``none`` and scope ``out_of_context``) and each
+        key's prior source.
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"unknown prior scope {scope!r}; expected one of {SCOPES}")
+    prior = fit_response_prior(
+        data,
+        effects,
+        kind=kind,
+        control_label=control_label,
+        settings=PriorSettings(
+            folds=settings.folds, ranks=tuple(settings.ranks), ridge=settings.ridge, seed=seed
+        ),
+    )
+    if prior is None:
+        return None, None, ["none"] * len(keys)
+    if scope == "out_of_context":
+        outside = out_of_context_keys(effects, keys, control_label)
+        _, sources = prior.deltas(keys, data)
+        return prior, None, [s if o else "network" for s, o in zip(sources, outside, strict=True)]
+    table, sources = prior.deltas(keys, data, out_of_fold=True)
+    return prior, table, sources

@@ -27,11 +27,11 @@ import torch
 from perturbflow.exceptions import InputError
 from perturbflow.loading._messages import listed
 from perturbflow.models.components.inputs import EncodedPerturbations
-from perturbflow.models.components.prior import prior_deltas
+from perturbflow.models.inference.priors import prior_plan
 from perturbflow.models.runs.run_dir import TrainedRun
 from perturbflow.params import ColumnsParams
 from perturbflow.perturbations import components
-from perturbflow.predictions import assemble_predictions
+from perturbflow.predictions import assemble_predictions, shifted_controls
 from perturbflow.splits.data import SplitCells
 
 logger = logging.getLogger(__name__)
@@ -145,6 +145,7 @@ def predict_cells(
     sentences_per_batch: int = 64,
     control_inputs: np.ndarray | None = None,
     output_map: Callable[[np.ndarray], np.ndarray] | None = None,
+    network_only: bool = False,
 ) -> CellPredictions:
     """Predict ``n_cells[key]`` cells for every ``(context, perturbation)`` key.
 
@@ -171,6 +172,8 @@ def predict_cells(
         control_inputs: What the model reads for each row of ``data.X`` (same shape), e.g.
             control cells moved by an MMD shift (:mod:`perturbflow.adaptation`);
             default ``data.X``. Only control rows are read.
+        network_only: Predict every key by the network, none at its prior (a run with
+            ``prior_scope: out_of_context``; the tuning sweep compares networks so).
         output_map: Applied to each key's predicted cells before clipping at zero, e.g.
             a shift's inverse that maps predictions back to the data's space.
 
@@ -193,11 +196,7 @@ def predict_cells(
     clip = run.config["training"]["model"]["output_space"] != "embedding"
     additive = _additive_plan(run, keys, data) if combine == "additive" else {}
     sources = list(encoded.sources)
-    kind = run.config["training"]["model"].get("response_prior", "none")  # older runs: none
-    priors = prior_deltas(
-        run.inputs.effects, keys, control_label=run.inputs.control_label, kind=kind
-    )
-    priors = [None] * len(keys) if priors is None else priors
+    prior, plan = prior_plan(run, keys, data, network_only=network_only)
     out: dict[Key, np.ndarray] = {}
     starts: dict[Key, np.ndarray] = {}
     for row, key in enumerate(keys):
@@ -220,22 +219,34 @@ def predict_cells(
             sources[row] = "additive:" + sources[row]
         else:
             vectors = encoded.vectors[row : row + 1]
-        pred = _forward(
-            run,
-            ctrl,
-            vectors,
-            codes_t,
-            sentences_per_batch,
-            priors[row],
-            subtract_offset=control_offset == "subtract",
-        )
-        cells = pred.reshape(n_sent * S, -1)[:n].numpy()
+        if plan.anchored[row]:  # the control cells it starts from, moved by the prior delta
+            population = _population_mean(data, key[0], control_inputs)
+            cells = shifted_controls(X[:n], population, plan.deltas[row], clip=False)
+            sources[row] = f"prior {prior.kind}:{plan.sources[row]}"
+        else:
+            pred = _forward(
+                run,
+                ctrl,
+                vectors,
+                codes_t,
+                sentences_per_batch,
+                plan.added[row],
+                subtract_offset=control_offset == "subtract",
+            )
+            cells = pred.reshape(n_sent * S, -1)[:n].numpy()
         if output_map is not None:
             cells = np.asarray(output_map(cells), dtype=np.float32)
         out[key] = np.clip(cells, 0.0, None) if clip else cells
         starts[key] = picked[:n]
     encoded = dataclasses.replace(encoded, sources=sources)
     return CellPredictions(out, encoded, starts)
+
+
+def _population_mean(data: SplitCells, context: str, inputs: np.ndarray | None) -> np.ndarray:
+    """Mean of the context's control inputs (the data's, or e.g. shifted ones)."""
+    if inputs is None:
+        return data.control_mean(context)
+    return np.asarray(inputs[data.control_rows(context)], dtype=np.float64).mean(axis=0)
 
 
 def _check_prediction_inputs(

@@ -43,7 +43,7 @@ def control_offset(
     """
     out = {}
     for context, pred in predicted_controls.items():
-        ctrl = data.X[data.control_rows(context)].mean(axis=0)
+        ctrl = data.control_mean(context)
         offset = np.asarray(pred, dtype=np.float64).mean(axis=0) - ctrl
         deltas = [
             data.X[data.perturbation_rows(context, p, label)].mean(axis=0) - ctrl

@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import pandas as pd
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -40,7 +39,6 @@ from perturbflow.exceptions import InputError
 from perturbflow.loading.datamodule import PerturbationDataModule
 from perturbflow.models.components.lora import add_lora, check_targets, lora_config, with_slots
 from perturbflow.models.components.network import Architecture
-from perturbflow.models.components.prior import prior_deltas
 from perturbflow.models.runs.adapter import ADAPTER_FORMAT, FINETUNE_CONFIG, save_adapter
 from perturbflow.models.runs.run_dir import (
     SUMMARY,
@@ -51,12 +49,14 @@ from perturbflow.models.runs.run_dir import (
 from perturbflow.models.st_module import STModule, architecture_dict
 from perturbflow.models.training.finetune_data import (
     extend_inputs,
+    refitted_prior,
     restrict_contexts,
 )
 from perturbflow.models.training.fit_loop import fit_run, prepare_run_dir, reused_summary, start
 from perturbflow.models.training.train import (
     _has_val,
     data_identity,
+    key_table,
     sentence_data,
     write_run_files,
 )
@@ -172,22 +172,15 @@ def build_finetune_module(
     """The module to finetune, its inputs, architecture, key table, LoRA model and meta.
 
     Returns:
-        ``(module, inputs, arch, sources, lora_model_or_None, new_vocabulary)``.
+        ``(module, inputs, arch, sources, lora_model_or_None, new_vocabulary, prior)``.
     """
     inputs, new = extend_inputs(
         base.inputs, training_effects(split.data), new_slots=finetuning.new_identity_slots
     )
-    pairs = dm.cells[["context", "perturbation"]].astype(str).drop_duplicates()
-    keys = [(c, p) for c, p in pairs.itertuples(index=False)]
+    keys, key_index = key_table(dm)
     encoded = inputs.encode(keys, split.data)
-    vocab = dm.vocabulary
-    c_index = {c: i for i, c in enumerate(vocab.contexts)}
-    p_index = {p: i for i, p in enumerate(vocab.perturbations)}
-    key_index = np.full((len(vocab.contexts), len(vocab.perturbations)), -1, dtype=np.int64)
-    for row, (c, p) in enumerate(keys):
-        key_index[c_index[c], p_index[p]] = row
     arch = dataclasses.replace(base.net.arch, perturbation_dim=inputs.dim)
-    kind = base.config["training"]["model"].get("response_prior", "none")
+    prior, table, prior_sources = refitted_prior(split, base, inputs, keys, finetuning, columns)
     module = STModule(
         architecture_dict(arch),
         dataclasses.asdict(finetuning.loss),
@@ -197,9 +190,7 @@ def build_finetune_module(
         pert_table=encoded.vectors,
         key_index=key_index,
         identity_mask=encoded.identity_mask,
-        prior_table=prior_deltas(
-            inputs.effects, keys, control_label=columns.control_label, kind=kind
-        ),
+        prior_table=table,
     )
     n_base_identity = len(base.inputs.vocabulary) if base.inputs.params.identity else 0
     net = with_slots(base.net, n_base_identity, len(new))
@@ -216,9 +207,10 @@ def build_finetune_module(
             "perturbation": [p for _, p in keys],
             "source": encoded.sources,
             "unknown_components": ["+".join(u) for u in encoded.unknown_components],
+            "prior": prior_sources,
         }
     )
-    return module, inputs, arch, sources, lora, new
+    return module, inputs, arch, sources, lora, new, prior
 
 
 def _lora_config(net, finetuning: FinetuningParams):
@@ -299,7 +291,7 @@ def finetune_st(
     start(finetuning)
     space = base.config["training"]["model"]["output_space"]
     dm = sentence_data(split, columns, loader, output_space=space)
-    module, inputs, arch, sources, lora, new = build_finetune_module(
+    module, inputs, arch, sources, lora, new, prior = build_finetune_module(
         split, dm, base, finetuning, columns
     )
     config = _resolved_config(split, base, columns, loader, finetuning, arch, new)
@@ -312,6 +304,8 @@ def finetune_st(
         write_run_files(
             run, config, digest, split, dm, inputs, sources, columns, config_name=FINETUNE_CONFIG
         )
+        if prior is not None:  # refitted on this split (finetune_data.refitted_prior)
+            prior.save(run)
     n_trainable = sum(p.numel() for p in module.net.parameters() if p.requires_grad)
     fit = fit_run(
         module,

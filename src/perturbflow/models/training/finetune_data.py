@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +19,8 @@ from perturbflow.design import CONTEXT_SEP
 from perturbflow.exceptions import InputError
 from perturbflow.loading._messages import listed
 from perturbflow.models.components.inputs import PerturbationInputs
+from perturbflow.models.components.prior import ResponsePrior, prior_table
+from perturbflow.params import PriorParams
 from perturbflow.splits.effects import TrainingEffects
 from perturbflow.splits.split_data import SplitData
 
@@ -84,3 +87,31 @@ def extend_inputs(
             )
     inputs = dataclasses.replace(base, vocabulary=list(base.vocabulary) + new, effects=merged)
     return inputs, new
+
+
+def refitted_prior(
+    split: SplitData,
+    base: Any,
+    inputs: PerturbationInputs,
+    keys: Sequence[tuple[str, str]],
+    finetuning: Any,
+    columns: Any,
+) -> tuple[ResponsePrior | None, np.ndarray | None, list[str]]:
+    """The base run's kind of prior, refitted on the finetuning split's training effects.
+
+    The base's training keys plus the new context's few perturbations (``inputs.effects``):
+    the new context's keys get priors from its own training perturbations (out-of-fold
+    for those the finetuning trains on), not the base context's.
+    """
+    model = base.config["training"]["model"]
+    settings = model.get("prior") or {"folds": 5, "ranks": [2, 4, 8, 16, 32], "ridge": 0.1}
+    return prior_table(
+        split.data,
+        inputs.effects,
+        keys,
+        kind=model.get("response_prior", "none"),
+        settings=PriorParams(**settings),
+        control_label=columns.control_label,
+        seed=finetuning.seed,
+        scope=model.get("prior_scope", "all"),
+    )

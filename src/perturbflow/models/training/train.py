@@ -36,7 +36,7 @@ from perturbflow.loading.row_matrix import matrix_sha256
 from perturbflow.models.components.dose import check_interpolation, interpolation_rate
 from perturbflow.models.components.inputs import PerturbationInputs
 from perturbflow.models.components.network import Architecture, resolve_size
-from perturbflow.models.components.prior import prior_deltas
+from perturbflow.models.components.prior import ResponsePrior, prior_table
 from perturbflow.models.runs.run_dir import (
     CONFIG,
     SUMMARY,
@@ -93,28 +93,39 @@ def _has_val(split: SplitData) -> bool:
     return bool(((table[split.split_name] == "val") & ~table["is_control"].astype(bool)).any())
 
 
+def key_table(dm: PerturbationDataModule) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """The ``(context, perturbation)`` keys of a run's cells and their row per index pair.
+
+    Returns:
+        The keys (in the order of the module's tables) and ``[n_contexts,
+        n_perturbations]`` rows into them (``-1``: not a key of the split).
+    """
+    vocab = dm.vocabulary
+    pairs = dm.cells[["context", "perturbation"]].astype(str).drop_duplicates()
+    keys = [(c, p) for c, p in pairs.itertuples(index=False)]
+    c_index = {c: i for i, c in enumerate(vocab.contexts)}
+    p_index = {p: i for i, p in enumerate(vocab.perturbations)}
+    key_index = np.full((len(vocab.contexts), len(vocab.perturbations)), -1, dtype=np.int64)
+    for row, (c, p) in enumerate(keys):
+        key_index[c_index[c], p_index[p]] = row
+    return keys, key_index
+
+
 def build_module(
     split: SplitData,
     dm: PerturbationDataModule,
     training: TrainingParams,
     columns: ColumnsParams,
-) -> tuple[STModule, PerturbationInputs, Architecture, pd.DataFrame]:
-    """The LightningModule, its perturbation inputs, architecture and key table."""
+) -> tuple[STModule, PerturbationInputs, Architecture, pd.DataFrame, ResponsePrior | None]:
+    """The LightningModule, its perturbation inputs, architecture, key table and prior."""
     model = training.model
     effects = training_effects(split.data)
     inputs = PerturbationInputs.fit(
         split.data, effects, model.inputs, control_label=columns.control_label
     )
     check_interpolation(interpolation_rate(model.inputs), inputs.dose)
-    vocab = dm.vocabulary
-    pairs = dm.cells[["context", "perturbation"]].astype(str).drop_duplicates()
-    keys = [(c, p) for c, p in pairs.itertuples(index=False)]
+    keys, key_index = key_table(dm)
     encoded = inputs.encode(keys, split.data)
-    c_index = {c: i for i, c in enumerate(vocab.contexts)}
-    p_index = {p: i for i, p in enumerate(vocab.perturbations)}
-    key_index = np.full((len(vocab.contexts), len(vocab.perturbations)), -1, dtype=np.int64)
-    for row, (c, p) in enumerate(keys):
-        key_index[c_index[c], p_index[p]] = row
     sizes = resolve_size(
         model.size, hidden_dim=model.hidden_dim, n_layers=model.n_layers, n_heads=model.n_heads
     )
@@ -130,6 +141,16 @@ def build_module(
         direct_path=model.direct_path,
         **sizes,
     )
+    prior, table, prior_sources = prior_table(
+        split.data,
+        effects,
+        keys,
+        kind=model.response_prior,
+        settings=model.prior,
+        control_label=columns.control_label,
+        seed=training.seed,
+        scope=model.prior_scope,
+    )
     module = STModule(
         architecture_dict(arch),
         dataclasses.asdict(training.loss),
@@ -139,9 +160,7 @@ def build_module(
         pert_table=encoded.vectors,
         key_index=key_index,
         identity_mask=encoded.identity_mask,
-        prior_table=prior_deltas(
-            effects, keys, control_label=columns.control_label, kind=model.response_prior
-        ),
+        prior_table=table,
     )
     sources = pd.DataFrame(
         {
@@ -149,9 +168,10 @@ def build_module(
             "perturbation": [p for _, p in keys],
             "source": encoded.sources,
             "unknown_components": ["+".join(u) for u in encoded.unknown_components],
+            "prior": prior_sources,
         }
     )
-    return module, inputs, arch, sources
+    return module, inputs, arch, sources, prior
 
 
 def _resolved_config(
@@ -231,7 +251,7 @@ def train_st(
         output_space=training.model.output_space,
         dose_interpolation=interpolation_rate(training.model.inputs),
     )
-    module, inputs, arch, sources = build_module(split, dm, training, columns)
+    module, inputs, arch, sources, prior = build_module(split, dm, training, columns)
     config = _resolved_config(split, columns, loader, training, arch)
     # where the file lives is not what the model learns: a moved project reuses its runs
     digest = config_digest(
@@ -242,7 +262,7 @@ def train_st(
         return reused
     resume_from = prepare_run_dir(run, digest, training.resume)
     if rank_zero_only.rank == 0:
-        write_run_files(run, config, digest, split, dm, inputs, sources, columns)
+        write_run_files(run, config, digest, split, dm, inputs, sources, columns, prior=prior)
     fit = fit_run(
         module,
         dm,
@@ -312,9 +332,10 @@ def write_run_files(
     sources: pd.DataFrame,
     columns: ColumnsParams,
     *,
+    prior: ResponsePrior | None = None,
     config_name: str = CONFIG,
 ) -> None:
-    """Write a (training or finetuning) run's configuration, gene list, maps and inputs.
+    """Write a (training or finetuning) run's configuration, gene list, maps, inputs, prior.
 
     The summary is marked ``running`` with the configuration's digest; ``config_name`` is
     ``config.yaml`` for a training run (a finetuning writes its own file name).
@@ -331,6 +352,8 @@ def write_run_files(
     if columns.batch_col and dm.design.batch_labels is not None:
         CategoryMap(dm.design.batch_labels, name="batches").to_json(run / "batch_map.json")
     inputs.save(run)
+    if prior is not None:
+        prior.save(run)
     with atomic_path(run / "perturbation_sources.csv") as tmp:
         sources.to_csv(tmp, index=False)
     write_json(run / SUMMARY, {"status": "running", "config_sha256": digest})

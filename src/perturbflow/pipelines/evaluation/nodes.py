@@ -11,7 +11,9 @@ import plotly.graph_objects as go
 
 from perturbflow.datasets import H5adCells
 from perturbflow.evaluation import (
+    CHOSEN,
     build_baseline_predictions,
+    choose_by_validation,
     delta_scatter_figure,
     evaluate_predictions,
     metric_comparison_figure,
@@ -40,7 +42,7 @@ def predict_baselines(
     columns: ColumnsParams,
     evaluation: EvaluationParams,
     loader: LoaderParams,
-) -> tuple[dict[str, ad.AnnData], dict[str, ad.AnnData], pd.DataFrame, dict]:
+) -> tuple[dict[str, ad.AnnData], dict[str, ad.AnnData], pd.DataFrame, dict, pd.DataFrame]:
     """Cell-level test predictions of every baseline, per named split.
 
     The expression (``obsm['X_hvg']``) is read by rows from the preprocessed file,
@@ -48,7 +50,8 @@ def predict_baselines(
 
     Returns:
         Predictions keyed ``<split>/<predictor>``, the real held-out cells keyed by split,
-        the prediction-source table and the linear baseline's rank selection.
+        the prediction-source table, the linear baseline's rank selection and every
+        baseline's pearson_delta on the validation perturbations.
     """
     return build_baseline_predictions(
         preprocessed_adata,
@@ -85,6 +88,67 @@ def gather_predictions(
     if ignored:
         logger.warning("Model predictions of splits not evaluated now are ignored: %s", ignored)
     return {**baseline_predictions, **kept}
+
+
+def choose_perturbflow(
+    all_predictions: Partitions,
+    baseline_validation_scores: pd.DataFrame,
+    model_validation_scores: Mapping[str, pd.DataFrame | Callable[[], pd.DataFrame]],
+    finetuned_validation_scores: Mapping[str, pd.DataFrame | Callable[[], pd.DataFrame]],
+    baseline_sources: pd.DataFrame,
+) -> tuple[dict[str, Partitions], pd.DataFrame, pd.DataFrame]:
+    """Add each split's ``perturbflow`` prediction: the candidate best on validation.
+
+    Candidates are the split's baselines and its models (``<split>/st``, a finetuned
+    ``<split>/st_lora``) with their validation scores (the training and finetuning
+    pipelines write them beside their predictions); the chosen one's test prediction is
+    scored again under the name ``perturbflow`` (:mod:`perturbflow.evaluation.selection`).
+    No test cell is read to choose.
+
+    Returns:
+        Every prediction plus ``<split>/perturbflow``, the selection table
+        (``perturbflow_selection.csv``) and the prediction sources with the
+        ``perturbflow`` rows (``prediction_sources.csv``: ``<chosen>:<its source>``).
+    """
+    frames = [baseline_validation_scores]
+    models = {**model_validation_scores, **finetuned_validation_scores}
+    for key in sorted(models):
+        if key in all_predictions:  # scores of a split evaluated now
+            value = models[key]
+            frames.append(value() if callable(value) else value)
+    frames = [f for f in frames if len(f)]
+    scores = pd.concat(frames, ignore_index=True) if frames else baseline_validation_scores
+    splits = sorted({k.split("/")[0] for k in all_predictions})
+    candidates = {split: [] for split in splits}
+    for key in all_predictions:  # a constant zero delta has no pearson_delta to compare
+        split, name = key.split("/", 1)
+        if name != "control":
+            candidates[split].append(name)
+    table = choose_by_validation(scores, splits, candidates)
+    out = dict(all_predictions)
+    rows = []
+    for row in table[table["chosen"]].itertuples():
+        out[f"{row.split}/{CHOSEN}"] = all_predictions[f"{row.split}/{row.predictor}"]
+        logger.info(
+            "perturbflow, split %s: %s (%s, validation pearson_delta %.3f)",
+            row.split,
+            row.predictor,
+            row.reason,
+            row.validation_pearson_delta,
+        )
+        own = baseline_sources[baseline_sources["split"] == row.split]
+        own = own[own["predictor"] == own["predictor"].iloc[0]] if len(own) else own
+        if row.predictor in set(baseline_sources["predictor"]):
+            by = baseline_sources[
+                (baseline_sources["split"] == row.split)
+                & (baseline_sources["predictor"] == row.predictor)
+            ]
+            source = row.predictor + ":" + by["source"].to_numpy()
+        else:  # a model: its own encodings are in st_prediction_sources.csv
+            source = [row.predictor] * len(own)
+        rows.append(own.assign(predictor=CHOSEN, source=source))
+    sources = pd.concat([baseline_sources, *rows], ignore_index=True)
+    return out, table, sources
 
 
 def score_predictions(

@@ -3,6 +3,7 @@
 from kedro.pipeline import Pipeline, node
 
 from perturbflow.pipelines.evaluation.nodes import (
+    choose_perturbflow,
     format_metrics_table,
     gather_predictions,
     measure_variability,
@@ -15,7 +16,7 @@ from perturbflow.pipelines.evaluation.nodes import (
 
 def create_pipeline(**kwargs: object) -> Pipeline:
     """Preprocessed screen + split table -> baseline predictions, metrics and plots."""
-    # long only because it is the node list (seven nodes, their inputs spelled out)
+    # long only because it is the node list (eight nodes, their inputs spelled out)
     return Pipeline(
         [
             node(
@@ -31,8 +32,9 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                 outputs=[
                     "baseline_predictions",
                     "heldout_real",
-                    "prediction_sources",
+                    "baseline_sources",
                     "linear_baseline_selection",
+                    "baseline_validation_scores",
                 ],
                 name="predict_baselines",
             ),
@@ -48,9 +50,21 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                 name="gather_predictions",
             ),
             node(
-                score_predictions,
+                choose_perturbflow,
                 inputs=[
                     "all_predictions",
+                    "baseline_validation_scores",
+                    "model_validation_scores",
+                    "finetuned_validation_scores",
+                    "baseline_sources",
+                ],
+                outputs=["evaluated_predictions", "perturbflow_selection", "prediction_sources"],
+                name="choose_perturbflow",
+            ),
+            node(
+                score_predictions,
+                inputs=[
+                    "evaluated_predictions",
                     "heldout_real",
                     "params:columns",
                     "params:evaluation",
@@ -60,7 +74,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
             ),
             node(
                 measure_variability,
-                inputs=["all_predictions", "heldout_real", "params:columns"],
+                inputs=["evaluated_predictions", "heldout_real", "params:columns"],
                 outputs="prediction_variability",
                 name="measure_variability",
             ),
@@ -79,7 +93,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
             node(
                 plot_predicted_vs_real,
                 inputs=[
-                    "all_predictions",
+                    "evaluated_predictions",
                     "heldout_real",
                     "params:columns",
                     "params:evaluation",

@@ -11,10 +11,13 @@ from pathlib import Path
 import anndata as ad
 import pandas as pd
 
+from perturbflow.baselines import real_deltas
 from perturbflow.datasets.model_store import StoredModels
 from perturbflow.evaluation.benchmark import PREDICTION_SEP, split_names
+from perturbflow.evaluation.selection import validation_scores
 from perturbflow.exceptions import InputError
 from perturbflow.models.inference.predict import predict_heldout
+from perturbflow.models.inference.validation import predict_mean_deltas
 from perturbflow.models.training.finetune import FinetuningParams, finetune_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams
 from perturbflow.splits.split_data import split_data_from_file
@@ -77,12 +80,14 @@ def predict_finetuned(
     loader: LoaderParams,
     finetuning: FinetuningParams,
     evaluation: EvaluationParams,
-) -> tuple[dict[str, ad.AnnData], pd.DataFrame]:
+) -> tuple[dict[str, ad.AnnData], pd.DataFrame, dict[str, pd.DataFrame]]:
     """Predict the split's test perturbations from control cells with the finetuned model.
 
     Returns:
         The predictions keyed ``<split>/<predictor>`` (cell-eval's form, scored by the
-        evaluation pipeline beside the baselines) and how each perturbation was encoded.
+        evaluation pipeline beside the baselines), how each perturbation was encoded and
+        the model's scores on the split's validation perturbations (keyed the same; the
+        evaluation's ``perturbflow`` predictor chooses on them).
     """
     name, predictor = finetuning.split, finetuning.predictor
     run = finetuned_models.named_by(finetuning.run_name, "finetuning.split + method")
@@ -100,5 +105,7 @@ def predict_finetuned(
         len(data.heldout_keys("test")),
         name,
     )
-    predictions = {f"{name}{PREDICTION_SEP}{predictor}": predicted}
-    return predictions, encoded.assign(split=name, predictor=predictor)
+    key = f"{name}{PREDICTION_SEP}{predictor}"
+    val = predict_mean_deltas(run, data, seed=evaluation.seed, label="val")
+    scores = validation_scores(name, predictor, val, real_deltas(data, "val"))
+    return {key: predicted}, encoded.assign(split=name, predictor=predictor), {key: scores}

@@ -36,7 +36,11 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                     "params:finetuning",
                     "params:evaluation",
                 ],
-                outputs=["finetuned_predictions", "finetuned_prediction_sources"],
+                outputs=[
+                    "finetuned_predictions",
+                    "finetuned_prediction_sources",
+                    "finetuned_validation_scores",
+                ],
                 name="predict_finetuned",
             ),
         ]

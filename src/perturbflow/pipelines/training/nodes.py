@@ -8,11 +8,14 @@ from pathlib import Path
 import anndata as ad
 import pandas as pd
 
+from perturbflow.baselines import real_deltas
 from perturbflow.datasets.model_store import StoredModels
 from perturbflow.evaluation.benchmark import PREDICTION_SEP, split_names
+from perturbflow.evaluation.selection import validation_scores
 from perturbflow.exceptions import InputError
 from perturbflow.models.inference.predict import predict_heldout
 from perturbflow.models.inference.quality import control_offset_report
+from perturbflow.models.inference.validation import predict_mean_deltas
 from perturbflow.models.training.train import train_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams
 from perturbflow.splits.split_data import SplitData, split_data_from_file
@@ -96,24 +99,31 @@ def predict_st_models(
     loader: LoaderParams,
     training: TrainingParams,
     evaluation: EvaluationParams,
-) -> tuple[dict[str, ad.AnnData], pd.DataFrame, dict]:
+) -> tuple[dict[str, ad.AnnData], pd.DataFrame, dict, dict[str, pd.DataFrame]]:
     """Predict the test perturbations of ``training.splits`` from control cells.
 
     Each split's model is read from the ``st_models`` store (other splits' models there,
-    from earlier runs, are left alone).
+    from earlier runs, are left alone). The validation perturbations are predicted too and
+    scored (what the evaluation's ``perturbflow`` predictor chooses on); their cells are
+    not kept.
 
     Returns:
         Predictions keyed ``<split>/st`` (cell-eval's form), how each perturbation was
-        encoded (``st_prediction_sources.csv``) and, per split, the offset the model puts
-        on control cells given the control label (``st_quality.json``).
+        encoded (``st_prediction_sources.csv``), per split the offset the model puts
+        on control cells given the control label (``st_quality.json``) and the
+        validation scores keyed ``<split>/st``.
     """
-    predictions, sources, quality = {}, [], {}
+    predictions, sources, quality, validation = {}, [], {}, {}
     for name in training.splits:
         run = st_models.named_by(name, "training.splits")
         data = _split(preprocessed_adata, split_table, name, hvg_genes, loader).data
         predicted, encoded = predict_heldout(run, data, columns, seed=evaluation.seed)
         predictions[f"{name}{PREDICTION_SEP}{MODEL_NAME}"] = predicted
         sources.append(encoded.assign(split=name, predictor=MODEL_NAME))
+        val = predict_mean_deltas(run, data, seed=evaluation.seed, label="val")
+        validation[f"{name}{PREDICTION_SEP}{MODEL_NAME}"] = validation_scores(
+            name, MODEL_NAME, val, real_deltas(data, "val")
+        )
         quality[name] = control_offset_report(run, data, columns, seed=evaluation.seed)
         quality[name]["run_dir"] = str(run.path)
         logger.info(
@@ -123,4 +133,4 @@ def predict_st_models(
             quality[name]["mean_relative_control_offset"],
         )
     table = pd.concat(sources, ignore_index=True) if sources else pd.DataFrame()
-    return predictions, table, quality
+    return predictions, table, quality, validation

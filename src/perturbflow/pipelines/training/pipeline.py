@@ -35,7 +35,12 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                     "params:training",
                     "params:evaluation",
                 ],
-                outputs=["model_predictions", "st_prediction_sources", "st_quality"],
+                outputs=[
+                    "model_predictions",
+                    "st_prediction_sources",
+                    "st_quality",
+                    "model_validation_scores",
+                ],
                 name="predict_st",
             ),
         ]

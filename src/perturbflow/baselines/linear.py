@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from perturbflow.evaluation.baselines import FALLBACK, Key, PredictedEffect
+from perturbflow.baselines.simple import FALLBACK, Key, PredictedEffect
 from perturbflow.splits.data import SplitCells
 from perturbflow.splits.effects import TrainingEffects
 from perturbflow.splits.evidence import RESPONSE_SOURCES, SOURCES, Evidence
@@ -128,7 +128,7 @@ def real_deltas(data: SplitCells, label: str) -> dict[Key, np.ndarray]:
     """Real held-out deltas: mean of the held-out cells minus all controls of the context."""
     out = {}
     for context in data.heldout_contexts(label):
-        ctrl = data.X[data.control_rows(context)].mean(axis=0)
+        ctrl = data.control_mean(context)
         for pert in data.heldout_perturbations(context, label):
             rows = data.perturbation_rows(context, pert, label)
             out[(context, pert)] = data.X[rows].mean(axis=0) - ctrl

@@ -1,0 +1,75 @@
+"""How a trained run's response prior enters its predictions.
+
+``prior_scope: all`` adds the prior delta to the network's predicted delta of every key;
+``out_of_context`` predicts a key none of whose components was trained in its context at
+its prior and leaves the others to the network (:mod:`perturbflow.models.components.prior`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from perturbflow.models.components.prior import (
+    ResponsePrior,
+    load_response_prior,
+    out_of_context_keys,
+)
+from perturbflow.models.runs.run_dir import TrainedRun
+from perturbflow.splits.data import SplitCells
+
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class PriorPlan:
+    """Per key: the prior delta the network adds, or the prior it is predicted at."""
+
+    added: list[np.ndarray | None]  # scope all: added to the network's delta
+    anchored: list[bool]  # scope out_of_context: predicted at the prior
+    deltas: np.ndarray | None
+    sources: list[str]
+
+
+def prior_plan(
+    run: TrainedRun, keys: list[Key], data: SplitCells, *, network_only: bool = False
+) -> tuple[ResponsePrior | None, PriorPlan]:
+    """The run's prior and, per key, how the prediction uses it.
+
+    Args:
+        run: The trained run.
+        keys: The keys to predict.
+        data: Their cells (a target signature reads the controls).
+        network_only: With scope ``out_of_context``, predict every key by the network (no
+            key at its prior): what a sweep over the network's settings must compare.
+
+    Returns:
+        The prior (``None`` for a run without one) and the per-key plan.
+    """
+    prior = run_prior(run)
+    if prior is None:
+        return None, PriorPlan([None] * len(keys), [False] * len(keys), None, [])
+    deltas, sources = prior.deltas(keys, data)
+    if network_only and run_prior_scope(run) == "out_of_context":
+        return prior, PriorPlan([None] * len(keys), [False] * len(keys), deltas, sources)
+    if run_prior_scope(run) == "all":
+        return prior, PriorPlan(list(deltas), [False] * len(keys), deltas, sources)
+    # the network's own prediction, the prior where it knows nothing of the key's context
+    outside = out_of_context_keys(run.inputs.effects, keys, run.inputs.control_label)
+    return prior, PriorPlan([None] * len(keys), outside, deltas, sources)
+
+
+def run_prior(run: TrainedRun) -> ResponsePrior | None:
+    """The response prior a run predicts with, fitted on all its training keys.
+
+    Read from the run folder (a finetuned run has its own, refitted on its split); runs
+    from before the option have none.
+    """
+    kind = run.config["training"]["model"].get("response_prior", "none")
+    return load_response_prior(run.path, kind, run.inputs.effects, run.inputs.control_label)
+
+
+def run_prior_scope(run: TrainedRun) -> str:
+    """Where a run's prior applies (``all`` for runs from before the option)."""
+    return str(run.config["training"]["model"].get("prior_scope", "all"))

@@ -1,0 +1,39 @@
+"""A model's predicted mean shift of a split's validation perturbations.
+
+What the evaluation's ``perturbflow`` predictor compares candidates on
+(:mod:`perturbflow.evaluation.selection`): the real deltas are
+:func:`perturbflow.baselines.real_deltas` of the same perturbations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from perturbflow.models.inference.predict import Key, predict_cells
+from perturbflow.models.runs.run_dir import TrainedRun
+from perturbflow.splits.data import SplitCells
+
+
+def predict_mean_deltas(
+    run: TrainedRun, data: SplitCells, *, seed: int, label: str = "val"
+) -> dict[Key, np.ndarray]:
+    """The predicted mean delta of every ``label`` perturbation of a split.
+
+    Each perturbation is predicted from its context's control cells (as many cells as the
+    real ones); its delta is the predicted cells' mean minus all the context's control
+    cells' mean, as the real deltas of :func:`perturbflow.baselines.real_deltas`. What
+    the ``perturbflow`` predictor compares candidates on (validation perturbations).
+
+    Returns:
+        ``(context, perturbation)`` -> mean delta; empty when the split has none.
+    """
+    keys = {
+        (c, p): len(data.perturbation_rows(c, p, label))
+        for c in data.heldout_contexts(label)
+        for p in data.heldout_perturbations(c, label)
+    }
+    if not keys:
+        return {}
+    cells = predict_cells(run, data, keys, seed=seed, allow_unknown=True).cells
+    controls = {c: data.control_mean(c) for c, _ in keys}
+    return {k: cells[k].mean(axis=0) - controls[k[0]] for k in keys}
