@@ -146,7 +146,7 @@ def main() -> None:
             "steps": summary.get("steps"),
         }
         out = predict_adapted(run, target, columns, None, perturbations=perts, seed=seed)
-        preds[f"{SPLIT}/st_unadapted_seed{seed}"] = out.cells
+        preds[f"{SPLIT}/st_unadapted_seed{seed}"] = out.cells[:, genes].copy()
         is_ctrl = (target.obs[columns.pert_col].astype(str) == columns.control_label).to_numpy()
         controls = control_expression(target[is_ctrl], run, source=f"{TARGET} controls")
         fits = {}
@@ -180,7 +180,7 @@ def main() -> None:
             adapted = predict_adapted(
                 run, target, columns, fit.shift, perturbations=perts, seed=seed
             )
-            preds[f"{SPLIT}/st_adapted_{name}_seed{seed}"] = adapted.cells
+            preds[f"{SPLIT}/st_adapted_{name}_seed{seed}"] = adapted.cells[:, genes].copy()
             if name == "T98G":
                 raw = predict_adapted(
                     run,
@@ -191,7 +191,9 @@ def main() -> None:
                     seed=seed,
                     map_back=False,
                 )
-                preds[f"{SPLIT}/st_adapted_T98G_no_map_back_seed{seed}"] = raw.cells
+                preds[f"{SPLIT}/st_adapted_T98G_no_map_back_seed{seed}"] = raw.cells[
+                    :, genes
+                ].copy()  # the output carries every gene of the target file: score the model's
         info["adaptation"] = fits
         seeds[seed] = info
         print(
