@@ -7,6 +7,7 @@ import pandas as pd
 
 from perturbflow.evaluation.selection import (
     NO_VALIDATION,
+    add_chosen_predictor,
     choose_by_validation,
     pearson,
     validation_scores,
@@ -64,3 +65,27 @@ def test_validation_scores_are_pearson_of_mean_deltas():
     assert np.isclose(frame.loc["p", "pearson_delta"], 1.0)
     assert np.isclose(frame.loc["q", "pearson_delta"], -1.0)
     assert pearson(np.ones(3), np.arange(3.0)) == 0.0  # constant: no correlation
+
+
+def test_the_chosen_prediction_is_added_and_its_sources_named():
+    predictions = {"a/linear": "L", "a/st": "S", "a/control": "C", "b/linear": "L2"}
+    scores = [
+        _scores([("a", "linear", "x", 0.2), ("a", "st", "x", 0.7), ("b", "linear", "x", 0.1)])
+    ]
+    sources = pd.DataFrame(
+        {
+            "split": ["a", "a", "b"],
+            "predictor": ["linear", "linear", "linear"],
+            "context": ["c", "c", "c"],
+            "perturbation": ["x", "y", "x"],
+            "source": ["components", "fallback:perturbation_mean", "other_contexts"],
+        }
+    )
+    out, table, with_chosen = add_chosen_predictor(predictions, scores, sources)
+    assert out["a/perturbflow"] == "S" and out["b/perturbflow"] == "L2"  # the same object
+    assert set(table.loc[table["chosen"], "predictor"]) == {"st", "linear"}
+    rows = with_chosen[with_chosen["predictor"] == "perturbflow"].set_index(
+        ["split", "perturbation"]
+    )
+    assert rows.loc[("a", "x"), "source"] == "st" and rows.loc[("a", "y"), "source"] == "st"
+    assert rows.loc[("b", "x"), "source"] == "linear:other_contexts"

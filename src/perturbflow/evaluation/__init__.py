@@ -20,13 +20,19 @@ from perturbflow.evaluation.scoring import (
     aggregate_metrics,
     score_predictions,
 )
-from perturbflow.evaluation.selection import CHOSEN, choose_by_validation, validation_scores
+from perturbflow.evaluation.selection import (
+    CHOSEN,
+    add_chosen_predictor,
+    choose_by_validation,
+    validation_scores,
+)
 from perturbflow.evaluation.variability import std_ratio, variability_table
 
 __all__ = [
     "CHOSEN",
     "BaselineRun",
     "PredictedEffect",
+    "add_chosen_predictor",
     "add_normalised_scores",
     "aggregate_metrics",
     "build_baseline_predictions",

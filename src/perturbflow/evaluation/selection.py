@@ -12,12 +12,16 @@ ST model when it has one (else the first candidate), and says so.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from perturbflow.baselines.simple import Key
+
+logger = logging.getLogger(__name__)
 
 CHOSEN = "perturbflow"
 SCORE_COLUMNS = ["split", "predictor", "context", "perturbation", "pearson_delta"]
@@ -113,3 +117,53 @@ def choose_by_validation(
             "reason",
         ],
     )
+
+
+def add_chosen_predictor(
+    predictions: Mapping[str, Any], scores: Sequence[pd.DataFrame], sources: pd.DataFrame
+) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
+    """Add each split's ``perturbflow`` prediction: its candidate best on validation.
+
+    Args:
+        predictions: ``<split>/<predictor>`` -> test prediction (or its load function).
+        scores: Validation rows of the candidates (:data:`SCORE_COLUMNS`), any number of
+            tables; a candidate without rows is never chosen over a scored one.
+        sources: The baselines' prediction-source table (``split``, ``predictor``,
+            ``context``, ``perturbation``, ``source``).
+
+    Returns:
+        The predictions plus ``<split>/perturbflow`` (the chosen one's, not a copy), the
+        selection table (:func:`choose_by_validation`) and ``sources`` plus the
+        ``perturbflow`` rows (``<chosen>:<its source>``; a model's name alone, its
+        encodings being in its own table).
+    """
+    frames = [f for f in scores if len(f)]
+    table_in = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    splits = sorted({k.split("/")[0] for k in predictions})
+    candidates: dict[str, list[str]] = {split: [] for split in splits}
+    for key in predictions:  # a constant zero delta has no pearson_delta to compare
+        split, name = key.split("/", 1)
+        if name != "control":
+            candidates[split].append(name)
+    table = choose_by_validation(table_in, splits, candidates)
+    out = dict(predictions)
+    rows = []
+    for row in table[table["chosen"]].itertuples():
+        out[f"{row.split}/{CHOSEN}"] = predictions[f"{row.split}/{row.predictor}"]
+        logger.info(
+            "perturbflow, split %s: %s (%s, validation pearson_delta %.3f)",
+            row.split,
+            row.predictor,
+            row.reason,
+            row.validation_pearson_delta,
+        )
+        own = sources[sources["split"] == row.split]
+        chosen = own[own["predictor"] == row.predictor]
+        if len(chosen):
+            rows.append(
+                chosen.assign(predictor=CHOSEN, source=row.predictor + ":" + chosen["source"])
+            )
+        elif len(own):  # a model: one row per test key of the split, its name as source
+            keys = own[own["predictor"] == own["predictor"].iloc[0]]
+            rows.append(keys.assign(predictor=CHOSEN, source=row.predictor))
+    return out, table, pd.concat([sources, *rows], ignore_index=True)

@@ -11,9 +11,8 @@ import plotly.graph_objects as go
 
 from perturbflow.datasets import H5adCells
 from perturbflow.evaluation import (
-    CHOSEN,
+    add_chosen_predictor,
     build_baseline_predictions,
-    choose_by_validation,
     delta_scatter_figure,
     evaluate_predictions,
     metric_comparison_figure,
@@ -116,39 +115,7 @@ def choose_perturbflow(
         if key in all_predictions:  # scores of a split evaluated now
             value = models[key]
             frames.append(value() if callable(value) else value)
-    frames = [f for f in frames if len(f)]
-    scores = pd.concat(frames, ignore_index=True) if frames else baseline_validation_scores
-    splits = sorted({k.split("/")[0] for k in all_predictions})
-    candidates = {split: [] for split in splits}
-    for key in all_predictions:  # a constant zero delta has no pearson_delta to compare
-        split, name = key.split("/", 1)
-        if name != "control":
-            candidates[split].append(name)
-    table = choose_by_validation(scores, splits, candidates)
-    out = dict(all_predictions)
-    rows = []
-    for row in table[table["chosen"]].itertuples():
-        out[f"{row.split}/{CHOSEN}"] = all_predictions[f"{row.split}/{row.predictor}"]
-        logger.info(
-            "perturbflow, split %s: %s (%s, validation pearson_delta %.3f)",
-            row.split,
-            row.predictor,
-            row.reason,
-            row.validation_pearson_delta,
-        )
-        own = baseline_sources[baseline_sources["split"] == row.split]
-        own = own[own["predictor"] == own["predictor"].iloc[0]] if len(own) else own
-        if row.predictor in set(baseline_sources["predictor"]):
-            by = baseline_sources[
-                (baseline_sources["split"] == row.split)
-                & (baseline_sources["predictor"] == row.predictor)
-            ]
-            source = row.predictor + ":" + by["source"].to_numpy()
-        else:  # a model: its own encodings are in st_prediction_sources.csv
-            source = [row.predictor] * len(own)
-        rows.append(own.assign(predictor=CHOSEN, source=source))
-    sources = pd.concat([baseline_sources, *rows], ignore_index=True)
-    return out, table, sources
+    return add_chosen_predictor(all_predictions, frames, baseline_sources)
 
 
 def score_predictions(
