@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from perturbflow.baselines import pearson
 from perturbflow.evaluation.selection import (
     NO_VALIDATION,
     add_chosen_predictor,
     choose_by_validation,
-    pearson,
     validation_scores,
 )
 

@@ -8,6 +8,7 @@ scores them) and :mod:`perturbflow.models` (whose response prior starts from the
 from perturbflow.baselines.linear import (
     LinearModel,
     fit_linear,
+    pearson,
     predict_linear_with,
     real_deltas,
     select_and_fit_linear,
@@ -29,6 +30,7 @@ __all__ = [
     "LinearModel",
     "PredictedEffect",
     "fit_linear",
+    "pearson",
     "predict_context_mean",
     "predict_control",
     "predict_linear_with",

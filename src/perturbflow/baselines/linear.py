@@ -118,7 +118,12 @@ def predict_linear_with(
     return out
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two deltas over genes (0 when either is constant).
+
+    The validation figure of every choice made on validation perturbations (the linear
+    rank here, the ``perturbflow`` predictor in :mod:`perturbflow.evaluation.selection`).
+    """
     a, b = a - a.mean(), b - b.mean()
     denom = np.sqrt((a * a).sum() * (b * b).sum())
     return float((a * b).sum() / denom) if denom > 0 else 0.0
@@ -162,7 +167,7 @@ def select_and_fit_linear(
         model = fit_linear(evidence, rank=rank, ridge=ridge)
         if val:
             preds = predict_linear_with(model, evidence, list(val))
-            scores[model.rank] = float(np.mean([_pearson(preds[k].delta, val[k]) for k in val]))
+            scores[model.rank] = float(np.mean([pearson(preds[k].delta, val[k]) for k in val]))
     if scores:
         chosen = max(scores, key=lambda r: (round(scores[r], 6), -r))
         reason = "best mean validation pearson_delta"

@@ -175,13 +175,9 @@ def build_baseline_predictions(
         predictions = {k: build() for k, build in predictions.items()}
         reals = {k: build() for k, build in reals.items()}
     scores = pd.concat(validation, ignore_index=True) if validation else None
-    return BaselineRun(
-        predictions,
-        reals,
-        pd.DataFrame(source_rows),
-        reports,
-        scores if scores is not None else pd.DataFrame(columns=SCORE_COLUMNS),
-    )
+    if scores is None:
+        scores = pd.DataFrame(columns=SCORE_COLUMNS)
+    return BaselineRun(predictions, reals, pd.DataFrame(source_rows), reports, scores)
 
 
 def materialise(value: ad.AnnData | Callable[[], ad.AnnData]) -> ad.AnnData:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from perturbflow.baselines.linear import pearson
 from perturbflow.baselines.simple import Key
 
 logger = logging.getLogger(__name__)
@@ -26,13 +27,6 @@ logger = logging.getLogger(__name__)
 CHOSEN = "perturbflow"
 SCORE_COLUMNS = ["split", "predictor", "context", "perturbation", "pearson_delta"]
 NO_VALIDATION = "no validation perturbations in this split"
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two vectors (0 when either is constant)."""
-    a, b = a - a.mean(), b - b.mean()
-    denom = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / denom) if denom > 0 else 0.0
 
 
 def validation_scores(

@@ -133,24 +133,25 @@ def test_a_saved_prior_reads_back_the_same(tmp_path):
         load_response_prior(empty, "linear", prior.effects, "ctrl")
 
 
-def test_a_model_that_learns_nothing_predicts_its_prior(tmp_path):
+def _trained(tmp_path, max_steps: int, **model):
+    """A tiny ST run with a linear prior on a screen of high expression (no clipping)."""
     adata = make_screen(_effects(), n_genes=N_GENES, contexts=["A", "B"], baseline=6.0)
     table = split_table(adata, {"s": {("A", "p6"): "test", ("A", "p7"): "val"}})
-    path = write_screen(adata, tmp_path / "screen.h5ad")
-    split = make_split(adata, path, table, "s")
+    split = make_split(adata, write_screen(adata, tmp_path / "screen.h5ad"), table, "s")
     training = training_params(
         splits=["s"],
-        max_steps=2,
+        max_steps=max_steps,
         val_every_n_steps=2,
         ckpt_every_n_steps=2,
-        model={"response_prior": "linear", "direct_path": False},
-    )
-    training = dataclasses.replace(
-        training, model=dataclasses.replace(training.model, prior=SETTINGS_PARAMS)
+        model={"response_prior": "linear", "prior": SETTINGS_PARAMS, **model},
     )
     loader = loader_params()
     train_st(split, columns=COLUMNS, loader=loader, training=training, run_dir=tmp_path / "r")
-    run = load_run(tmp_path / "r")
+    return split, load_run(tmp_path / "r")
+
+
+def test_a_model_that_learns_nothing_predicts_its_prior(tmp_path):
+    split, run = _trained(tmp_path, 2, direct_path=False)
     with torch.no_grad():  # the network's departure is zero: only the prior moves the cells
         run.net.output_head[-1].weight.zero_()
         run.net.output_head[-1].bias.zero_()
@@ -165,23 +166,7 @@ def test_a_model_that_learns_nothing_predicts_its_prior(tmp_path):
 
 
 def test_out_of_context_scope_predicts_unknown_keys_at_their_prior(tmp_path):
-    adata = make_screen(_effects(), n_genes=N_GENES, contexts=["A", "B"], baseline=6.0)
-    table = split_table(adata, {"s": {("A", "p6"): "test", ("A", "p7"): "val"}})
-    path = write_screen(adata, tmp_path / "screen.h5ad")
-    split = make_split(adata, path, table, "s")
-    training = training_params(
-        splits=["s"],
-        max_steps=4,
-        val_every_n_steps=2,
-        ckpt_every_n_steps=2,
-        model={"response_prior": "linear", "prior_scope": "out_of_context"},
-    )
-    training = dataclasses.replace(
-        training, model=dataclasses.replace(training.model, prior=SETTINGS_PARAMS)
-    )
-    loader = loader_params()
-    train_st(split, columns=COLUMNS, loader=loader, training=training, run_dir=tmp_path / "r")
-    run = load_run(tmp_path / "r")
+    split, run = _trained(tmp_path, 4, prior_scope="out_of_context")
     data = split.data
     # p6 is trained in B only: nothing in A; p0 is trained in A: the network's own
     held, known = ("ds.A", "p6"), ("ds.A", "p0")

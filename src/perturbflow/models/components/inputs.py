@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from perturbflow.exceptions import InputError
 from perturbflow.io_utils import atomic_path
@@ -79,6 +80,22 @@ class EncodedPerturbations:
     identity_mask: np.ndarray
     sources: list[str]
     unknown_components: list[list[str]]
+
+    def table(self, prior: Sequence[str] | None = None) -> pd.DataFrame:
+        """One row per key: what it was encoded from (``perturbation_sources.csv``).
+
+        Args:
+            prior: Per key, the response prior's source, added as a ``prior`` column.
+        """
+        columns = {
+            "context": [c for c, _ in self.keys],
+            "perturbation": [p for _, p in self.keys],
+            "source": self.sources,
+            "unknown_components": ["+".join(u) for u in self.unknown_components],
+        }
+        if prior is not None:
+            columns["prior"] = list(prior)
+        return pd.DataFrame(columns)
 
 
 @dataclass

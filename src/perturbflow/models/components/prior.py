@@ -51,6 +51,7 @@ from perturbflow.baselines.linear import (
     predict_linear_with,
     select_and_fit_linear,
 )
+from perturbflow.baselines.simple import FALLBACK, predict_context_mean
 from perturbflow.exceptions import InputError
 from perturbflow.io_utils import atomic_path
 from perturbflow.perturbations import components, parse_perturbation
@@ -118,15 +119,17 @@ class ResponsePrior:
         """
         out = np.zeros((len(keys), self.effects.deltas.shape[1]), dtype=np.float32)
         sources = ["control"] * len(keys)
+        rows = [r for r, k in enumerate(keys) if not _is_control(k, self.control_label)]
+        if out_of_fold:
+            for row in [r for r in rows if keys[r] in self.out_of_fold]:
+                out[row], sources[row] = self.out_of_fold[keys[row]], "out_of_fold"
+            rows = [r for r in rows if keys[r] not in self.out_of_fold]
         evidence = Evidence(data, self.effects) if self.kind == "linear" else None
-        for row, key in enumerate(keys):
-            if _is_control(key, self.control_label):
-                continue
-            if out_of_fold and key in self.out_of_fold:
-                out[row], sources[row] = self.out_of_fold[key], "out_of_fold"
-                continue
-            delta, sources[row] = _prior_of(self.kind, self.effects, key, self.model, evidence)
-            out[row] = delta
+        fitted = _priors(
+            self.kind, data, self.effects, [keys[r] for r in rows], self.model, evidence
+        )
+        for row, (delta, source) in zip(rows, fitted, strict=True):
+            out[row], sources[row] = delta, source
         return out, sources
 
     def save(self, directory: str | os.PathLike[str]) -> None:
@@ -155,34 +158,32 @@ def _is_control(key: Key, control_label: str) -> bool:
     return not [c for c in components(key[1]) if c != control_label]
 
 
-def _transfer(effects: TrainingEffects, key: Key) -> tuple[np.ndarray, str]:
-    """The perturbation's mean response in the other training contexts, else the mean."""
-    context, perturbation = key
-    index = effects.index()
-    rows = [
-        index[(c, perturbation)]
-        for c in effects.contexts()
-        if c != context and (c, perturbation) in index
-    ]
-    if rows:
-        return effects.deltas[rows].mean(axis=0), "context_transfer"
-    return effects.mean_delta(context), "context_mean"
-
-
-def _prior_of(
+def _priors(
     kind: str,
+    data: SplitCells,
     effects: TrainingEffects,
-    key: Key,
+    keys: Sequence[Key],
     model: LinearModel | None,
     evidence: Evidence | None,
-) -> tuple[np.ndarray, str]:
+) -> list[tuple[np.ndarray, str]]:
+    """Each perturbed key's prior delta and source under ``effects``."""
+    own = set(effects.contexts())
     if kind == "context_mean":
-        return effects.mean_delta(key[0]), "context_mean"
-    if kind == "context_transfer" or key[0] not in effects.contexts():
-        return _transfer(effects, key)  # a held-out context: nothing of its own to map
-    assert model is not None and evidence is not None
-    predicted = predict_linear_with(model, evidence, [key])[key]
-    return predicted.delta, f"linear:{predicted.source}"
+        return [(effects.mean_delta(c), "context_mean") for c, _ in keys]
+    # the context transfer is the context_mean baseline (its fallback: perturbation_mean);
+    # a held-out context has nothing of its own for the linear model to map
+    transfer = [k for k in keys if kind == "context_transfer" or k[0] not in own]
+    moved = predict_context_mean(data, effects, transfer)
+    linear = [k for k in keys if k not in moved]
+    mapped = predict_linear_with(model, evidence, linear) if linear else {}
+    out = []
+    for key in keys:
+        if key in moved:
+            fallback = moved[key].source == FALLBACK
+            out.append((moved[key].delta, "context_mean" if fallback else "context_transfer"))
+        else:
+            out.append((mapped[key].delta, f"linear:{mapped[key].source}"))
+    return out
 
 
 def check_kind(kind: str) -> None:
@@ -198,6 +199,7 @@ def fit_response_prior(
     kind: str,
     control_label: str,
     settings: PriorSettings = PriorSettings(),
+    cross_fit: bool = True,
 ) -> ResponsePrior | None:
     """Fit a prior on a split's training effects, with out-of-fold priors for training keys.
 
@@ -208,6 +210,8 @@ def fit_response_prior(
         kind: One of :data:`PRIORS`; ``none`` returns ``None``.
         control_label: The control's label.
         settings: Folds, the linear model's candidate ranks and ridge, the fold seed.
+        cross_fit: Fit the training keys' out-of-fold priors (a network trained with the
+            prior needs them; one trained without it, scope ``out_of_context``, does not).
 
     Returns:
         The fitted prior, or ``None`` for ``kind='none'``.
@@ -221,14 +225,46 @@ def fit_response_prior(
         return None
     if settings.folds < 2:
         raise InputError(f"training.model.prior.folds is {settings.folds}; expected >= 2.")
-    model, rank, evidence = None, None, Evidence(data, effects)
-    report: dict[str, Any] = {"kind": kind, "folds": settings.folds, "seed": settings.seed}
+    model, rank, evidence = None, None, None
+    report: dict[str, Any] = {
+        "kind": kind,
+        "cross_fitted": cross_fit,
+        "folds": settings.folds,
+        "seed": settings.seed,
+    }
     if kind == "linear":
         model, evidence, selection = select_and_fit_linear(
             data, effects, ranks=list(settings.ranks), ridge=settings.ridge
         )
         rank = model.rank
         report["linear"] = selection
+    out_of_fold, n_folds = {}, 0
+    if cross_fit:
+        out_of_fold, n_folds = _cross_fit(
+            kind, data, effects, control_label, settings, rank, evidence
+        )
+    report["n_out_of_fold_keys"] = len(out_of_fold)
+    logger.info(
+        "response prior %s of split %s: %d training keys cross-fitted over %d folds%s",
+        kind,
+        data.split_name,
+        len(out_of_fold),
+        n_folds,
+        f", linear rank {rank}" if rank is not None else "",
+    )
+    return ResponsePrior(kind, effects, control_label, model, out_of_fold, report)
+
+
+def _cross_fit(
+    kind: str,
+    data: SplitCells,
+    effects: TrainingEffects,
+    control_label: str,
+    settings: PriorSettings,
+    rank: int | None,
+    evidence: Evidence | None,
+) -> tuple[dict[Key, np.ndarray], int]:
+    """Each training key's prior fitted without its fold, and the number of folds."""
     perturbed = [k for k in effects.keys if not _is_control(k, control_label)]
     order = np.random.default_rng(settings.seed).permutation(len(perturbed))
     folds = np.array_split(order, min(settings.folds, max(len(perturbed), 1)))
@@ -247,19 +283,11 @@ def fit_response_prior(
         if kind == "linear":
             fold_evidence = evidence.with_effects(reduced)
             fold_model = fit_linear(fold_evidence, rank=rank, ridge=settings.ridge)
-        for key in held:
-            delta, _ = _prior_of(kind, reduced, key, fold_model, fold_evidence)
+        keys = sorted(held)
+        fitted = _priors(kind, data, reduced, keys, fold_model, fold_evidence)
+        for key, (delta, _) in zip(keys, fitted, strict=True):
             out_of_fold[key] = delta.astype(np.float32)
-    report["n_out_of_fold_keys"] = len(out_of_fold)
-    logger.info(
-        "response prior %s of split %s: %d training keys cross-fitted over %d folds%s",
-        kind,
-        data.split_name,
-        len(out_of_fold),
-        len(folds),
-        f", linear rank {rank}" if rank is not None else "",
-    )
-    return ResponsePrior(kind, effects, control_label, model, out_of_fold, report)
+    return out_of_fold, len(folds)
 
 
 def _without(effects: TrainingEffects, rows: list[int]) -> TrainingEffects:
@@ -378,12 +406,14 @@ def prior_table(
         settings=PriorSettings(
             folds=settings.folds, ranks=tuple(settings.ranks), ridge=settings.ridge, seed=seed
         ),
+        cross_fit=scope == "all",  # out_of_context: the network trains without the prior
     )
     if prior is None:
         return None, None, ["none"] * len(keys)
     if scope == "out_of_context":
         outside = out_of_context_keys(effects, keys, control_label)
-        _, sources = prior.deltas(keys, data)
-        return prior, None, [s if o else "network" for s, o in zip(sources, outside, strict=True)]
+        picked = [k for k, o in zip(keys, outside, strict=True) if o]
+        picked_sources = iter(prior.deltas(picked, data)[1])
+        return prior, None, [next(picked_sources) if o else "network" for o in outside]
     table, sources = prior.deltas(keys, data, out_of_fold=True)
     return prior, table, sources

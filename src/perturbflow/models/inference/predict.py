@@ -57,14 +57,7 @@ class CellPredictions:
 
     def sources(self) -> pd.DataFrame:
         """One row per key: what its perturbation vector was built from."""
-        return pd.DataFrame(
-            {
-                "context": [c for c, _ in self.encoded.keys],
-                "perturbation": [p for _, p in self.encoded.keys],
-                "source": self.encoded.sources,
-                "unknown_components": ["+".join(u) for u in self.encoded.unknown_components],
-            }
-        )
+        return self.encoded.table()
 
 
 def check_known(encoded: EncodedPerturbations, *, allow_unknown: bool) -> None:

@@ -50,13 +50,21 @@ def prior_plan(
     prior = run_prior(run)
     if prior is None:
         return None, PriorPlan([None] * len(keys), [False] * len(keys), None, [])
-    deltas, sources = prior.deltas(keys, data)
-    if network_only and run_prior_scope(run) == "out_of_context":
-        return prior, PriorPlan([None] * len(keys), [False] * len(keys), deltas, sources)
     if run_prior_scope(run) == "all":
+        deltas, sources = prior.deltas(keys, data)
         return prior, PriorPlan(list(deltas), [False] * len(keys), deltas, sources)
-    # the network's own prediction, the prior where it knows nothing of the key's context
-    outside = out_of_context_keys(run.inputs.effects, keys, run.inputs.control_label)
+    # the network's own prediction, the prior where it knows nothing of the key's context:
+    # only those keys' priors are computed
+    outside = [False] * len(keys)
+    if not network_only:
+        outside = out_of_context_keys(run.inputs.effects, keys, run.inputs.control_label)
+    rows = [r for r, o in enumerate(outside) if o]
+    deltas = np.zeros((len(keys), run.inputs.effects.deltas.shape[1]), dtype=np.float32)
+    sources = ["network"] * len(keys)
+    if rows:
+        picked, picked_sources = prior.deltas([keys[r] for r in rows], data)
+        for row, delta, source in zip(rows, picked, picked_sources, strict=True):
+            deltas[row], sources[row] = delta, source
     return prior, PriorPlan([None] * len(keys), outside, deltas, sources)
 
 

@@ -27,13 +27,8 @@ def predict_mean_deltas(
     Returns:
         ``(context, perturbation)`` -> mean delta; empty when the split has none.
     """
-    keys = {
-        (c, p): len(data.perturbation_rows(c, p, label))
-        for c in data.heldout_contexts(label)
-        for p in data.heldout_perturbations(c, label)
-    }
+    keys = data.heldout_keys(label)
     if not keys:
         return {}
     cells = predict_cells(run, data, keys, seed=seed, allow_unknown=True).cells
-    controls = {c: data.control_mean(c) for c, _ in keys}
-    return {k: cells[k].mean(axis=0) - controls[k[0]] for k in keys}
+    return {k: cells[k].mean(axis=0) - data.control_mean(k[0]) for k in keys}

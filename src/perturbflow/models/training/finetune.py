@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import pandas as pd
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from pydantic import ConfigDict
@@ -201,15 +200,7 @@ def build_finetune_module(
     else:
         net.requires_grad_(True)
     module.net = net.train()
-    sources = pd.DataFrame(
-        {
-            "context": [c for c, _ in keys],
-            "perturbation": [p for _, p in keys],
-            "source": encoded.sources,
-            "unknown_components": ["+".join(u) for u in encoded.unknown_components],
-            "prior": prior_sources,
-        }
-    )
+    sources = encoded.table(prior=prior_sources)
     return module, inputs, arch, sources, lora, new, prior
 
 

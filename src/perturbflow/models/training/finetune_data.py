@@ -19,7 +19,7 @@ from perturbflow.design import CONTEXT_SEP
 from perturbflow.exceptions import InputError
 from perturbflow.loading._messages import listed
 from perturbflow.models.components.inputs import PerturbationInputs
-from perturbflow.models.components.prior import ResponsePrior, prior_table
+from perturbflow.models.components.prior import PriorSettings, ResponsePrior, prior_table
 from perturbflow.params import PriorParams
 from perturbflow.splits.effects import TrainingEffects
 from perturbflow.splits.split_data import SplitData
@@ -104,13 +104,14 @@ def refitted_prior(
     for those the finetuning trains on), not the base context's.
     """
     model = base.config["training"]["model"]
-    settings = model.get("prior") or {"folds": 5, "ranks": [2, 4, 8, 16, 32], "ridge": 0.1}
+    # a base from before the option has no prior settings (and no prior that uses them)
+    settings = PriorParams(**model["prior"]) if model.get("prior") else PriorSettings()
     return prior_table(
         split.data,
         inputs.effects,
         keys,
         kind=model.get("response_prior", "none"),
-        settings=PriorParams(**settings),
+        settings=settings,
         control_label=columns.control_label,
         seed=finetuning.seed,
         scope=model.get("prior_scope", "all"),

@@ -162,15 +162,7 @@ def build_module(
         identity_mask=encoded.identity_mask,
         prior_table=table,
     )
-    sources = pd.DataFrame(
-        {
-            "context": [c for c, _ in keys],
-            "perturbation": [p for _, p in keys],
-            "source": encoded.sources,
-            "unknown_components": ["+".join(u) for u in encoded.unknown_components],
-            "prior": prior_sources,
-        }
-    )
+    sources = encoded.table(prior=prior_sources)
     return module, inputs, arch, sources, prior
 
 
