@@ -312,7 +312,7 @@ class STModelParams:
     predict_residual: bool
     direct_path: bool
     response_prior: Literal["none", "context_mean", "context_transfer", "linear"]
-    prior_scope: Literal["all", "out_of_context"]
+    prior_scope: Literal["all", "out_of_context", "informed"]
     prior: PriorParams
     inputs: PerturbationInputParams
 

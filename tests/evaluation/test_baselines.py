@@ -14,6 +14,7 @@ from perturbflow.evaluation import (
     real_adata,
     select_and_fit_linear,
 )
+from perturbflow.predictions import clip_keeping_mean, shifted_controls
 from perturbflow.splits import split_cells, training_effects
 from tests.synthetic import COLUMNS, make_screen, split_table
 
@@ -231,3 +232,24 @@ def test_predicted_cells_centre_the_control_draw_on_the_context_mean(shared_shif
     # whichever controls were drawn, the predicted population's mean is control + delta
     np.testing.assert_allclose(own.mean(axis=0), control + pred[key].delta, atol=1e-5)
     assert own.std(axis=0).mean() > 0.03  # the drawn cells keep their spread
+
+
+def test_clipping_at_zero_keeps_each_genes_mean():
+    rng = np.random.default_rng(0)
+    # sparse log1p-like cells moved down: a plain clip would raise the means back up
+    sample = np.where(rng.random((80, 40)) < 0.7, 0.0, rng.gamma(2.0, 1.0, (80, 40)))
+    moved = (sample - rng.uniform(0.0, 1.5, 40)).astype(np.float32)
+    target = np.clip(moved.mean(axis=0, dtype=np.float64), 0.0, None)
+    plain = np.clip(moved, 0.0, None)
+    assert np.abs(plain.mean(axis=0) - target).max() > 0.1
+    kept = clip_keeping_mean(moved, genes_per_block=7)
+    assert kept.dtype == np.float32 and (kept >= 0).all()
+    np.testing.assert_allclose(kept.mean(axis=0), target, atol=1e-5)
+    # a gene whose mean is negative is zero everywhere; one above zero is left as it was
+    column = np.array([[-1.0, 1.0], [-2.0, 2.0], [0.5, 3.0]], dtype=np.float32)
+    np.testing.assert_array_equal(clip_keeping_mean(column), [[0, 1], [0, 2], [0, 3]])
+    # the same delta from two draws of controls: the same predicted population mean
+    population = sample.mean(axis=0)
+    delta = -np.full(40, 0.8)
+    draws = [shifted_controls(sample[rng.choice(80, 50)], population, delta) for _ in range(2)]
+    np.testing.assert_allclose(draws[0].mean(axis=0), draws[1].mean(axis=0), atol=1e-5)

@@ -63,7 +63,8 @@ def test_finetuning_then_evaluation_scores_st_lora(project_copy: Path):
     assert scored.loc["st_lora", ["pearson_delta", "mse"]].notna().all()
     sources = pd.read_csv(data / "08_reporting/finetuned_prediction_sources.csv")
     # all four were trained in K562, none in A172: with the default prior_scope
-    # out_of_context each is predicted at the prior refitted on the finetuning split
+    # informed each is predicted at the prior refitted on the finetuning split (their
+    # K562 response mapped to A172: evidence of their own, not the average response)
     assert all(s.startswith("prior linear:") for s in sources["source"]), sources["source"]
     assert (run_dir / "response_prior.json").is_file()
     # the finetuned model is a candidate of the split's validation-chosen predictor

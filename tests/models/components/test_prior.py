@@ -18,8 +18,8 @@ from perturbflow.models.components.prior import (
     PriorSettings,
     fit_response_prior,
     load_response_prior,
-    out_of_context_keys,
 )
+from perturbflow.models.components.prior_scope import out_of_context_keys
 from perturbflow.models.inference.predict import predict_cells
 from perturbflow.models.runs.run_dir import load_run
 from perturbflow.models.training.train import train_st

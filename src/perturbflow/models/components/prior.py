@@ -17,9 +17,9 @@ perturbation's *departure* from it. A model that learns nothing scores exactly i
 
 **Scope** (``training.model.prior_scope``): ``all`` adds the prior to every perturbed
 sentence, in training and at inference (the network learns each perturbation's departure);
-``out_of_context`` trains the network without it and, at inference, predicts a key none of
-whose components was trained in its context (:func:`out_of_context_keys`) at its prior
-(:func:`perturbflow.models.inference.predict.predict_cells`).
+``informed`` and ``out_of_context`` train the network without it and, at inference,
+predict some keys at their prior (:mod:`perturbflow.models.components.prior_scope` says
+which; :func:`perturbflow.models.inference.predict.predict_cells`).
 
 **Cross-fitting.** A training key's prior must be as imperfect as a test key's, or the
 network learns to trust it too much. Training keys are cut into ``prior.folds`` folds
@@ -54,7 +54,8 @@ from perturbflow.baselines.linear import (
 from perturbflow.baselines.simple import FALLBACK, predict_context_mean
 from perturbflow.exceptions import InputError
 from perturbflow.io_utils import atomic_path
-from perturbflow.perturbations import components, parse_perturbation
+from perturbflow.models.components.prior_scope import check_scope, keys_at_prior
+from perturbflow.perturbations import components
 from perturbflow.splits.data import SplitCells
 from perturbflow.splits.effects import TrainingEffects
 from perturbflow.splits.evidence import Evidence
@@ -64,7 +65,6 @@ logger = logging.getLogger(__name__)
 Key = tuple[str, str]
 
 PRIORS = ("none", "context_mean", "context_transfer", "linear")
-SCOPES = ("all", "out_of_context")
 PRIOR_JSON = "response_prior.json"
 PRIOR_NPZ = "response_prior.npz"
 
@@ -340,33 +340,6 @@ def load_response_prior(
     return ResponsePrior(meta["kind"], effects, control_label, model, out_of_fold, meta["report"])
 
 
-def _names(label: str) -> set[str]:
-    """Component names of a label (doses dropped: another dose of a trained drug counts)."""
-    try:
-        return {c.name for c in parse_perturbation(label)}
-    except InputError:
-        return set(components(label))
-
-
-def out_of_context_keys(
-    effects: TrainingEffects, keys: Sequence[Key], control_label: str
-) -> list[bool]:
-    """Per key: no component of it was trained in its context (control: ``False``).
-
-    Such a key is what the network has nothing specific to say about in that context: a
-    single trained only in other contexts, a perturbation never trained, any key of a
-    held-out context. ``prior_scope: out_of_context`` predicts it at its prior.
-    """
-    trained: dict[str, set[str]] = {}
-    for context, perturbation in effects.keys:
-        trained.setdefault(context, set()).update(_names(perturbation))
-    out = []
-    for key in keys:
-        names = _names(key[1]) - {control_label}
-        out.append(bool(names) and not (names & trained.get(key[0], set())))
-    return out
-
-
 def prior_table(
     data: SplitCells,
     effects: TrainingEffects,
@@ -388,16 +361,15 @@ def prior_table(
         settings: ``training.model.prior`` (folds, ranks, ridge).
         control_label: The control's label.
         seed: Seed of the fold assignment (the training seed).
-        scope: ``training.model.prior_scope``; with ``out_of_context`` the network trains
-            without the prior (no table) and only out-of-context keys name a prior source.
+        scope: ``training.model.prior_scope``; but with ``all`` the network trains without
+            the prior (no table) and only the keys predicted at it name a prior source.
 
     Returns:
         The prior (``None`` for ``none``), the ``[n_keys, G]`` table the module adds to
-        its predicted deltas (``None`` for ``none`` and scope ``out_of_context``) and each
+        its predicted deltas (``None`` for ``none`` and a scope other than ``all``) and each
         key's prior source.
     """
-    if scope not in SCOPES:
-        raise ValueError(f"unknown prior scope {scope!r}; expected one of {SCOPES}")
+    check_scope(scope)
     prior = fit_response_prior(
         data,
         effects,
@@ -406,14 +378,11 @@ def prior_table(
         settings=PriorSettings(
             folds=settings.folds, ranks=tuple(settings.ranks), ridge=settings.ridge, seed=seed
         ),
-        cross_fit=scope == "all",  # out_of_context: the network trains without the prior
+        cross_fit=scope == "all",  # any other scope: the network trains without the prior
     )
     if prior is None:
         return None, None, ["none"] * len(keys)
-    if scope == "out_of_context":
-        outside = out_of_context_keys(effects, keys, control_label)
-        picked = [k for k, o in zip(keys, outside, strict=True) if o]
-        picked_sources = iter(prior.deltas(picked, data)[1])
-        return prior, None, [next(picked_sources) if o else "network" for o in outside]
+    if scope != "all":
+        return prior, None, keys_at_prior(prior, scope, effects, keys, data).sources
     table, sources = prior.deltas(keys, data, out_of_fold=True)
     return prior, table, sources

@@ -31,7 +31,7 @@ from perturbflow.models.inference.priors import prior_plan
 from perturbflow.models.runs.run_dir import TrainedRun
 from perturbflow.params import ColumnsParams
 from perturbflow.perturbations import components
-from perturbflow.predictions import assemble_predictions, shifted_controls
+from perturbflow.predictions import assemble_predictions, clip_keeping_mean, shifted_controls
 from perturbflow.splits.data import SplitCells
 
 logger = logging.getLogger(__name__)
@@ -229,7 +229,9 @@ def predict_cells(
             cells = pred.reshape(n_sent * S, -1)[:n].numpy()
         if output_map is not None:
             cells = np.asarray(output_map(cells), dtype=np.float32)
-        out[key] = np.clip(cells, 0.0, None) if clip else cells
+        if clip:  # a key at its prior keeps its population mean (the prior's delta)
+            cells = clip_keeping_mean(cells) if plan.anchored[row] else np.clip(cells, 0, None)
+        out[key] = cells
         starts[key] = picked[:n]
     encoded = dataclasses.replace(encoded, sources=sources)
     return CellPredictions(out, encoded, starts)

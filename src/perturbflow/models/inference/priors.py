@@ -1,8 +1,8 @@
 """How a trained run's response prior enters its predictions.
 
 ``prior_scope: all`` adds the prior delta to the network's predicted delta of every key;
-``out_of_context`` predicts a key none of whose components was trained in its context at
-its prior and leaves the others to the network (:mod:`perturbflow.models.components.prior`).
+``informed`` and ``out_of_context`` predict some keys at their prior and leave the others
+to the network (:mod:`perturbflow.models.components.prior_scope` says which).
 """
 
 from __future__ import annotations
@@ -11,11 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from perturbflow.models.components.prior import (
-    ResponsePrior,
-    load_response_prior,
-    out_of_context_keys,
-)
+from perturbflow.models.components.prior import ResponsePrior, load_response_prior
+from perturbflow.models.components.prior_scope import NETWORK, keys_at_prior
 from perturbflow.models.runs.run_dir import TrainedRun
 from perturbflow.splits.data import SplitCells
 
@@ -27,7 +24,7 @@ class PriorPlan:
     """Per key: the prior delta the network adds, or the prior it is predicted at."""
 
     added: list[np.ndarray | None]  # scope all: added to the network's delta
-    anchored: list[bool]  # scope out_of_context: predicted at the prior
+    anchored: list[bool]  # scopes informed, out_of_context: predicted at the prior
     deltas: np.ndarray | None
     sources: list[str]
 
@@ -41,31 +38,25 @@ def prior_plan(
         run: The trained run.
         keys: The keys to predict.
         data: Their cells (a target signature reads the controls).
-        network_only: With scope ``out_of_context``, predict every key by the network (no
-            key at its prior): what a sweep over the network's settings must compare.
+        network_only: With a scope other than ``all``, predict every key by the network
+            (no key at its prior): what a sweep over the network's settings must compare.
 
     Returns:
         The prior (``None`` for a run without one) and the per-key plan.
     """
     prior = run_prior(run)
+    n = len(keys)
     if prior is None:
-        return None, PriorPlan([None] * len(keys), [False] * len(keys), None, [])
-    if run_prior_scope(run) == "all":
+        return None, PriorPlan([None] * n, [False] * n, None, [])
+    scope = run_prior_scope(run)
+    if scope == "all":
         deltas, sources = prior.deltas(keys, data)
-        return prior, PriorPlan(list(deltas), [False] * len(keys), deltas, sources)
-    # the network's own prediction, the prior where it knows nothing of the key's context:
-    # only those keys' priors are computed
-    outside = [False] * len(keys)
-    if not network_only:
-        outside = out_of_context_keys(run.inputs.effects, keys, run.inputs.control_label)
-    rows = [r for r, o in enumerate(outside) if o]
-    deltas = np.zeros((len(keys), run.inputs.effects.deltas.shape[1]), dtype=np.float32)
-    sources = ["network"] * len(keys)
-    if rows:
-        picked, picked_sources = prior.deltas([keys[r] for r in rows], data)
-        for row, delta, source in zip(rows, picked, picked_sources, strict=True):
-            deltas[row], sources[row] = delta, source
-    return prior, PriorPlan([None] * len(keys), outside, deltas, sources)
+        return prior, PriorPlan(list(deltas), [False] * n, deltas, sources)
+    if network_only:
+        zeros = np.zeros((n, run.inputs.effects.deltas.shape[1]), dtype=np.float32)
+        return prior, PriorPlan([None] * n, [False] * n, zeros, [NETWORK] * n)
+    at_prior = keys_at_prior(prior, scope, run.inputs.effects, keys, data)
+    return prior, PriorPlan([None] * n, at_prior.anchored, at_prior.deltas, at_prior.sources)
 
 
 def run_prior(run: TrainedRun) -> ResponsePrior | None:

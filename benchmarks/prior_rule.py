@@ -1,0 +1,170 @@
+"""Which keys should a run trained without its prior predict at the prior? Chosen on validation.
+
+``training.model.prior_scope`` decides, per ``(context, perturbation)``, between the network
+and the run's response prior. Candidates scored here, all on already trained networks
+(inference only):
+
+* ``network``: no key at the prior; ``prior``: every key at it;
+* ``any`` (scope ``out_of_context``): the keys none of whose components was trained in
+  their context, in any perturbation; ``single`` / ``every``: ... none trained *as a
+  single* / not every component trained as a single (:func:`out_of_context_keys`' rules);
+* ``informed`` (scope ``informed``): ``any``'s keys whose prior has evidence of its own
+  (not the context's average response), and combinations at the additive model of their
+  components (:mod:`perturbflow.models.components.prior_scope`).
+
+Per key and run: the pearson over genes of the network's and of the prior's predicted
+mean delta against the real one (the figure the ``perturbflow`` predictor chooses on; a
+key at its prior has exactly the mean ``max(control mean + prior delta, 0)``), for the
+validation perturbations (what the default is chosen on) and the test ones (reported,
+never chosen on). Runs read: ``benchmarks/st_kfold.py``'s
+(``data/06_models/st_kfold/fold<f>/base_fold_seed<s>``: 4 validation perturbations per
+fold) and ``benchmarks/st_quality.py``'s (``data/06_models/st_quality/<env>_<split>_seed<s>``);
+train them first with those scripts. A run trained with any scope but ``all`` has the
+same network, so the candidates share it.
+
+Usage (from the project root):
+    python benchmarks/prior_rule.py --out docs/results/prior_rule.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from st_kfold import fold_table  # noqa: E402  (a sibling script)
+from st_quality import load_environment  # noqa: E402
+
+from perturbflow.baselines import real_deltas  # noqa: E402
+from perturbflow.baselines.linear import pearson  # noqa: E402
+from perturbflow.models.components.prior_scope import (  # noqa: E402
+    KNOWN_RULES,
+    keys_at_prior,
+    out_of_context_keys,
+)
+from perturbflow.models.inference.predict import predict_cells  # noqa: E402
+from perturbflow.models.inference.priors import run_prior  # noqa: E402
+from perturbflow.models.runs.run_dir import load_run  # noqa: E402
+from perturbflow.splits.split_data import split_data  # noqa: E402
+
+CANDIDATES = ("network", *KNOWN_RULES, "informed", "prior")
+
+
+def score_run(run_dir: Path, data, seed: int, label: str) -> list[dict]:
+    """Per ``label`` key of one run: the network's and the prior's pearson, who takes it."""
+    run = load_run(run_dir)
+    keys = data.heldout_keys(label)
+    if not keys:
+        return []
+    real = real_deltas(data, label)
+    cells = predict_cells(run, data, keys, seed=seed, allow_unknown=True, network_only=True).cells
+    prior = run_prior(run)
+    prior_deltas, sources = prior.deltas(list(keys), data)
+    effects, control = run.inputs.effects, run.inputs.control_label
+    at_prior = {
+        rule: out_of_context_keys(effects, list(keys), control, rule=rule) for rule in KNOWN_RULES
+    }
+    at_prior["informed"] = keys_at_prior(prior, "informed", effects, list(keys), data).anchored
+    at_prior["network"], at_prior["prior"] = [False] * len(keys), [True] * len(keys)
+    rows = []
+    for row, key in enumerate(keys):
+        ctrl = data.control_mean(key[0])
+        network = cells[key].mean(axis=0) - ctrl
+        at_mean = np.maximum(ctrl + prior_deltas[row], 0.0) - ctrl  # what the cells' mean is
+        scores = {"network": pearson(network, real[key]), "prior": pearson(at_mean, real[key])}
+        rows.append(
+            {
+                "run": str(run_dir),
+                "label": label,
+                "seed": seed,
+                "context": key[0],
+                "perturbation": key[1],
+                "prior_source": sources[row],
+                **{f"{name}_score": value for name, value in scores.items()},
+                **{
+                    name: scores["prior"] if at_prior[name][row] else scores["network"]
+                    for name in CANDIDATES
+                },
+                **{f"at_prior_{name}": bool(at_prior[name][row]) for name in CANDIDATES},
+            }
+        )
+    return rows
+
+
+def _split(env: str, split: str, table: pd.DataFrame | None = None):
+    params, path, adata, env_table, genes = load_environment(env, [])
+    table = env_table if table is None else table
+    return split_data(
+        str(path),
+        adata.obs,
+        table,
+        split,
+        genes=genes,
+        all_genes=list(adata.var_names),
+        matrix=adata.obsm["X_hvg"],
+        obsm_key="X_hvg",
+    ).data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3])
+    parser.add_argument(
+        "--splits", nargs="+", default=["base:fewshot", "base:zeroshot", "papalexi:fewshot"]
+    )
+    args = parser.parse_args()
+    rows = []
+    base_table = pd.read_parquet("data/03_primary/splits.parquet")
+    for fold in args.folds:
+        data = _split("base", "fold", fold_table(base_table, fold, 4, 0))
+        for seed in args.seeds:
+            run_dir = Path(f"data/06_models/st_kfold/fold{fold}/base_fold_seed{seed}")
+            for label in ("val", "test"):
+                rows += [
+                    {**r, "set": f"kfold{fold}"} for r in score_run(run_dir, data, seed, label)
+                ]
+    for name in args.splits:
+        env, split = name.split(":")
+        data = _split(env, split)
+        for seed in args.seeds:
+            run_dir = Path(f"data/06_models/st_quality/{env}_{split}_seed{seed}")
+            for label in ("val", "test"):
+                rows += [{**r, "set": name} for r in score_run(run_dir, data, seed, label)]
+    frame = pd.DataFrame(rows)
+    candidates = list(CANDIDATES)
+    per_key = frame.groupby(["label", "set", "perturbation"])[candidates].mean()
+    summary = {
+        "mean_over_keys_and_seeds": frame.groupby("label")[candidates].mean().round(4).to_dict(),
+        "per_set": _flat(frame.groupby(["label", "set"])[candidates].mean()),
+        "wins_over_any_per_key": {
+            name: {
+                label: int((per_key.loc[label, name] > per_key.loc[label, "any"] + 1e-9).sum())
+                - int((per_key.loc[label, name] < per_key.loc[label, "any"] - 1e-9).sum())
+                for label in ("val", "test")
+            }
+            for name in candidates
+        },
+    }
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(frame.groupby(["label", "set"])[candidates].mean().round(3))
+        print(frame.groupby("label")[candidates].mean().round(3))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps({"summary": summary, "rows": frame.round(4).to_dict("records")}, indent=1)
+    )
+
+
+def _flat(frame: pd.DataFrame) -> dict:
+    """``{"label/set": {candidate: value}}`` (JSON keys are strings)."""
+    return {"/".join(map(str, i)): row.round(4).to_dict() for i, row in frame.iterrows()}
+
+
+if __name__ == "__main__":
+    main()
