@@ -56,7 +56,7 @@ import yaml
 
 logger = logging.getLogger("arc_state")
 
-DESIGN = ("dataset", "context", "perturbation", "is_control")
+DESIGN = ("dataset", "celltype", "perturbation", "is_control")
 METRICS = ("pearson_delta", "discrimination_score_l1", "mse", "overlap_at_N")
 PERT_OBS = "target"  # obs columns of the files STATE reads
 CELLTYPE_OBS = "cell_type"
@@ -213,7 +213,7 @@ def state_toml(table: pd.DataFrame, split: str, files: dict[str, Path]) -> str:
     lines += ["", "[training]"] + [f'{d} = "train"' for d in files]
     zeroshot, fewshot = {}, {}
     table = table.loc[table[split] != "unused"]
-    for (dataset, ctx), rows in table.groupby(["dataset", "context"], observed=True):
+    for (dataset, ctx), rows in table.groupby(["dataset", "celltype"], observed=True):
         key = f"{dataset}.{ctx}"
         labels = set(rows[split].astype(str))
         if labels <= {"train"}:

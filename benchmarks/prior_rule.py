@@ -33,7 +33,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,6 +49,7 @@ from perturbflow.models.components.prior_scope import (  # noqa: E402
 from perturbflow.models.inference.predict import predict_cells  # noqa: E402
 from perturbflow.models.inference.priors import run_prior  # noqa: E402
 from perturbflow.models.runs.run_dir import load_run  # noqa: E402
+from perturbflow.predictions import shifted_mean_delta  # noqa: E402
 from perturbflow.splits.split_data import split_data  # noqa: E402
 
 CANDIDATES = ("network", *KNOWN_RULES, "informed", "prior")
@@ -75,8 +75,11 @@ def score_run(run_dir: Path, data, seed: int, label: str) -> list[dict]:
     for row, key in enumerate(keys):
         ctrl = data.control_mean(key[0])
         network = cells[key].mean(axis=0) - ctrl
-        at_mean = np.maximum(ctrl + prior_deltas[row], 0.0) - ctrl  # what the cells' mean is
-        scores = {"network": pearson(network, real[key]), "prior": pearson(at_mean, real[key])}
+        at_prior_mean = shifted_mean_delta(ctrl, prior_deltas[row])  # the cells' mean delta
+        scores = {
+            "network": pearson(network, real[key]),
+            "prior": pearson(at_prior_mean, real[key]),
+        }
         rows.append(
             {
                 "run": str(run_dir),

@@ -112,6 +112,16 @@ def shifted_controls(
     return clip_keeping_mean(cells) if clip else cells
 
 
+def shifted_mean_delta(control_mean: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """The mean delta of :func:`shifted_controls`' clipped cells: ``max(mean + delta, 0) - mean``.
+
+    What a shift predictor's cells score on pearson_delta, and so what its validation
+    figure must be computed from.
+    """
+    control_mean = np.asarray(control_mean, dtype=np.float64)
+    return np.maximum(control_mean + np.asarray(delta, dtype=np.float64), 0.0) - control_mean
+
+
 def clip_keeping_mean(cells: np.ndarray, *, genes_per_block: int = 256) -> np.ndarray:
     """Cells clipped at zero with each gene's mean kept (zero where it was negative).
 

@@ -14,7 +14,7 @@ from perturbflow.evaluation import (
     real_adata,
     select_and_fit_linear,
 )
-from perturbflow.predictions import clip_keeping_mean, shifted_controls
+from perturbflow.predictions import clip_keeping_mean, shifted_controls, shifted_mean_delta
 from perturbflow.splits import split_cells, training_effects
 from tests.synthetic import COLUMNS, make_screen, split_table
 
@@ -253,3 +253,6 @@ def test_clipping_at_zero_keeps_each_genes_mean():
     delta = -np.full(40, 0.8)
     draws = [shifted_controls(sample[rng.choice(80, 50)], population, delta) for _ in range(2)]
     np.testing.assert_allclose(draws[0].mean(axis=0), draws[1].mean(axis=0), atol=1e-5)
+    # ... which is what a baseline's validation figure is computed from
+    expected = population + shifted_mean_delta(population, delta)
+    np.testing.assert_allclose(draws[0].mean(axis=0), expected, atol=1e-5)

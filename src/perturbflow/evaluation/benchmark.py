@@ -34,6 +34,7 @@ from perturbflow.evaluation.selection import SCORE_COLUMNS, validation_scores
 from perturbflow.exceptions import InputError
 from perturbflow.loading.h5reader import H5RowReader
 from perturbflow.params import ColumnsParams, EvaluationParams
+from perturbflow.predictions import shifted_mean_delta
 from perturbflow.splits.data import SplitCells, split_cells, split_design
 from perturbflow.splits.effects import TrainingEffects, training_effects
 from perturbflow.splits.table import DESIGN_COLUMNS
@@ -154,7 +155,9 @@ def build_baseline_predictions(
         for name in params.predictors:
             both = _predict(name, data, effects, [*keys, *val_real], params, reports)
             predicted = {k: both[k] for k in keys}
-            val_pred = {k: both[k].delta for k in val_real}
+            val_pred = {  # the mean delta of the cells it would predict (clipped at zero)
+                k: shifted_mean_delta(data.control_mean(k[0]), both[k].delta) for k in val_real
+            }
             validation.append(validation_scores(split, name, val_pred, val_real))
             predictions[f"{split}{PREDICTION_SEP}{name}"] = partial(
                 predicted_adata, data, "test", predicted, columns, seed=params.seed
