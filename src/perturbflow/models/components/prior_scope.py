@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
@@ -30,10 +30,18 @@ from perturbflow.perturbations import components, parse_perturbation
 from perturbflow.splits.data import SplitCells
 from perturbflow.splits.effects import TrainingEffects
 
-if TYPE_CHECKING:
-    from perturbflow.models.components.prior import ResponsePrior
-
 Key = tuple[str, str]
+
+
+class FittedPrior(Protocol):
+    """What the rule reads of a prior (a ``prior.ResponsePrior``)."""
+
+    control_label: str
+
+    def deltas(self, keys: Sequence[Key], data: SplitCells) -> tuple[np.ndarray, list[str]]:
+        """Each key's prior delta and source."""
+        ...
+
 
 SCOPES = ("all", "out_of_context", "informed")
 KNOWN_RULES = ("any", "single", "every")
@@ -101,7 +109,7 @@ class KeysAtPrior:
 
 
 def keys_at_prior(
-    prior: ResponsePrior,
+    prior: FittedPrior,
     scope: str,
     effects: TrainingEffects,
     keys: Sequence[Key],
