@@ -23,11 +23,11 @@ SETTINGS = PriorSettings(folds=4, ranks=(3,), ridge=0.1, seed=0)
 
 @pytest.fixture(scope="module")
 def screen():
-    """Singles p0..p6 in A and B, a combination p1+p2 and a perturbation q in A only.
+    """Singles p0..p6 in A and B; combinations p1+p2, p3+p4 and a perturbation q in A only.
 
-    Held out in A: p6 (trained in B: the linear prior maps B's response), p1+p2 (its
-    components trained in A: the additive prior), q (trained nowhere: the context's
-    average response); p5 is validation.
+    Trained in A: p0..p4 and p3+p4 (p5 is validation). Held out in A: p6 (trained in B: the
+    linear prior maps B's response), p1+p2 (its components trained in A: the additive
+    prior), q (trained nowhere: the context's average response).
     """
     rng = np.random.default_rng(0)
     singles = {f"p{i}": rng.normal(0, 0.6, N_GENES) for i in range(7)}
@@ -36,6 +36,7 @@ def screen():
     effects[("A", "p6")] = singles["p6"]
     effects[("A", "p1+p2")] = singles["p1"] + singles["p2"]
     effects[("A", "q")] = rng.normal(0, 0.6, N_GENES)
+    effects[("A", "p3+p4")] = singles["p3"] + singles["p4"]  # a trained combination
     adata = make_screen(effects, n_genes=N_GENES, contexts=["A", "B"])
     held = {("A", "p6"): "test", ("A", "p1+p2"): "test", ("A", "q"): "test", ("A", "p5"): "val"}
     data = split_cells(adata, split_table(adata, {"s": held}), "s", genes=list(adata.var_names))
@@ -46,24 +47,34 @@ def screen():
     return data, effects, prior
 
 
-KEYS = [("ds.A", "p6"), ("ds.A", "p1+p2"), ("ds.A", "q"), ("ds.A", "p0"), ("ds.A", "ctrl")]
+KEYS = [
+    ("ds.A", "p6"),
+    ("ds.A", "p1+p2"),
+    ("ds.A", "q"),
+    ("ds.A", "p0"),
+    ("ds.A", "ctrl"),
+    ("ds.A", "p3+p4"),
+]
 
 
 def test_informed_takes_evidence_and_the_additive_model_but_not_the_average(screen):
     data, effects, prior = screen
-    _, sources = prior.deltas(KEYS[:3], data)
-    assert sources == [
+    _, sources = prior.deltas(KEYS, data)
+    assert sources[5] == "linear:components"  # the trained combination has one too
+    assert sources[:3] == [
         "linear:other_contexts",
         "linear:components",
         "linear:fallback:perturbation_mean",
     ]
     informed = keys_at_prior(prior, "informed", effects, KEYS, data)
     # p6: nothing in A, a response elsewhere; p1+p2: the additive model of A's singles;
-    # q: only the context's average, which the network also predicts from, cell by cell
-    assert informed.anchored == [True, True, False, False, False]
+    # q: only the context's average, which the network also predicts from, cell by cell;
+    # p3+p4 was trained in A: the network has seen its own cells
+    assert informed.anchored == [True, True, False, False, False, False]
     assert informed.sources == [
         "linear:other_contexts",
         "linear:components",
+        NETWORK,
         NETWORK,
         NETWORK,
         NETWORK,
@@ -73,7 +84,7 @@ def test_informed_takes_evidence_and_the_additive_model_but_not_the_average(scre
     assert not informed.deltas[2:].any()
     # out_of_context: every key without a trained component in A, whatever its prior
     outside = keys_at_prior(prior, "out_of_context", effects, KEYS, data)
-    assert outside.anchored == [True, False, True, False, False]
+    assert outside.anchored == [True, False, True, False, False, False]
     assert outside.sources[2] == "linear:fallback:perturbation_mean"
 
 

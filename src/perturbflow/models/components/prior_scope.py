@@ -10,9 +10,9 @@
   its own for the key: a key out of context whose prior is the context's *average*
   response (the linear model's ``fallback:perturbation_mean``, a ``context_mean``) stays
   with the network, which predicts an unknown perturbation from the average too but cell
-  by cell; and a combination whose prior is the additive model of its components trained
-  in the context (the linear model's ``components`` source) is predicted at it, even
-  though the network knows the components. Chosen on validation perturbations
+  by cell; and a combination not trained in its context whose prior is the additive model
+  of its components trained there (the linear model's ``components`` source) is predicted
+  at it, even though the network knows the components. Chosen on validation perturbations
   (``benchmarks/prior_rule.py``, docs/benchmarks.md "Which keys go to the prior").
 """
 
@@ -118,7 +118,8 @@ def keys_at_prior(
     """Which keys a run of scope ``out_of_context`` or ``informed`` predicts at its prior.
 
     Only the priors of keys that may use them are computed (the keys out of context, and
-    for ``informed`` the combinations).
+    for ``informed`` the combinations not trained in their context: one that was is the
+    network's, which has seen its own cells).
 
     Args:
         prior: The run's prior, fitted on all its training keys.
@@ -135,7 +136,8 @@ def keys_at_prior(
         raise ValueError("scope 'all' adds the prior to every key; no key is predicted at it")
     control = prior.control_label
     outside = out_of_context_keys(effects, keys, control)
-    combined = [len(_names(k[1]) - {control}) > 1 for k in keys]
+    trained = set(effects.keys)  # a combination trained in its context is the network's
+    combined = [len(_names(k[1]) - {control}) > 1 and tuple(k) not in trained for k in keys]
     rows = [r for r in range(len(keys)) if outside[r] or (scope == "informed" and combined[r])]
     anchored = [False] * len(keys)
     deltas = np.zeros((len(keys), effects.deltas.shape[1]), dtype=np.float32)
