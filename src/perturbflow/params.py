@@ -294,10 +294,12 @@ class STModelParams:
             ``context_transfer`` (the perturbation's response in other contexts),
             ``context_mean`` (the context's mean training response) or ``none``.
         prior_scope: Where the prior applies: ``all`` (every perturbed sentence, in
-            training with cross-fitted priors and at inference) or ``out_of_context`` (the
+            training with cross-fitted priors and at inference), ``out_of_context`` (the
             network trains without it; at inference a perturbation none of whose
             components was trained in its context is predicted at its prior, carried by
-            the network's cells).
+            control cells) or ``informed`` (as ``out_of_context`` where that prior has
+            evidence of its own, and untrained combinations at the additive prior;
+            :mod:`perturbflow.models.components.prior_scope`).
         prior: How the prior is fitted (folds, the linear prior's ranks and ridge).
         inputs: What the perturbation encoder reads.
     """

@@ -114,8 +114,8 @@ def cell_eval_score(
     keys = validation_keys(data)
     if not keys:
         raise InputError(f"Split {data.split_name!r} has no validation perturbation to score.")
-    # the network's own predictions: with prior_scope out_of_context the validation keys of
-    # a new context would all sit at the prior, the same for every trial
+    # the network's own predictions: with prior_scope informed or out_of_context the
+    # validation keys of a new context would all sit at the prior, the same for every trial
     result = predict_cells(run, data, keys, seed=seed, allow_unknown=True, network_only=True)
     pred = assemble_predictions(data, result.cells, columns)
     real = real_adata(data, "val", columns)

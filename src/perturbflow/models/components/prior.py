@@ -211,7 +211,7 @@ def fit_response_prior(
         control_label: The control's label.
         settings: Folds, the linear model's candidate ranks and ridge, the fold seed.
         cross_fit: Fit the training keys' out-of-fold priors (a network trained with the
-            prior needs them; one trained without it, scope ``out_of_context``, does not).
+            prior needs them; one trained without it, any scope but ``all``, does not).
 
     Returns:
         The fitted prior, or ``None`` for ``kind='none'``.

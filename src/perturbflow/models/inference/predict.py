@@ -165,8 +165,9 @@ def predict_cells(
         control_inputs: What the model reads for each row of ``data.X`` (same shape), e.g.
             control cells moved by an MMD shift (:mod:`perturbflow.adaptation`);
             default ``data.X``. Only control rows are read.
-        network_only: Predict every key by the network, none at its prior (a run with
-            ``prior_scope: out_of_context``; the tuning sweep compares networks so).
+        network_only: Predict every key by the network, none at its prior (a run of
+            ``prior_scope`` ``informed`` or ``out_of_context``; the tuning sweep compares
+            networks so).
         output_map: Applied to each key's predicted cells before clipping at zero, e.g.
             a shift's inverse that maps predictions back to the data's space.
 
