@@ -17,13 +17,15 @@ mean delta against the real one (the figure the ``perturbflow`` predictor choose
 key at its prior has exactly the mean ``max(control mean + prior delta, 0)``), for the
 validation perturbations (what the default is chosen on) and the test ones (reported,
 never chosen on). Runs read: ``benchmarks/st_kfold.py``'s
-(``data/06_models/st_kfold/fold<f>/base_fold_seed<s>``: 4 validation perturbations per
-fold) and ``benchmarks/st_quality.py``'s (``data/06_models/st_quality/<env>_<split>_seed<s>``);
-train them first with those scripts. A run trained with any scope but ``all`` has the
-same network, so the candidates share it.
+(``<work-dir>/fold<f>/base_fold_seed<s>``: 4 validation perturbations per fold; one
+``--kfold FOLD_SEED:WORK_DIR`` per shuffle of the folds, default
+``0:data/06_models/st_kfold``) and ``benchmarks/st_quality.py``'s
+(``data/06_models/st_quality/<env>_<split>_seed<s>``); train them first with those scripts.
+A run trained with any scope but ``all`` has the same network, so the candidates share it.
 
 Usage (from the project root):
-    python benchmarks/prior_rule.py --out docs/results/prior_rule.json
+    python benchmarks/prior_rule.py --out docs/results/prior_rule.json \
+        [--kfold 0:data/06_models/st_kfold --kfold 1:data/06_models/st_kfold_foldseed1]
 """
 
 from __future__ import annotations
@@ -120,19 +122,29 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3])
     parser.add_argument(
+        "--kfold",
+        action="append",
+        default=None,
+        help="FOLD_SEED:WORK_DIR of a st_kfold.py run (default 0:data/06_models/st_kfold)",
+    )
+    parser.add_argument(
         "--splits", nargs="+", default=["base:fewshot", "base:zeroshot", "papalexi:fewshot"]
     )
     args = parser.parse_args()
     rows = []
     base_table = pd.read_parquet("data/03_primary/splits.parquet")
-    for fold in args.folds:
-        data = _split("base", "fold", fold_table(base_table, fold, 4, 0))
-        for seed in args.seeds:
-            run_dir = Path(f"data/06_models/st_kfold/fold{fold}/base_fold_seed{seed}")
-            for label in ("val", "test"):
-                rows += [
-                    {**r, "set": f"kfold{fold}"} for r in score_run(run_dir, data, seed, label)
-                ]
+    for spec in args.kfold or ["0:data/06_models/st_kfold"]:
+        fold_seed, work = spec.split(":", 1)
+        suffix = "" if int(fold_seed) == 0 else f"s{fold_seed}"
+        for fold in args.folds:
+            data = _split("base", "fold", fold_table(base_table, fold, 4, int(fold_seed)))
+            for seed in args.seeds:
+                run_dir = Path(work) / f"fold{fold}" / f"base_fold_seed{seed}"
+                for label in ("val", "test"):
+                    rows += [
+                        {**r, "set": f"kfold{fold}{suffix}"}
+                        for r in score_run(run_dir, data, seed, label)
+                    ]
     for name in args.splits:
         env, split = name.split(":")
         data = _split(env, split)
