@@ -39,7 +39,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from st_kfold import fold_table  # noqa: E402  (a sibling script)
-from st_quality import load_environment  # noqa: E402
+from st_quality import hvg_split, load_environment  # noqa: E402
 
 from perturbflow.baselines import real_deltas  # noqa: E402
 from perturbflow.baselines.linear import pearson  # noqa: E402
@@ -52,7 +52,6 @@ from perturbflow.models.inference.predict import predict_cells  # noqa: E402
 from perturbflow.models.inference.priors import run_prior  # noqa: E402
 from perturbflow.models.runs.run_dir import load_run  # noqa: E402
 from perturbflow.predictions import shifted_mean_delta  # noqa: E402
-from perturbflow.splits.split_data import split_data  # noqa: E402
 
 CANDIDATES = ("network", *KNOWN_RULES, "informed", "prior")
 
@@ -101,19 +100,18 @@ def score_run(run_dir: Path, data, seed: int, label: str) -> list[dict]:
     return rows
 
 
-def _split(env: str, split: str, table: pd.DataFrame | None = None):
-    params, path, adata, env_table, genes = load_environment(env, [])
-    table = env_table if table is None else table
-    return split_data(
-        str(path),
-        adata.obs,
-        table,
-        split,
-        genes=genes,
-        all_genes=list(adata.var_names),
-        matrix=adata.obsm["X_hvg"],
-        obsm_key="X_hvg",
-    ).data
+class _Environments:
+    """Each environment's preprocessed file, read once (the splits share it)."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, tuple] = {}
+
+    def split(self, env: str, split: str, table: pd.DataFrame | None = None):
+        if env not in self._loaded:
+            _, path, adata, env_table, genes = load_environment(env, [])
+            self._loaded[env] = (path, adata, env_table, genes)
+        path, adata, env_table, genes = self._loaded[env]
+        return hvg_split(path, adata, env_table if table is None else table, split, genes).data
 
 
 def main() -> None:
@@ -132,12 +130,14 @@ def main() -> None:
     )
     args = parser.parse_args()
     rows = []
+    environments = _Environments()
     base_table = pd.read_parquet("data/03_primary/splits.parquet")
     for spec in args.kfold or ["0:data/06_models/st_kfold"]:
         fold_seed, work = spec.split(":", 1)
         suffix = "" if int(fold_seed) == 0 else f"s{fold_seed}"
         for fold in args.folds:
-            data = _split("base", "fold", fold_table(base_table, fold, 4, int(fold_seed)))
+            folds = fold_table(base_table, fold, 4, int(fold_seed))
+            data = environments.split("base", "fold", folds)
             for seed in args.seeds:
                 run_dir = Path(work) / f"fold{fold}" / f"base_fold_seed{seed}"
                 for label in ("val", "test"):
@@ -147,7 +147,7 @@ def main() -> None:
                     ]
     for name in args.splits:
         env, split = name.split(":")
-        data = _split(env, split)
+        data = environments.split(env, split)
         for seed in args.seeds:
             run_dir = Path(f"data/06_models/st_quality/{env}_{split}_seed{seed}")
             for label in ("val", "test"):

@@ -40,7 +40,7 @@ from perturbflow.models.runs.run_dir import load_run
 from perturbflow.models.training.train import train_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams
 from perturbflow.predictions import assemble_predictions
-from perturbflow.splits.split_data import split_data
+from perturbflow.splits.split_data import SplitData, split_data
 
 METRICS = ["pearson_delta", "discrimination_score_l1", "overlap_at_N", "mse"]
 
@@ -61,6 +61,22 @@ def load_environment(
     return params, path, ad.read_h5ad(path), table, genes
 
 
+def hvg_split(
+    path: Path, adata: ad.AnnData, table: pd.DataFrame, split: str, genes: list[str]
+) -> SplitData:
+    """One split of a preprocessed file, its cells read from ``obsm['X_hvg']``."""
+    return split_data(
+        str(path),
+        adata.obs,
+        table,
+        split,
+        genes=genes,
+        all_genes=list(adata.var_names),
+        matrix=adata.obsm["X_hvg"],
+        obsm_key="X_hvg",
+    )
+
+
 def run_split(
     env: str,
     split: str,
@@ -79,16 +95,7 @@ def run_split(
     loader = LoaderParams(**params["loader"])
     evaluation = EvaluationParams(**{**params["evaluation"], "ceiling": True})
     sub = table[[split, "dataset", "celltype", "perturbation", "is_control"]]
-    data = split_data(
-        str(path),
-        adata.obs,
-        table,
-        split,
-        genes=genes,
-        all_genes=list(adata.var_names),
-        matrix=adata.obsm["X_hvg"],
-        obsm_key="X_hvg",
-    )
+    data = hvg_split(path, adata, table, split, genes)
     baselines = build_baseline_predictions(adata, sub, genes, columns, evaluation)
     preds, reals = baselines.predictions, baselines.reals
     val_real = real_deltas(data.data, "val")
