@@ -177,8 +177,9 @@ def build_baseline_predictions(
     if not lazy:
         predictions = {k: build() for k, build in predictions.items()}
         reals = {k: build() for k, build in reals.items()}
-    scores = pd.concat(validation, ignore_index=True) if validation else None
-    if scores is None:
+    if validation:
+        scores = pd.concat(validation, ignore_index=True)
+    else:
         scores = pd.DataFrame(columns=SCORE_COLUMNS)
     return BaselineRun(predictions, reals, pd.DataFrame(source_rows), reports, scores)
 

@@ -193,6 +193,7 @@ def predict_cells(
     prior, plan = prior_plan(run, keys, data, network_only=network_only)
     out: dict[Key, np.ndarray] = {}
     starts: dict[Key, np.ndarray] = {}
+    populations: dict[str, np.ndarray] = {}  # per context, for the keys at their prior
     for row, key in enumerate(keys):
         n = int(n_cells[key])
         n_sent = max(1, -(-n // S))
@@ -214,8 +215,9 @@ def predict_cells(
         else:
             vectors = encoded.vectors[row : row + 1]
         if plan.anchored[row]:  # the control cells it starts from, moved by the prior delta
-            population = _population_mean(data, key[0], control_inputs)
-            cells = shifted_controls(X[:n], population, plan.deltas[row], clip=False)
+            if key[0] not in populations:
+                populations[key[0]] = _population_mean(data, key[0], control_inputs)
+            cells = shifted_controls(X[:n], populations[key[0]], plan.deltas[row], clip=False)
             sources[row] = f"prior {prior.kind}:{plan.sources[row]}"
         else:
             pred = _forward(
