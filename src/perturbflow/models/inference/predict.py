@@ -226,7 +226,7 @@ def predict_cells(
                 vectors,
                 codes_t,
                 sentences_per_batch,
-                plan.added[row],
+                plan.added(row),
                 subtract_offset=control_offset == "subtract",
             )
             cells = pred.reshape(n_sent * S, -1)[:n].numpy()

@@ -23,10 +23,14 @@ Key = tuple[str, str]
 class PriorPlan:
     """Per key: the prior delta the network adds, or the prior it is predicted at."""
 
-    added: list[np.ndarray | None]  # scope all: added to the network's delta
+    adds: bool  # scope all: every key's prior delta is added to the network's
     anchored: list[bool]  # scopes informed, out_of_context: predicted at the prior
     deltas: np.ndarray | None
     sources: list[str]
+
+    def added(self, row: int) -> np.ndarray | None:
+        """The prior delta the network adds to key ``row``'s (scope ``all``), else ``None``."""
+        return self.deltas[row] if self.adds else None
 
 
 def prior_plan(
@@ -47,16 +51,16 @@ def prior_plan(
     prior = run_prior(run)
     n = len(keys)
     if prior is None:
-        return None, PriorPlan([None] * n, [False] * n, None, [])
+        return None, PriorPlan(False, [False] * n, None, [])
     scope = run_prior_scope(run)
     if scope == "all":
         deltas, sources = prior.deltas(keys, data)
-        return prior, PriorPlan(list(deltas), [False] * n, deltas, sources)
+        return prior, PriorPlan(True, [False] * n, deltas, sources)
     if network_only:
         zeros = np.zeros((n, run.inputs.effects.deltas.shape[1]), dtype=np.float32)
-        return prior, PriorPlan([None] * n, [False] * n, zeros, [NETWORK] * n)
+        return prior, PriorPlan(False, [False] * n, zeros, [NETWORK] * n)
     at_prior = keys_at_prior(prior, scope, run.inputs.effects, keys, data)
-    return prior, PriorPlan([None] * n, at_prior.anchored, at_prior.deltas, at_prior.sources)
+    return prior, PriorPlan(False, at_prior.anchored, at_prior.deltas, at_prior.sources)
 
 
 def run_prior(run: TrainedRun) -> ResponsePrior | None:
