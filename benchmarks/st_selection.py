@@ -43,10 +43,9 @@ from perturbflow.models.training.train import train_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams
 from perturbflow.perturbations import components
 from perturbflow.predictions import assemble_predictions
-from perturbflow.splits.split_data import split_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from st_quality import load_environment  # noqa: E402  (a sibling script)
+from st_quality import hvg_split, load_environment  # noqa: E402  (a sibling script)
 
 METRICS = ["pearson_delta", "discrimination_score_l1"]
 
@@ -101,10 +100,9 @@ def run_split(env: str, split: str, seeds: list[int], overrides: list[str], work
     columns = ColumnsParams(**params["columns"])
     loader = LoaderParams(**params["loader"])
     evaluation = EvaluationParams(**{**params["evaluation"], "ceiling": False})
-    kwargs = dict(genes=genes, all_genes=list(adata.var_names), matrix=adata.obsm["X_hvg"])
-    data = split_data(str(path), adata.obs, table, split, obsm_key="X_hvg", **kwargs)
+    data = hvg_split(path, adata, table, split, genes)
     val_table = validation_as_test(table, split)
-    scoring = split_data(str(path), adata.obs, val_table, split, obsm_key="X_hvg", **kwargs)
+    scoring = hvg_split(path, adata, val_table, split, genes)
     sub = val_table[[split, "dataset", "celltype", "perturbation", "is_control"]]
     preds, reals, *_ = build_baseline_predictions(adata, sub, genes, columns, evaluation)
     keys = {
