@@ -23,6 +23,11 @@ never chosen on). Runs read: ``benchmarks/st_kfold.py``'s
 (``data/06_models/st_quality/<env>_<split>_seed<s>``); train them first with those scripts.
 A run trained with any scope but ``all`` has the same network, so the candidates share it.
 
+``ensemble`` (``training.ensemble: 3``): ``informed`` with the network's delta of a key
+averaged over the three seeds' runs (what the product predicts with three networks: the
+mean of their cells from the same controls has the mean of their mean deltas), scored per
+key against the per-key mean of the single runs' ``informed`` figures.
+
 Usage (from the project root):
     python benchmarks/prior_rule.py --out docs/results/prior_rule.json \
         [--kfold 0:data/06_models/st_kfold --kfold 1:data/06_models/st_kfold_foldseed1]
@@ -35,6 +40,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,12 +62,16 @@ from perturbflow.predictions import shifted_mean_delta  # noqa: E402
 CANDIDATES = ("network", *KNOWN_RULES, "informed", "prior")
 
 
-def score_run(run_dir: Path, data, seed: int, label: str) -> list[dict]:
-    """Per ``label`` key of one run: the network's and the prior's pearson, who takes it."""
+def score_run(run_dir: Path, data, seed: int, label: str) -> tuple[list[dict], list[dict]]:
+    """Per ``label`` key of one run: the network's and the prior's pearson, who takes it.
+
+    Also, per key, the ``informed`` prediction's mean delta and the real one (the seeds'
+    networks are averaged from them: ``ensemble``).
+    """
     run = load_run(run_dir)
     keys = data.heldout_keys(label)
     if not keys:
-        return []
+        return [], []
     real = real_deltas(data, label)
     cells = predict_cells(run, data, keys, seed=seed, allow_unknown=True, network_only=True).cells
     prior = run_prior(run)
@@ -72,7 +82,7 @@ def score_run(run_dir: Path, data, seed: int, label: str) -> list[dict]:
     }
     at_prior["informed"] = keys_at_prior(prior, "informed", effects, list(keys), data).anchored
     at_prior["network"], at_prior["prior"] = [False] * len(keys), [True] * len(keys)
-    rows = []
+    rows, deltas = [], []
     for row, key in enumerate(keys):
         ctrl = data.control_mean(key[0])
         network = cells[key].mean(axis=0) - ctrl
@@ -81,6 +91,8 @@ def score_run(run_dir: Path, data, seed: int, label: str) -> list[dict]:
             "network": pearson(network, real[key]),
             "prior": pearson(at_prior_mean, real[key]),
         }
+        informed = at_prior_mean if at_prior["informed"][row] else network
+        deltas.append({"key": key, "informed": informed, "real": real[key]})
         rows.append(
             {
                 "run": str(run_dir),
@@ -97,7 +109,32 @@ def score_run(run_dir: Path, data, seed: int, label: str) -> list[dict]:
                 **{f"at_prior_{name}": bool(at_prior[name][row]) for name in CANDIDATES},
             }
         )
-    return rows
+    return rows, deltas
+
+
+def ensemble_scores(frame: pd.DataFrame, deltas: dict[tuple, list]) -> pd.DataFrame:
+    """Per key: the mean over seeds of ``informed`` and the seeds' averaged prediction's score.
+
+    Args:
+        frame: The per-run rows.
+        deltas: ``(set, label, context, perturbation)`` -> the seeds' ``score_run`` deltas.
+    """
+    single = frame.groupby(["set", "label", "context", "perturbation"])["informed"].mean()
+    rows = []
+    for (set_, label, context, pert), members in deltas.items():
+        averaged = np.mean([m["informed"] for m in members], axis=0)
+        rows.append(
+            {
+                "set": set_,
+                "label": label,
+                "context": context,
+                "perturbation": pert,
+                "seeds": len(members),
+                "informed": single.loc[(set_, label, context, pert)],
+                "ensemble": pearson(averaged, members[0]["real"]),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 class _Environments:
@@ -129,8 +166,15 @@ def main() -> None:
         "--splits", nargs="+", default=["base:fewshot", "base:zeroshot", "papalexi:fewshot"]
     )
     args = parser.parse_args()
-    rows = []
+    rows, deltas = [], {}
     environments = _Environments()
+
+    def add(scored: tuple[list[dict], list[dict]], set_: str, label: str) -> None:
+        run_rows, run_deltas = scored
+        rows.extend({**r, "set": set_} for r in run_rows)
+        for d in run_deltas:
+            deltas.setdefault((set_, label, *d["key"]), []).append(d)
+
     base_table = pd.read_parquet("data/03_primary/splits.parquet")
     for spec in args.kfold or ["0:data/06_models/st_kfold"]:
         fold_seed, work = spec.split(":", 1)
@@ -141,18 +185,16 @@ def main() -> None:
             for seed in args.seeds:
                 run_dir = Path(work) / f"fold{fold}" / f"base_fold_seed{seed}"
                 for label in ("val", "test"):
-                    rows += [
-                        {**r, "set": f"kfold{fold}{suffix}"}
-                        for r in score_run(run_dir, data, seed, label)
-                    ]
+                    add(score_run(run_dir, data, seed, label), f"kfold{fold}{suffix}", label)
     for name in args.splits:
         env, split = name.split(":")
         data = environments.split(env, split)
         for seed in args.seeds:
             run_dir = Path(f"data/06_models/st_quality/{env}_{split}_seed{seed}")
             for label in ("val", "test"):
-                rows += [{**r, "set": name} for r in score_run(run_dir, data, seed, label)]
+                add(score_run(run_dir, data, seed, label), name, label)
     frame = pd.DataFrame(rows)
+    ensembles = ensemble_scores(frame, deltas)
     candidates = list(CANDIDATES)
     per_key = frame.groupby(["label", "set", "perturbation"])[candidates].mean()
     summary = {
@@ -166,13 +208,31 @@ def main() -> None:
             }
             for name in candidates
         },
+        "ensemble_of_the_seeds": {
+            "mean_over_keys": _flat(ensembles.groupby("label")[["informed", "ensemble"]].mean()),
+            "per_set": _flat(ensembles.groupby(["label", "set"])[["informed", "ensemble"]].mean()),
+            "keys_better_minus_worse": {
+                label: int((g["ensemble"] > g["informed"] + 1e-9).sum())
+                - int((g["ensemble"] < g["informed"] - 1e-9).sum())
+                for label, g in ensembles.groupby("label")
+            },
+        },
     }
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(frame.groupby(["label", "set"])[candidates].mean().round(3))
         print(frame.groupby("label")[candidates].mean().round(3))
+        print(ensembles.groupby(["label", "set"])[["informed", "ensemble"]].mean().round(3))
+        print(ensembles.groupby("label")[["informed", "ensemble"]].mean().round(3))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
-        json.dumps({"summary": summary, "rows": frame.round(4).to_dict("records")}, indent=1)
+        json.dumps(
+            {
+                "summary": summary,
+                "rows": frame.round(4).to_dict("records"),
+                "ensemble_rows": ensembles.round(4).to_dict("records"),
+            },
+            indent=1,
+        )
     )
 
 

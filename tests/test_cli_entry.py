@@ -66,3 +66,12 @@ def test_train_names_a_missing_input_or_split_before_any_work(tmp_path, capsys):
     args += ["--genes", str(tmp_path / "genes.json")]
     assert run_cli(args) == 2
     assert "--genes" in capsys.readouterr().err
+
+
+def test_train_puts_ensemble_members_beside_the_first_run():
+    from perturbflow.commands import member_run_dir
+
+    assert member_run_dir("runs/<split>", "fewshot", "fewshot") == "runs/fewshot"
+    assert member_run_dir("runs/<split>", "fewshot", "fewshot.seed1") == "runs/fewshot.seed1"
+    assert member_run_dir("runs/mine", "fewshot", "fewshot") == "runs/mine"
+    assert member_run_dir("runs/mine", "fewshot", "fewshot.seed2") == "runs/mine.seed2"

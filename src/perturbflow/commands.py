@@ -12,6 +12,7 @@ process would re-run ``kedro run``). It reads the same configuration as the pipe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -83,6 +84,7 @@ def _existing(path: str, flag: str, hint: str) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train the ST model of one split (DDP when ``training.strategy`` says so)."""
+    from perturbflow.models.runs.members import member_names, member_seeds
     from perturbflow.models.training.train import train_st
     from perturbflow.splits.split_data import split_data_from_file
 
@@ -106,10 +108,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         genes=genes,
         loader=loader,
     )
-    run_dir = args.run.replace("<split>", args.split)
-    summary = train_st(split, columns=columns, loader=loader, training=training, run_dir=run_dir)
-    print(json.dumps(summary, indent=1))
+    summaries = []
+    names = member_names(args.split, training.seed, training.ensemble)
+    for name, seed in zip(names, member_seeds(training.seed, training.ensemble), strict=True):
+        run_dir = member_run_dir(args.run, args.split, name)
+        member = dataclasses.replace(training, seed=seed)
+        summaries.append(
+            train_st(split, columns=columns, loader=loader, training=member, run_dir=run_dir)
+        )
+    print(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=1))
     return 0
+
+
+def member_run_dir(run: str, split: str, member: str) -> str:
+    """Where ``--run`` puts an ensemble member (``training.ensemble``).
+
+    ``<split>`` in ``run`` is replaced by the member's name; a fixed folder gets the
+    member's suffix appended (``run``, ``run.seed1``, ...).
+    """
+    if "<split>" in run:
+        return run.replace("<split>", member)
+    return run + member[len(split) :]
 
 
 def _perturbation_list(path: str, pert_col: str, control: str) -> list[str]:

@@ -420,8 +420,12 @@ class TrainingParams(TrainerParams):
         model: Architecture.
         ema_decay: Keep an exponential moving average of the weights with this decay per
             step (``None``: off); validation, checkpoints and the saved weights use it.
+        ensemble: Networks trained per split, with seeds ``seed``, ``seed + 1``, ...; the
+            split's predictions average their cells, predicted from the same control cells
+            (:mod:`perturbflow.models.runs.members`). ``1``: one network.
     """
 
     splits: list[str]
     model: STModelParams
     ema_decay: float | None
+    ensemble: int

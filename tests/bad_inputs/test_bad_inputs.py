@@ -226,6 +226,11 @@ CASES = [
         lambda ws: ["max_steps", "'abc'"],
     ),
     Case(
+        "ensemble_of_no_network",
+        _params_case("training", training={"ensemble": 0}),
+        lambda ws: ["training.ensemble is 0", "at least 1"],
+    ),
+    Case(
         "unknown_parameter_key",
         _params_case("training", training={"max_stepz": 3}),
         lambda ws: ["max_stepz"],

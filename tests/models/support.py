@@ -125,6 +125,7 @@ def training_params(**overrides) -> TrainingParams:
         ckpt_every_n_steps=50,
         **TRAINER_EXECUTION,
         ema_decay=None,
+        ensemble=1,
     )
     values.update(overrides)
     return TrainingParams(**values)

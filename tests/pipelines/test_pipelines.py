@@ -11,6 +11,7 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from perturbflow.datasets import RunsDataset, WorkFolderDataset, read_h5ad_cells
+from perturbflow.models.inference.predict import predict_heldout
 from perturbflow.params import (
     KnockdownParams,
     PreprocessingParams,
@@ -26,6 +27,7 @@ from tests.models.support import (
     CONTEXTS,
     N_GENES,
     loader_params,
+    make_split,
     planted_effects,
     training_params,
     write_screen,
@@ -215,3 +217,45 @@ def test_training_pipeline_saves_its_models_to_the_store_and_predicts_from_it(tm
     assert list(predictions) == ["zs/st"]
     assert set(predictions["zs/st"].obs["pert"]) == {"ctrl", "p3"}
     assert catalog["st_quality"].load()["zs"]["run_dir"] == str(model)  # read from the store
+
+
+def test_training_pipeline_ensemble_averages_its_networks(tmp_path):
+    adata = make_screen(planted_effects(), n_genes=N_GENES, contexts=CONTEXTS, noise=0.15)
+    table = split_table(adata, {"zs": {("C", "p3"): "test", ("B", "p2"): "val"}})
+    write_screen(adata, tmp_path / "screen.h5ad")
+    training = training_params(max_steps=8, val_every_n_steps=4, ensemble=2, seed=5)
+    catalog = _catalog(
+        {
+            "preprocessed_adata@cells": read_h5ad_cells(tmp_path / "screen.h5ad"),
+            "split_table": table,
+            "hvg_genes": list(adata.var_names),
+            "params:columns": COLUMNS,
+            "params:loader": loader_params(),
+            "params:training": training,
+            "params:evaluation": evaluation_params(),
+        }
+    )
+    catalog["st_training"] = WorkFolderDataset(path=str(tmp_path / "st_training"))
+    catalog["st_models"] = RunsDataset(path=str(tmp_path / "st"))
+    pipeline = training_pipeline()
+    for name in pipeline.outputs() - {"st_models"}:
+        catalog[name] = KeptDataset(copy_mode="assign")
+    SequentialRunner().run(pipeline, catalog)
+    store = catalog["st_models"].load()
+    assert sorted(store) == ["zs", "zs.seed6"]
+    assert [store[k].config["training"]["seed"] for k in ("zs", "zs.seed6")] == [5, 6]
+    # the pipeline's prediction is the mean of the two networks' from the same controls
+    data = make_split(adata, tmp_path / "screen.h5ad", table, "zs").data
+    seed = evaluation_params().seed
+    members = [predict_heldout(store[k], data, COLUMNS, seed=seed)[0] for k in sorted(store)]
+    predicted = catalog["model_predictions"].load()["zs/st"]
+    perturbed = (predicted.obs["pert"] != "ctrl").to_numpy()
+    assert np.abs(members[0].X[perturbed] - members[1].X[perturbed]).max() > 1e-3
+    np.testing.assert_allclose(
+        predicted.X[perturbed], (members[0].X[perturbed] + members[1].X[perturbed]) / 2, atol=1e-5
+    )
+    assert set(catalog["st_prediction_sources"].load()["networks"]) == {2}
+    assert catalog["st_quality"].load()["zs"]["ensemble"] == [
+        str(tmp_path / "st" / "zs"),
+        str(tmp_path / "st" / "zs.seed6"),
+    ]

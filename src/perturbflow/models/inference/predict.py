@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import anndata as ad
 import numpy as np
@@ -332,8 +332,58 @@ def _forward(
 #: Rows read at a time when an input's values are checked or the output is assembled.
 
 
+def predict_ensemble(
+    runs: Sequence[TrainedRun],
+    data: SplitCells,
+    n_cells: dict[Key, int],
+    *,
+    seed: int,
+    **options: Any,
+) -> CellPredictions:
+    """Predict with every run of a seed ensemble and average their cells.
+
+    Each run predicts from the same control cells (the same ``seed`` draws the same rows
+    for runs of one configuration), so cell ``i`` of the average is the members' mean
+    prediction for control cell ``i``; a key at its prior is the same in every member and
+    stays as it is. Encodings and sources are the first run's (the members share the
+    split, so they encode alike).
+
+    Args:
+        runs: The ensemble's runs (:mod:`perturbflow.models.runs.members`), one or more,
+            trained on the same genes with the same sentence length.
+        data: As :func:`predict_cells`.
+        n_cells: As :func:`predict_cells`.
+        seed: Seed of the control sampling, the same for every run.
+        **options: :func:`predict_cells`' other keyword arguments.
+
+    Returns:
+        The averaged predictions.
+
+    Raises:
+        InputError: No run, or runs of different genes or sentence lengths.
+    """
+    if not runs:
+        raise InputError("An ensemble needs at least one trained run; none was given.")
+    first = runs[0]
+    for run in runs[1:]:
+        if list(run.genes) != list(first.genes) or run.cell_set_len != first.cell_set_len:
+            raise InputError(
+                f"{run.path} cannot be averaged with {first.path}: an ensemble's runs must "
+                "share genes and sentence length (train them with the same settings but "
+                "training.seed)."
+            )
+    members = [predict_cells(run, data, n_cells, seed=seed, **options) for run in runs]
+    if len(members) == 1:
+        return members[0]
+    cells = {
+        key: np.mean([m.cells[key] for m in members], axis=0, dtype=np.float64).astype(np.float32)
+        for key in members[0].cells
+    }
+    return CellPredictions(cells, members[0].encoded, members[0].starts)
+
+
 def predict_heldout(
-    run: TrainedRun,
+    run: TrainedRun | Sequence[TrainedRun],
     data: SplitCells,
     columns: ColumnsParams,
     *,
@@ -347,7 +397,8 @@ def predict_heldout(
     ``perturbation_sources`` says.
 
     Args:
-        run: A trained (or finetuned) run, in the split's genes.
+        run: A trained (or finetuned) run, in the split's genes, or the runs of a seed
+            ensemble (their cells averaged, :func:`predict_ensemble`).
         data: The split's cells.
         columns: Where the design lives (the output's columns).
         seed: Seed of the control sampling.
@@ -361,13 +412,15 @@ def predict_heldout(
         InputError: The split has no perturbation labelled ``label``, or the run was trained
             on other genes.
     """
-    if list(data.genes) != list(run.genes):
-        raise InputError(
-            f"{run.path} was trained on other genes than split {data.split_name!r} now has; "
-            "retrain it (kedro run --pipelines training)."
-        )
+    runs = list(run) if isinstance(run, Sequence) else [run]
+    for member in runs:
+        if list(data.genes) != list(member.genes):
+            raise InputError(
+                f"{member.path} was trained on other genes than split {data.split_name!r} "
+                "now has; retrain it (kedro run --pipelines training)."
+            )
     keys = data.heldout_keys(label)
     if not keys:
         raise InputError(f"Split {data.split_name!r} has no {label} perturbation to predict.")
-    result = predict_cells(run, data, keys, seed=seed, allow_unknown=True)
+    result = predict_ensemble(runs, data, keys, seed=seed, allow_unknown=True)
     return assemble_predictions(data, result.cells, columns), result.sources()

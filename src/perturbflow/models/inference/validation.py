@@ -7,15 +7,17 @@ What the evaluation's ``perturbflow`` predictor compares candidates on
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-from perturbflow.models.inference.predict import Key, predict_cells
+from perturbflow.models.inference.predict import Key, predict_ensemble
 from perturbflow.models.runs.run_dir import TrainedRun
 from perturbflow.splits.data import SplitCells
 
 
 def predict_mean_deltas(
-    run: TrainedRun, data: SplitCells, *, seed: int, label: str = "val"
+    run: TrainedRun | Sequence[TrainedRun], data: SplitCells, *, seed: int, label: str = "val"
 ) -> dict[Key, np.ndarray]:
     """The predicted mean delta of every ``label`` perturbation of a split.
 
@@ -23,6 +25,8 @@ def predict_mean_deltas(
     real ones); its delta is the predicted cells' mean minus all the context's control
     cells' mean, as the real deltas of :func:`perturbflow.baselines.real_deltas`. What
     the ``perturbflow`` predictor compares candidates on (validation perturbations).
+    With the runs of a seed ensemble, their averaged cells'
+    (:func:`~perturbflow.models.inference.predict.predict_ensemble`).
 
     Returns:
         ``(context, perturbation)`` -> mean delta; empty when the split has none.
@@ -30,5 +34,6 @@ def predict_mean_deltas(
     keys = data.heldout_keys(label)
     if not keys:
         return {}
-    cells = predict_cells(run, data, keys, seed=seed, allow_unknown=True).cells
+    runs = list(run) if isinstance(run, Sequence) else [run]
+    cells = predict_ensemble(runs, data, keys, seed=seed, allow_unknown=True).cells
     return {k: cells[k].mean(axis=0) - data.control_mean(k[0]) for k in keys}

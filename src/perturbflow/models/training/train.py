@@ -57,7 +57,8 @@ logger = logging.getLogger(__name__)
 
 # Settings that change how a run is executed, not what it learns: a run that differs only
 # in these is the same run (it can be resumed or reused).
-EXECUTION_KEYS = ("splits", "progress_bar", "cpu_threads", "resume", "logger")
+# not what one network learns (``ensemble``: how many are trained, each with its own seed)
+EXECUTION_KEYS = ("splits", "progress_bar", "cpu_threads", "resume", "logger", "ensemble")
 
 
 def _check(split: SplitData, columns: ColumnsParams, training: TrainingParams) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from perturbflow.exceptions import InputError
 from perturbflow.models.inference.predict import predict_heldout
 from perturbflow.models.inference.quality import control_offset_report
 from perturbflow.models.inference.validation import predict_mean_deltas
+from perturbflow.models.runs.members import check_ensemble, member_names, member_seeds
+from perturbflow.models.runs.run_dir import TrainedRun
 from perturbflow.models.training.train import train_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams
 from perturbflow.splits.split_data import SplitData, split_data_from_file
@@ -38,6 +41,7 @@ def _split(
 
 
 def _check_splits(split_table: pd.DataFrame, training: TrainingParams) -> None:
+    check_ensemble(training.ensemble)
     known = split_names(split_table)
     unknown = [s for s in training.splits if s not in known]
     if unknown:
@@ -64,7 +68,11 @@ def train_models(
     training: TrainingParams,
     st_training: Path,
 ) -> dict[str, Path]:
-    """Train (resume, or reuse) one ST model per split in ``training.splits``.
+    """Train (resume, or reuse) the ST model(s) of each split in ``training.splits``.
+
+    With ``training.ensemble`` K > 1, K networks per split with seeds ``training.seed``,
+    ``+1``, ... (:mod:`perturbflow.models.runs.members` names them); each is resumed or
+    reused on its own.
 
     Args:
         preprocessed_adata: The preprocessed screen (obs; the matrix is read by rows).
@@ -73,21 +81,39 @@ def train_models(
         columns: Column names of the design.
         loader: Sentence length, batch size, pairing, workers.
         training: Model, loss, optimiser and trainer settings.
-        st_training: The work folder (catalog): ``<split>/`` holds each run's checkpoints
-            while it trains, so a rerun resumes there.
+        st_training: The work folder (catalog): ``<split>/`` (and ``<split>.seed<s>/`` for
+            an ensemble's other members) holds each run's checkpoints while it trains, so a
+            rerun resumes there.
 
     Returns:
-        The finished run folder of each split: the ``st_models`` store saves its model
-        files (the runs are read from the store by the nodes that use them).
+        The finished run folder of each run, by name: the ``st_models`` store saves its
+        model files (the runs are read from the store by the nodes that use them).
     """
     _check_splits(split_table, training)
     runs = {}
     for name in training.splits:
         split = _split(preprocessed_adata, split_table, name, hvg_genes, loader)
-        run_dir = Path(st_training) / name
-        train_st(split, columns=columns, loader=loader, training=training, run_dir=run_dir)
-        runs[name] = run_dir
+        names = member_names(name, training.seed, training.ensemble)
+        for k, (member, seed) in enumerate(
+            zip(names, member_seeds(training.seed, training.ensemble), strict=True)
+        ):
+            if len(names) > 1:
+                logger.info("ST %s: network %d of %d (seed %d)", name, k + 1, len(names), seed)
+            run_dir = Path(st_training) / member
+            member_training = dataclasses.replace(training, seed=seed)
+            train_st(
+                split, columns=columns, loader=loader, training=member_training, run_dir=run_dir
+            )
+            runs[member] = run_dir
     return runs
+
+
+def split_runs(st_models: StoredModels, name: str, training: TrainingParams) -> list[TrainedRun]:
+    """The runs of split ``name``'s ensemble (one run when ``training.ensemble`` is 1)."""
+    return [
+        st_models.named_by(member, "training.splits and training.ensemble")
+        for member in member_names(name, training.seed, training.ensemble)
+    ]
 
 
 def predict_st_models(
@@ -103,7 +129,9 @@ def predict_st_models(
     """Predict the test perturbations of ``training.splits`` from control cells.
 
     Each split's model is read from the ``st_models`` store (other splits' models there,
-    from earlier runs, are left alone). The validation perturbations are predicted too and
+    from earlier runs, are left alone); with ``training.ensemble`` > 1 its networks' cells
+    are averaged (the control offset report is the first network's). The validation
+    perturbations are predicted too and
     scored (what the evaluation's ``perturbflow`` predictor chooses on); their cells are
     not kept.
 
@@ -115,17 +143,19 @@ def predict_st_models(
     """
     predictions, sources, quality, validation = {}, [], {}, {}
     for name in training.splits:
-        run = st_models.named_by(name, "training.splits")
+        runs = split_runs(st_models, name, training)
+        run = runs[0]
         data = _split(preprocessed_adata, split_table, name, hvg_genes, loader).data
-        predicted, encoded = predict_heldout(run, data, columns, seed=evaluation.seed)
+        predicted, encoded = predict_heldout(runs, data, columns, seed=evaluation.seed)
         predictions[f"{name}{PREDICTION_SEP}{MODEL_NAME}"] = predicted
-        sources.append(encoded.assign(split=name, predictor=MODEL_NAME))
-        val = predict_mean_deltas(run, data, seed=evaluation.seed, label="val")
+        sources.append(encoded.assign(split=name, predictor=MODEL_NAME, networks=len(runs)))
+        val = predict_mean_deltas(runs, data, seed=evaluation.seed, label="val")
         validation[f"{name}{PREDICTION_SEP}{MODEL_NAME}"] = validation_scores(
             name, MODEL_NAME, val, real_deltas(data, "val")
         )
         quality[name] = control_offset_report(run, data, columns, seed=evaluation.seed)
         quality[name]["run_dir"] = str(run.path)
+        quality[name]["ensemble"] = [str(r.path) for r in runs]
         logger.info(
             "ST %s: predicted %d test perturbations; control offset %.3f of the real deltas",
             name,
