@@ -209,7 +209,10 @@ def main() -> None:
             for name in candidates
         },
         "ensemble_of_the_seeds": {
-            "mean_over_keys": _flat(ensembles.groupby("label")[["informed", "ensemble"]].mean()),
+            "mean_over_keys": ensembles.groupby("label")[["informed", "ensemble"]]
+            .mean()
+            .round(4)
+            .to_dict("index"),
             "per_set": _flat(ensembles.groupby(["label", "set"])[["informed", "ensemble"]].mean()),
             "keys_better_minus_worse": {
                 label: int((g["ensemble"] > g["informed"] + 1e-9).sum())
