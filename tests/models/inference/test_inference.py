@@ -197,3 +197,30 @@ def test_subtracted_control_offset_returns_controls_and_shifts_predictions(train
     np.testing.assert_allclose(subtracted["p3"][unclipped], expected[unclipped], atol=1e-4)
     with pytest.raises(InputError, match="control_offset"):
         predict_cells(run, data, keys, seed=0, control_offset="remove")
+
+
+def test_control_mean_inputs_are_the_context_and_batch_means(trained_run):
+    from perturbflow.models.inference.predict import _control_inputs, _ControlMeans
+
+    run = load_run(trained_run["run_dir"])
+    data = split_cells(_test_input(trained_run["adata"]), run)
+    context = "ds" + CONTEXT_SEP + "C"
+    ctrl = data.control_rows(context)
+    batch = np.arange(len(data.X)) % 3  # three batches among the controls
+    shifted = data.X + 0.5
+    for inputs in (None, shifted):
+        means = _ControlMeans(data, inputs)
+        M = data.X if inputs is None else inputs
+        rng = np.random.default_rng(0)
+        X, _, _ = _control_inputs(data, context, 20, rng, means, control_mean=True, batch=None)
+        np.testing.assert_allclose(X, np.broadcast_to(M[ctrl].mean(axis=0), X.shape), atol=1e-5)
+        X, codes, picked = _control_inputs(
+            data, context, 20, rng, means, control_mean=True, batch=batch
+        )
+        np.testing.assert_array_equal(codes, batch[picked])
+        for code in np.unique(codes):
+            expected = M[ctrl[batch[ctrl] == code]].mean(axis=0)
+            np.testing.assert_allclose(
+                X[codes == code], np.broadcast_to(expected, X[codes == code].shape), atol=1e-5
+            )
+    assert len(np.unique(batch[ctrl])) == 3

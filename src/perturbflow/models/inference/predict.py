@@ -33,6 +33,7 @@ from perturbflow.params import ColumnsParams
 from perturbflow.perturbations import components
 from perturbflow.predictions import assemble_predictions, clip_keeping_mean, shifted_controls
 from perturbflow.splits.data import SplitCells
+from perturbflow.splits.effects import group_means
 
 logger = logging.getLogger(__name__)
 
@@ -97,30 +98,63 @@ def _control_inputs(
     context: str,
     n: int,
     rng: np.random.Generator,
+    means: _ControlMeans,
     *,
     control_mean: bool,
     batch: np.ndarray | None,
-    inputs: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """``n`` control inputs of ``context`` (cells, or their batch's mean), batch codes, rows.
 
-    ``inputs`` (rows like ``data.X``) replaces ``data.X`` as what the model reads. The rows
-    are the control cells drawn (with ``control_mean``, the cells whose batch's mean is
-    the input).
+    ``means.inputs`` (rows like ``data.X``) replaces ``data.X`` as what the model reads. The
+    rows are the control cells drawn (with ``control_mean``, the cells whose batch's mean
+    is the input).
     """
-    M = data.X if inputs is None else inputs
+    M = data.X if means.inputs is None else means.inputs
     ctrl = data.control_rows(context)  # not empty: predict_cells checked every context
     picked = rng.choice(ctrl, size=n, replace=n > len(ctrl))
     X = M[picked]
     codes = None if batch is None else batch[picked]
     if control_mean:
         if codes is None:
-            X = np.broadcast_to(M[ctrl].mean(axis=0), X.shape).copy()
+            X = np.broadcast_to(means.population(context), X.shape).astype(X.dtype)
         else:
             X = X.copy()
-            for code in np.unique(codes):
-                X[codes == code] = M[ctrl[batch[ctrl] == code]].mean(axis=0)
+            for code, mean in means.per_batch(context, batch).items():
+                X[codes == code] = mean
     return X, codes, picked
+
+
+class _ControlMeans:
+    """A prediction's control means, per context (and batch), each computed once.
+
+    Streamed in blocks of rows (:func:`~perturbflow.splits.effects.group_means`): a
+    context's controls are never held whole, and never read once per perturbation.
+    """
+
+    def __init__(self, data: SplitCells, inputs: np.ndarray | None) -> None:
+        self.data, self.inputs = data, inputs
+        self._population: dict[str, np.ndarray] = {}
+        self._per_batch: dict[str, dict[int, np.ndarray]] = {}
+
+    def population(self, context: str) -> np.ndarray:
+        """Mean of the context's control inputs (the data's, or e.g. MMD-shifted ones)."""
+        if context not in self._population:
+            if self.inputs is None:
+                self._population[context] = self.data.control_mean(context)
+            else:
+                rows = self.data.control_rows(context)
+                _, mean, _ = group_means(self.inputs, np.zeros(len(rows), dtype=np.int64), rows)
+                self._population[context] = mean[0]
+        return self._population[context]
+
+    def per_batch(self, context: str, batch: np.ndarray) -> dict[int, np.ndarray]:
+        """Mean control input of each batch code of the context's controls."""
+        if context not in self._per_batch:
+            rows = self.data.control_rows(context)
+            M = self.data.X if self.inputs is None else self.inputs
+            codes, means, _ = group_means(M, batch[rows], rows)
+            self._per_batch[context] = dict(zip(codes.tolist(), means, strict=True))
+        return self._per_batch[context]
 
 
 @torch.no_grad()
@@ -193,18 +227,12 @@ def predict_cells(
     prior, plan = prior_plan(run, keys, data, network_only=network_only)
     out: dict[Key, np.ndarray] = {}
     starts: dict[Key, np.ndarray] = {}
-    populations: dict[str, np.ndarray] = {}  # per context, for the keys at their prior
+    means = _ControlMeans(data, control_inputs)
     for row, key in enumerate(keys):
         n = int(n_cells[key])
         n_sent = max(1, -(-n // S))
         X, codes, picked = _control_inputs(
-            data,
-            key[0],
-            n_sent * S,
-            rng,
-            control_mean=control_mean,
-            batch=batch,
-            inputs=control_inputs,
+            data, key[0], n_sent * S, rng, means, control_mean=control_mean, batch=batch
         )
         ctrl = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).view(n_sent, S, -1)
         codes_t = None if codes is None else torch.from_numpy(codes.astype(np.int64))
@@ -215,9 +243,8 @@ def predict_cells(
         else:
             vectors = encoded.vectors[row : row + 1]
         if plan.anchored[row]:  # the control cells it starts from, moved by the prior delta
-            if key[0] not in populations:
-                populations[key[0]] = _population_mean(data, key[0], control_inputs)
-            cells = shifted_controls(X[:n], populations[key[0]], plan.deltas[row], clip=False)
+            population = means.population(key[0])
+            cells = shifted_controls(X[:n], population, plan.deltas[row], clip=False)
             sources[row] = f"prior {prior.kind}:{plan.sources[row]}"
         else:
             pred = _forward(
@@ -238,13 +265,6 @@ def predict_cells(
         starts[key] = picked[:n]
     encoded = dataclasses.replace(encoded, sources=sources)
     return CellPredictions(out, encoded, starts)
-
-
-def _population_mean(data: SplitCells, context: str, inputs: np.ndarray | None) -> np.ndarray:
-    """Mean of the context's control inputs (the data's, or e.g. shifted ones)."""
-    if inputs is None:
-        return data.control_mean(context)
-    return np.asarray(inputs[data.control_rows(context)], dtype=np.float64).mean(axis=0)
 
 
 def _check_prediction_inputs(
