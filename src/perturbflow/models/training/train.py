@@ -17,6 +17,7 @@ step). A run directory that holds a run with another configuration is moved asid
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -37,11 +38,13 @@ from perturbflow.models.components.dose import check_interpolation, interpolatio
 from perturbflow.models.components.inputs import PerturbationInputs
 from perturbflow.models.components.network import Architecture, resolve_size
 from perturbflow.models.components.prior import ResponsePrior, prior_table
+from perturbflow.models.components.prior_scope import SCOPES
 from perturbflow.models.runs.run_dir import (
     CONFIG,
     SUMMARY,
     WEIGHTS,
     config_digest,
+    read_json,
     save_weights,
     write_json,
     write_yaml,
@@ -191,6 +194,65 @@ def _resolved_config(
     }
 
 
+def rescoped_run(
+    run: Path,
+    identity: dict[str, Any],
+    config: dict[str, Any],
+    digest: str,
+    sources: pd.DataFrame,
+) -> dict[str, Any] | None:
+    """A finished run that differs only in a ``prior_scope`` that trains the same network.
+
+    The scopes but ``all`` train the network alone (the prior is fitted on all training
+    keys, without cross-fitting, and only decides at inference which keys are predicted at
+    it), so a run trained under ``out_of_context`` has the network ``informed`` would
+    train, bit for bit. Such a run is reused instead of retrained: its ``config.yaml``,
+    ``perturbation_sources.csv`` and ``run.json`` (digest, last) are rewritten for the new
+    scope, each atomically, so the folder is what a fresh training would have written and
+    a kill between the writes is repaired by the next call. A finetuned run of the old
+    base then no longer matches its base's digest (it inherited the old scope) and says so
+    when loaded.
+
+    Args:
+        run: The run folder.
+        identity: The configuration the digest is computed on (no data path).
+        config: The configuration to write (``config.yaml``).
+        digest: ``identity``'s digest.
+        sources: The run's key table with its prior sources under the new scope.
+
+    Returns:
+        The updated ``run.json``, or ``None`` when there is no such run.
+    """
+    scope = identity["training"]["model"].get("prior_scope", "all")
+    if scope == "all" or not ((run / SUMMARY).is_file() and (run / WEIGHTS).is_file()):
+        return None
+    old = read_json(run / SUMMARY)
+    if old.get("status") != "finished":
+        return None
+    for other in SCOPES:
+        if other in ("all", scope):
+            continue
+        alike = copy.deepcopy(identity)
+        alike["training"]["model"]["prior_scope"] = other
+        if old.get("config_sha256") != config_digest(alike):
+            continue
+        summary = {**old, "config_sha256": digest}
+        if rank_zero_only.rank == 0:
+            write_yaml(run / CONFIG, config)
+            with atomic_path(run / "perturbation_sources.csv") as tmp:
+                sources.to_csv(tmp, index=False)
+            write_json(run / SUMMARY, summary)
+        logger.info(
+            "%s: finished run with prior_scope %r found: the same network as %r (the scope "
+            "decides at inference only), reused with its configuration updated.",
+            run,
+            other,
+            scope,
+        )
+        return summary
+    return None
+
+
 def data_identity(split: SplitData) -> dict[str, Any]:
     """What a run learns from: the content of its matrix and split labels, not the file.
 
@@ -247,10 +309,11 @@ def train_st(
     module, inputs, arch, sources, prior = build_module(split, dm, training, columns)
     config = _resolved_config(split, columns, loader, training, arch)
     # where the file lives is not what the model learns: a moved project reuses its runs
-    digest = config_digest(
-        {**config, "data": {k: v for k, v in config["data"].items() if k != "path"}}
+    identity = {**config, "data": {k: v for k, v in config["data"].items() if k != "path"}}
+    digest = config_digest(identity)
+    reused = reused_summary(run, digest, WEIGHTS) or rescoped_run(
+        run, identity, config, digest, sources
     )
-    reused = reused_summary(run, digest, WEIGHTS)
     if reused is not None:
         return reused
     resume_from = prepare_run_dir(run, digest, training.resume)
