@@ -72,7 +72,10 @@ INFER_OPTIONS: list[Option] = [
         "--run",
         {
             "required": True,
-            "help": "a finished run directory, or a finetuned (adapter) run (required)",
+            "nargs": "+",
+            "help": "a finished run directory, or a finetuned (adapter) run (required); "
+            "several runs of a seed ensemble (e.g. st/fewshot st/fewshot.seed1 "
+            "st/fewshot.seed2): their predicted cells are averaged",
         },
     ),
     (

@@ -202,12 +202,20 @@ def cmd_infer(args: argparse.Namespace) -> int:
     output = checked_output(
         args.output, {"--adata": args.adata, "--perturbations": args.perturbations}
     )
-    if (Path(args.run) / ADAPTER_CONFIG).is_file():  # a finetuned run: adapter + its base
-        run = load_finetuned(args.run, base=args.base)
+    paths = [args.run] if isinstance(args.run, str) else list(args.run)
+    adapters = [p for p in paths if (Path(p) / ADAPTER_CONFIG).is_file()]
+    if adapters and len(paths) > 1:
+        raise InputError(
+            f"--run {adapters[0]} is a finetuned (adapter) run: give it alone, not in an "
+            "ensemble of several runs."
+        )
+    if adapters:  # a finetuned run: adapter + its base
+        runs = [load_finetuned(paths[0], base=args.base)]
     else:
         if args.base is not None:
-            raise InputError(f"--base is for finetuned runs; {args.run} has no {ADAPTER_CONFIG}.")
-        run = load_run(args.run)
+            raise InputError(f"--base is for finetuned runs; {paths[0]} has no {ADAPTER_CONFIG}.")
+        runs = [load_run(p) for p in paths]
+    run = runs[0]
     trained = run.config["columns"]
     wanted = (
         _perturbation_list(args.perturbations, args.pert_col, args.control)
@@ -236,7 +244,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         per_batch=args.per_batch,
         seed=args.seed,
     )
-    out, sources = infer(run, adata, columns, options, source=source)
+    out, sources = infer(runs, adata, columns, options, source=source)
     with atomic_path(output) as tmp:
         out.write_h5ad(tmp)
     with atomic_path(output.with_suffix(".sources.csv")) as tmp:

@@ -5,15 +5,19 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+import anndata as ad
 import numpy as np
 import pytest
 
+from perturbflow.commands import run_cli
 from perturbflow.exceptions import InputError
 from perturbflow.models.inference.predict import predict_cells, predict_ensemble
 from perturbflow.models.inference.validation import predict_mean_deltas
+from perturbflow.models.runs.adapter import ADAPTER_CONFIG
 from perturbflow.models.runs.members import check_ensemble, member_names, member_seeds
 from perturbflow.models.runs.run_dir import load_run
 from perturbflow.models.training.train import train_st
+from tests.models.inference.inference_data import infer_args
 from tests.models.support import loader_params, training_params
 from tests.synthetic import COLUMNS
 
@@ -76,3 +80,31 @@ def test_ensemble_refuses_runs_that_cannot_be_averaged(two_members):
     config["loader"]["cell_set_len"] += 1
     with pytest.raises(InputError, match="sentence length"):
         predict_ensemble([first, dataclasses.replace(second, config=config)], data, keys, seed=0)
+
+
+def test_cli_infer_averages_the_runs_of_an_ensemble(two_members, trained_run, tmp_path, capsys):
+    adata = trained_run["adata"]
+    keep = (adata.obs["celltype"] == "C") & adata.obs["pert"].isin(["ctrl", "p3"])
+    src = tmp_path / "in.h5ad"
+    adata[keep.to_numpy()].copy().write_h5ad(src)
+    dirs = [trained_run["run_dir"], trained_run["root"] / "run_seed1"]
+    outputs = {}
+    for name, runs in {"first": dirs[:1], "second": dirs[1:], "both": dirs}.items():
+        args = infer_args(runs[0], src, "--output", str(tmp_path / f"{name}.h5ad"))
+        at = args.index("--run")
+        args[at + 1 : at + 2] = [str(r) for r in runs]
+        assert run_cli(args) == 0, capsys.readouterr().err
+        outputs[name] = ad.read_h5ad(tmp_path / f"{name}.h5ad")
+    first, second, both = (outputs[k] for k in ("first", "second", "both"))
+    assert list(both.obs_names) == list(first.obs_names)
+    perturbed = (both.obs["pert"] != "ctrl").to_numpy()
+    assert np.abs(first.X[perturbed] - second.X[perturbed]).max() > 1e-3
+    np.testing.assert_allclose(both.X, (first.X + second.X) / 2, atol=1e-5)
+    # an adapter run is not averaged with others
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / ADAPTER_CONFIG).write_text("{}")
+    args = infer_args(adapter, src, "--output", str(tmp_path / "x.h5ad"))
+    args.insert(args.index("--run") + 2, str(dirs[0]))
+    assert run_cli(args) == 2
+    assert "give it alone" in capsys.readouterr().err

@@ -33,7 +33,13 @@ from perturbflow.models.inference.gene_space import (
     with_input_genes,
 )
 from perturbflow.models.inference.plates import infer_plates
-from perturbflow.models.inference.predict import CellPredictions, Key, predict_cells
+from perturbflow.models.inference.predict import (
+    CellPredictions,
+    Key,
+    Runs,
+    as_runs,
+    predict_ensemble,
+)
 from perturbflow.models.runs.run_dir import TrainedRun
 from perturbflow.params import ColumnsParams
 from perturbflow.predictions import assemble_predictions
@@ -83,7 +89,7 @@ class InferOptions:
 
 
 def infer_adata(
-    run: TrainedRun,
+    run: Runs,
     adata: ad.AnnData,
     columns: ColumnsParams,
     *,
@@ -101,7 +107,7 @@ def infer_adata(
     """:func:`infer` with the options as keywords (the attributes of :class:`InferOptions`).
 
     Args:
-        run: The trained run.
+        run: The trained run, or a seed ensemble's runs (their cells averaged).
         adata: Cells with the design columns; its control cells are the inputs.
         columns: Where the design lives in ``adata.obs``.
         perturbations: As :class:`InferOptions`, like every option below.
@@ -136,7 +142,7 @@ def infer_adata(
 
 
 def infer(
-    run: TrainedRun,
+    run: Runs,
     adata: ad.AnnData,
     columns: ColumnsParams,
     options: InferOptions,
@@ -146,7 +152,10 @@ def infer(
     """Predict perturbations in every context of a user's AnnData (``perturbflow infer``).
 
     Args:
-        run: The trained run.
+        run: The trained run, or the runs of a seed ensemble: each predicts from the same
+            control cells and their cells are averaged
+            (:func:`~perturbflow.models.inference.predict.predict_ensemble`); the first
+            run's genes, maps and configuration are what the input is checked against.
         adata: Cells with the design columns; its control cells are the inputs.
         columns: Where the design lives in ``adata.obs``.
         options: What to predict and how.
@@ -166,15 +175,17 @@ def infer(
             an unknown perturbation or a context without controls: all before any
             prediction.
     """
+    runs = as_runs(run)
+    run = runs[0]
     data = _input_data(run, adata, columns, source)
     gene_space = run.config["training"]["model"]["output_space"] != "embedding"
     if gene_space:
         _check_other_genes(adata, run, source)
     if options.per_batch:
-        out, sources = _infer_per_batch(run, data, adata.obs, columns, options, source)
+        out, sources = _infer_per_batch(runs, data, adata.obs, columns, options, source)
         starts, groups = None, adata.obs[columns.batch_col].astype(str).to_numpy()
     else:
-        out, predicted, groups = _infer_contexts(run, data, adata.obs, columns, options, source)
+        out, predicted, groups = _infer_contexts(runs, data, adata.obs, columns, options, source)
         starts, sources = predicted.starts, predicted.sources()
     if not gene_space:
         out.var["predicted"] = True
@@ -241,7 +252,7 @@ def _check_other_genes(adata: ad.AnnData, run: TrainedRun, source: str) -> None:
 
 
 def _infer_per_batch(
-    run: TrainedRun,
+    runs: list[TrainedRun],
     data: SplitCells,
     obs: pd.DataFrame,
     columns: ColumnsParams,
@@ -254,7 +265,7 @@ def _infer_per_batch(
     if not columns.batch_col:
         raise InputError(f"{source}: per-batch prediction needs the batch column (--batch-col).")
     return infer_plates(
-        run,
+        runs,
         data,
         obs[columns.batch_col].astype(str).to_numpy(),
         columns,
@@ -268,7 +279,7 @@ def _infer_per_batch(
 
 
 def _infer_contexts(
-    run: TrainedRun,
+    runs: list[TrainedRun],
     data: SplitCells,
     obs: pd.DataFrame,
     columns: ColumnsParams,
@@ -295,10 +306,10 @@ def _infer_contexts(
             n = options.cells_per_perturbation or int(counts.get((context, p), n_ctrl))
             n_cells[(context, p)] = n
     batch = None
-    if run.net.batch_encoder is not None:
-        batch = _batch_codes(run, obs, columns, source)
-    predicted = predict_cells(
-        run,
+    if runs[0].net.batch_encoder is not None:
+        batch = _batch_codes(runs[0], obs, columns, source)
+    predicted = predict_ensemble(
+        runs,
         data,
         n_cells,
         seed=options.seed,

@@ -25,8 +25,13 @@ import pandas as pd
 from perturbflow.exceptions import InputError
 from perturbflow.loading._messages import listed
 from perturbflow.loading.categories import CategoryMap
-from perturbflow.models.inference.predict import CellPredictions, check_known, predict_cells
-from perturbflow.models.runs.run_dir import TrainedRun
+from perturbflow.models.inference.predict import (
+    CellPredictions,
+    Runs,
+    as_runs,
+    check_known,
+    predict_ensemble,
+)
 from perturbflow.params import ColumnsParams
 from perturbflow.predictions import assemble_predictions
 from perturbflow.splits.data import SplitCells
@@ -35,7 +40,7 @@ PlateKey = tuple[str, str, str]  # context, plate, perturbation
 
 
 def predict_per_plate(
-    run: TrainedRun,
+    run: Runs,
     data: SplitCells,
     plates: np.ndarray,
     n_cells: Mapping[PlateKey, int],
@@ -48,7 +53,7 @@ def predict_per_plate(
     """Predicted cells of every ``(context, plate, perturbation)`` from that plate's controls.
 
     Args:
-        run: A trained run.
+        run: A trained run, or a seed ensemble's runs (their cells averaged).
         data: Cells in the model's space with their labels.
         plates: The plate (batch) label of every cell of ``data``.
         n_cells: How many cells to predict per key.
@@ -64,6 +69,7 @@ def predict_per_plate(
         InputError: ``plates`` of the wrong length, a (context, plate) without control
             cells, or a plate the model's batch encoder never saw; all before predicting.
     """
+    runs = as_runs(run)
     plates = np.asarray(plates).astype(str)
     if len(plates) != len(data.X):
         raise InputError(f"plates has {len(plates)} labels for {len(data.X)} cells.")
@@ -79,9 +85,9 @@ def predict_per_plate(
             "prediction starts from its own controls."
         )
     codes = None
-    if run.net.batch_encoder is not None:
+    if runs[0].net.batch_encoder is not None:
         try:
-            codes = CategoryMap.from_json(run.path / "batch_map.json").encode(plates)
+            codes = CategoryMap.from_json(runs[0].path / "batch_map.json").encode(plates)
         except InputError as err:
             raise InputError(f"Plates unknown to the model's batch encoder: {err}") from err
     out: dict[PlateKey, np.ndarray] = {}
@@ -91,8 +97,8 @@ def predict_per_plate(
             X=data.X[rows], genes=data.genes, cells=cells.iloc[rows], split_name=data.split_name
         )
         wanted = {(c, p): int(n) for (c, pl, p), n in n_cells.items() if pl == plate}
-        predicted = predict_cells(
-            run,
+        predicted = predict_ensemble(
+            runs,
             sub,
             wanted,
             seed=seed + i,
@@ -138,7 +144,7 @@ def plate_keys(
 
 
 def infer_plates(
-    run: TrainedRun,
+    run: Runs,
     data: SplitCells,
     plates: np.ndarray,
     columns: ColumnsParams,
@@ -153,7 +159,7 @@ def infer_plates(
     """Predict every plate of an input from its own controls, in cell-eval's form.
 
     Args:
-        run: A trained run.
+        run: A trained run, or a seed ensemble's runs (their cells averaged).
         data: The input's cells in the model's space with their labels.
         plates: The plate (``columns.batch_col``) of every cell of ``data``.
         columns: Where the design lives (``batch_col`` names the output's plate column).
@@ -180,7 +186,7 @@ def infer_plates(
     if not keys:
         raise InputError("No perturbation to predict on any plate.")
     pairs = list(dict.fromkeys((c, p) for c, _, p in keys))
-    encoded = run.inputs.encode(pairs, data)
+    encoded = as_runs(run)[0].inputs.encode(pairs, data)
     check_known(encoded, allow_unknown=allow_unknown)
     predicted = predict_per_plate(
         run,

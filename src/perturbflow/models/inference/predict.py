@@ -352,6 +352,15 @@ def _forward(
 #: Rows read at a time when an input's values are checked or the output is assembled.
 
 
+Runs = TrainedRun | Sequence[TrainedRun]
+"""A run, or the runs of a seed ensemble (:mod:`perturbflow.models.runs.members`)."""
+
+
+def as_runs(run: Runs) -> list[TrainedRun]:
+    """``run`` as a list of runs (one run, or an ensemble's)."""
+    return list(run) if isinstance(run, Sequence) else [run]
+
+
 def predict_ensemble(
     runs: Sequence[TrainedRun],
     data: SplitCells,
@@ -403,7 +412,7 @@ def predict_ensemble(
 
 
 def predict_heldout(
-    run: TrainedRun | Sequence[TrainedRun],
+    run: Runs,
     data: SplitCells,
     columns: ColumnsParams,
     *,
@@ -432,7 +441,7 @@ def predict_heldout(
         InputError: The split has no perturbation labelled ``label``, or the run was trained
             on other genes.
     """
-    runs = list(run) if isinstance(run, Sequence) else [run]
+    runs = as_runs(run)
     for member in runs:
         if list(data.genes) != list(member.genes):
             raise InputError(

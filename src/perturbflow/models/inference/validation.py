@@ -7,17 +7,14 @@ What the evaluation's ``perturbflow`` predictor compares candidates on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
-from perturbflow.models.inference.predict import Key, predict_ensemble
-from perturbflow.models.runs.run_dir import TrainedRun
+from perturbflow.models.inference.predict import Key, Runs, as_runs, predict_ensemble
 from perturbflow.splits.data import SplitCells
 
 
 def predict_mean_deltas(
-    run: TrainedRun | Sequence[TrainedRun], data: SplitCells, *, seed: int, label: str = "val"
+    run: Runs, data: SplitCells, *, seed: int, label: str = "val"
 ) -> dict[Key, np.ndarray]:
     """The predicted mean delta of every ``label`` perturbation of a split.
 
@@ -34,6 +31,5 @@ def predict_mean_deltas(
     keys = data.heldout_keys(label)
     if not keys:
         return {}
-    runs = list(run) if isinstance(run, Sequence) else [run]
-    cells = predict_ensemble(runs, data, keys, seed=seed, allow_unknown=True).cells
+    cells = predict_ensemble(as_runs(run), data, keys, seed=seed, allow_unknown=True).cells
     return {k: cells[k].mean(axis=0) - data.control_mean(k[0]) for k in keys}
