@@ -12,7 +12,7 @@ runs, under the default ``prior_scope`` (``informed``).
 Usage (from the project root; about 25 minutes on 2 cores for 33 trainings of 333 steps;
 run ``benchmarks/prior_rule.py`` first, whose ``docs/results/prior_rule.json`` it reads):
     OMP_NUM_THREADS=1 python benchmarks/ensemble_budget.py --steps 333 --members 3 \\
-        --out docs/results/ensemble_budget.json
+        --out docs/results/ensemble_budget_3x333.json
 """
 
 from __future__ import annotations
@@ -57,9 +57,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=333, help="max_steps of each network")
     parser.add_argument("--members", type=int, default=3)
-    parser.add_argument("--work-dir", type=Path, default=Path("data/06_models/ensemble_budget"))
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="default data/06_models/ensemble_budget/<steps>x<members>",
+    )
     parser.add_argument("--reference", type=Path, default=Path("docs/results/prior_rule.json"))
     args = parser.parse_args()
+    work = args.work_dir or Path(f"data/06_models/ensemble_budget/{args.steps}x{args.members}")
     environments: dict[str, tuple] = {}
     rows, wall = [], {}
     for name, env, split, table in validation_sets():
@@ -78,7 +84,7 @@ def main() -> None:
                     "progress_bar": False,
                 }
             )
-            run_dir = args.work_dir / name.replace(":", "_") / f"seed{seed}"
+            run_dir = work / name.replace(":", "_") / f"seed{seed}"
             train_st(data, columns=columns, loader=loader, training=training, run_dir=run_dir)
             runs.append(load_run(run_dir))
             # the training's own time (run.json), also when a finished run is reused
