@@ -401,14 +401,16 @@ def predict_ensemble(
                 "share genes and sentence length (train them with the same settings but "
                 "training.seed)."
             )
-    members = [predict_cells(run, data, n_cells, seed=seed, **options) for run in runs]
-    if len(members) == 1:
-        return members[0]
-    cells = {
-        key: np.mean([m.cells[key] for m in members], axis=0, dtype=np.float64).astype(np.float32)
-        for key in members[0].cells
-    }
-    return CellPredictions(cells, members[0].encoded, members[0].starts)
+    result = predict_cells(first, data, n_cells, seed=seed, **options)
+    if len(runs) == 1:
+        return result
+    # a running sum: one member's cells beside the sum at a time, not all K at once
+    total = {key: value.astype(np.float64) for key, value in result.cells.items()}
+    for run in runs[1:]:
+        for key, value in predict_cells(run, data, n_cells, seed=seed, **options).cells.items():
+            total[key] += value
+    cells = {key: (value / len(runs)).astype(np.float32) for key, value in total.items()}
+    return CellPredictions(cells, result.encoded, result.starts)
 
 
 def predict_heldout(

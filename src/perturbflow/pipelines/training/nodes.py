@@ -108,7 +108,7 @@ def train_models(
     return runs
 
 
-def split_runs(st_models: StoredModels, name: str, training: TrainingParams) -> list[TrainedRun]:
+def _split_runs(st_models: StoredModels, name: str, training: TrainingParams) -> list[TrainedRun]:
     """The runs of split ``name``'s ensemble (one run when ``training.ensemble`` is 1)."""
     return [
         st_models.named_by(member, "training.splits and training.ensemble")
@@ -131,9 +131,8 @@ def predict_st_models(
     Each split's model is read from the ``st_models`` store (other splits' models there,
     from earlier runs, are left alone); with ``training.ensemble`` > 1 its networks' cells
     are averaged (the control offset report is the first network's). The validation
-    perturbations are predicted too and
-    scored (what the evaluation's ``perturbflow`` predictor chooses on); their cells are
-    not kept.
+    perturbations are predicted too and scored (what the evaluation's ``perturbflow``
+    predictor chooses on); their cells are not kept.
 
     Returns:
         Predictions keyed ``<split>/st`` (cell-eval's form), how each perturbation was
@@ -143,7 +142,7 @@ def predict_st_models(
     """
     predictions, sources, quality, validation = {}, [], {}, {}
     for name in training.splits:
-        runs = split_runs(st_models, name, training)
+        runs = _split_runs(st_models, name, training)
         run = runs[0]
         data = _split(preprocessed_adata, split_table, name, hvg_genes, loader).data
         predicted, encoded = predict_heldout(runs, data, columns, seed=evaluation.seed)
