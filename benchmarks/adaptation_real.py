@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -55,7 +56,9 @@ from perturbflow.evaluation.benchmark import build_baseline_predictions, evaluat
 from perturbflow.models.runs.run_dir import load_run
 from perturbflow.models.training.train import train_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams
-from perturbflow.splits.split_data import split_data
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from st_quality import hvg_split  # noqa: E402  (a sibling script)
 
 SPLIT = "zeroshot"
 TARGET = "A172"
@@ -107,16 +110,7 @@ def main() -> None:
     adata = ad.read_h5ad(path)
     table = pd.read_parquet("data/03_primary/splits.parquet")
     genes = json.loads(Path("data/02_intermediate/hvg_genes.json").read_text())
-    data = split_data(
-        str(path),
-        adata.obs,
-        table,
-        SPLIT,
-        genes=genes,
-        all_genes=list(adata.var_names),
-        matrix=adata.obsm["X_hvg"],
-        obsm_key="X_hvg",
-    )
+    data = hvg_split(path, adata, table, SPLIT, genes)
     # the shift reads X by gene name; the evaluation reads obsm['X_hvg']: the same values
     cols = adata.var_names.get_indexer(genes)
     X = adata.X[:, cols]

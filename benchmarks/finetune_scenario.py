@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -51,7 +52,9 @@ from perturbflow.params import (
 )
 from perturbflow.predictions import assemble_predictions
 from perturbflow.splits import build_split_table, design_table, load_split_toml
-from perturbflow.splits.split_data import split_data
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from st_quality import hvg_split  # noqa: E402  (a sibling script)
 
 METRICS = ["pearson_delta", "discrimination_score_l1", "overlap_at_N", "mse"]
 SPLITS = {
@@ -101,19 +104,8 @@ def main() -> None:
     genes = json.loads(Path("data/02_intermediate/hvg_genes.json").read_text())
     table = split_table(adata.obs, columns)
 
-    def data_of(name: str):
-        return split_data(
-            str(path),
-            adata.obs,
-            table,
-            name,
-            genes=genes,
-            all_genes=list(adata.var_names),
-            matrix=adata.obsm["X_hvg"],
-            obsm_key="X_hvg",
-        )
-
-    base_split, ft_split = data_of("pretrain_k562"), data_of("finetune_a172")
+    base_split = hvg_split(path, adata, table, "pretrain_k562", genes)
+    ft_split = hvg_split(path, adata, table, "finetune_a172", genes)
     sub = table[["finetune_a172", *("dataset", "celltype", "perturbation", "is_control")]]
     preds, reals, *_ = build_baseline_predictions(adata, sub, genes, columns, evaluation)
     data = ft_split.data

@@ -202,7 +202,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     output = checked_output(
         args.output, {"--adata": args.adata, "--perturbations": args.perturbations}
     )
-    paths = [args.run] if isinstance(args.run, str) else list(args.run)
+    paths = list(args.run)  # one run, or a seed ensemble's (nargs="+")
     adapters = [p for p in paths if (Path(p) / ADAPTER_CONFIG).is_file()]
     if adapters and len(paths) > 1:
         raise InputError(

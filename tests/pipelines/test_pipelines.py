@@ -189,41 +189,14 @@ def test_preprocessing_and_splits_on_real_perturbench(perturbench, project_root:
     assert set(summary["split_name"]) == {"fewshot", "inline"}
 
 
-def test_training_pipeline_saves_its_models_to_the_store_and_predicts_from_it(tmp_path):
+def _run_training_pipeline(tmp_path: Path, training) -> tuple[DataCatalog, object, pd.DataFrame]:
+    """The training pipeline on the planted screen (test key (C, p3), validation (B, p2)).
+
+    Returns the catalog (outputs kept), the screen and its split table.
+    """
     adata = make_screen(planted_effects(), n_genes=N_GENES, contexts=CONTEXTS, noise=0.15)
     table = split_table(adata, {"zs": {("C", "p3"): "test", ("B", "p2"): "val"}})
     write_screen(adata, tmp_path / "screen.h5ad")
-    catalog = _catalog(
-        {
-            "preprocessed_adata@cells": read_h5ad_cells(tmp_path / "screen.h5ad"),
-            "split_table": table,
-            "hvg_genes": list(adata.var_names),
-            "params:columns": COLUMNS,
-            "params:loader": loader_params(),
-            "params:training": training_params(max_steps=8, val_every_n_steps=4),
-            "params:evaluation": evaluation_params(),
-        }
-    )
-    catalog["st_training"] = WorkFolderDataset(path=str(tmp_path / "st_training"))
-    catalog["st_models"] = RunsDataset(path=str(tmp_path / "st"))
-    pipeline = training_pipeline()
-    for name in pipeline.outputs() - {"st_models"}:
-        catalog[name] = KeptDataset(copy_mode="assign")
-    SequentialRunner().run(pipeline, catalog)
-    model = tmp_path / "st" / "zs"
-    assert (model / "model.pt").is_file() and not (model / "checkpoints").exists()
-    assert (tmp_path / "st_training" / "zs" / "checkpoints" / "last.ckpt").is_file()
-    predictions = catalog["model_predictions"].load()
-    assert list(predictions) == ["zs/st"]
-    assert set(predictions["zs/st"].obs["pert"]) == {"ctrl", "p3"}
-    assert catalog["st_quality"].load()["zs"]["run_dir"] == str(model)  # read from the store
-
-
-def test_training_pipeline_ensemble_averages_its_networks(tmp_path):
-    adata = make_screen(planted_effects(), n_genes=N_GENES, contexts=CONTEXTS, noise=0.15)
-    table = split_table(adata, {"zs": {("C", "p3"): "test", ("B", "p2"): "val"}})
-    write_screen(adata, tmp_path / "screen.h5ad")
-    training = training_params(max_steps=8, val_every_n_steps=4, ensemble=2, seed=5)
     catalog = _catalog(
         {
             "preprocessed_adata@cells": read_h5ad_cells(tmp_path / "screen.h5ad"),
@@ -241,6 +214,25 @@ def test_training_pipeline_ensemble_averages_its_networks(tmp_path):
     for name in pipeline.outputs() - {"st_models"}:
         catalog[name] = KeptDataset(copy_mode="assign")
     SequentialRunner().run(pipeline, catalog)
+    return catalog, adata, table
+
+
+def test_training_pipeline_saves_its_models_to_the_store_and_predicts_from_it(tmp_path):
+    catalog, _, _ = _run_training_pipeline(
+        tmp_path, training_params(max_steps=8, val_every_n_steps=4)
+    )
+    model = tmp_path / "st" / "zs"
+    assert (model / "model.pt").is_file() and not (model / "checkpoints").exists()
+    assert (tmp_path / "st_training" / "zs" / "checkpoints" / "last.ckpt").is_file()
+    predictions = catalog["model_predictions"].load()
+    assert list(predictions) == ["zs/st"]
+    assert set(predictions["zs/st"].obs["pert"]) == {"ctrl", "p3"}
+    assert catalog["st_quality"].load()["zs"]["run_dir"] == str(model)  # read from the store
+
+
+def test_training_pipeline_ensemble_averages_its_networks(tmp_path):
+    training = training_params(max_steps=8, val_every_n_steps=4, ensemble=2, seed=5)
+    catalog, adata, table = _run_training_pipeline(tmp_path, training)
     store = catalog["st_models"].load()
     assert sorted(store) == ["zs", "zs.seed6"]
     assert [store[k].config["training"]["seed"] for k in ("zs", "zs.seed6")] == [5, 6]

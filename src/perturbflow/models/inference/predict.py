@@ -105,11 +105,11 @@ def _control_inputs(
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """``n`` control inputs of ``context`` (cells, or their batch's mean), batch codes, rows.
 
-    ``means.inputs`` (rows like ``data.X``) replaces ``data.X`` as what the model reads. The
+    ``means.matrix`` (``data.X``, or inputs with its rows) is what the model reads. The
     rows are the control cells drawn (with ``control_mean``, the cells whose batch's mean
     is the input).
     """
-    M = data.X if means.inputs is None else means.inputs
+    M = means.matrix
     ctrl = data.control_rows(context)  # not empty: predict_cells checked every context
     picked = rng.choice(ctrl, size=n, replace=n > len(ctrl))
     X = M[picked]
@@ -133,6 +133,7 @@ class _ControlMeans:
 
     def __init__(self, data: SplitCells, inputs: np.ndarray | None) -> None:
         self.data, self.inputs = data, inputs
+        self.matrix = data.X if inputs is None else inputs  # what the model reads
         self._population: dict[str, np.ndarray] = {}
         self._per_batch: dict[str, dict[int, np.ndarray]] = {}
 
@@ -151,8 +152,7 @@ class _ControlMeans:
         """Mean control input of each batch code of the context's controls."""
         if context not in self._per_batch:
             rows = self.data.control_rows(context)
-            M = self.data.X if self.inputs is None else self.inputs
-            codes, means, _ = group_means(M, batch[rows], rows)
+            codes, means, _ = group_means(self.matrix, batch[rows], rows)
             self._per_batch[context] = dict(zip(codes.tolist(), means, strict=True))
         return self._per_batch[context]
 

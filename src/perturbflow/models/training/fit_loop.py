@@ -45,12 +45,18 @@ def start(settings: TrainerParams) -> None:
     pl.seed_everything(settings.seed, workers=True, verbose=False)
 
 
-def reused_summary(run: Path, digest: str, weights: str) -> dict[str, Any] | None:
-    """``run.json`` of a finished run of configuration ``digest`` (with its ``weights`` file)."""
+def finished_summary(run: Path, weights: str) -> dict[str, Any] | None:
+    """``run.json`` of the finished run in ``run`` (with its ``weights`` file), if any."""
     if not ((run / SUMMARY).is_file() and (run / weights).is_file()):
         return None
     old = read_json(run / SUMMARY)
-    if old.get("config_sha256") == digest and old.get("status") == "finished":
+    return old if old.get("status") == "finished" else None
+
+
+def reused_summary(run: Path, digest: str, weights: str) -> dict[str, Any] | None:
+    """``run.json`` of a finished run of configuration ``digest`` (with its ``weights`` file)."""
+    old = finished_summary(run, weights)
+    if old is not None and old.get("config_sha256") == digest:
         logger.info("%s: finished run with this configuration found, reused.", run)
         return old
     return None

@@ -44,13 +44,18 @@ from perturbflow.models.runs.run_dir import (
     SUMMARY,
     WEIGHTS,
     config_digest,
-    read_json,
     save_weights,
     write_json,
     write_yaml,
 )
 from perturbflow.models.st_module import STModule, architecture_dict
-from perturbflow.models.training.fit_loop import fit_run, prepare_run_dir, reused_summary, start
+from perturbflow.models.training.fit_loop import (
+    finished_summary,
+    fit_run,
+    prepare_run_dir,
+    reused_summary,
+    start,
+)
 from perturbflow.models.training.trainer import check_ema_decay
 from perturbflow.params import ColumnsParams, LoaderParams, TrainingParams
 from perturbflow.splits.effects import training_effects
@@ -224,10 +229,8 @@ def rescoped_run(
         The updated ``run.json``, or ``None`` when there is no such run.
     """
     scope = identity["training"]["model"].get("prior_scope", "all")
-    if scope == "all" or not ((run / SUMMARY).is_file() and (run / WEIGHTS).is_file()):
-        return None
-    old = read_json(run / SUMMARY)
-    if old.get("status") != "finished":
+    old = None if scope == "all" else finished_summary(run, WEIGHTS)
+    if old is None:
         return None
     for other in SCOPES:
         if other in ("all", scope):
