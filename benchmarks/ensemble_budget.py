@@ -22,6 +22,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -91,6 +92,7 @@ def main() -> None:
             wall[f"{name}/seed{seed}"] = runs[-1].summary.get("fit_wall_seconds")
         for label in ("val", "test"):  # chosen on val; test reported, never chosen on
             real = real_deltas(data.data, label)
+            alone = [predict_mean_deltas(run, data.data, seed=0, label=label) for run in runs]
             for key, delta in predict_mean_deltas(runs, data.data, seed=0, label=label).items():
                 rows.append(
                     {
@@ -98,6 +100,11 @@ def main() -> None:
                         "label": label,
                         "perturbation": key[1],
                         "short_ensemble": pearson(delta, real[key]),
+                        # what finetuning and adaptation start from: the first member alone
+                        "short_first_member": pearson(alone[0][key], real[key]),
+                        "short_member_mean": float(
+                            np.mean([pearson(a[key], real[key]) for a in alone])
+                        ),
                     }
                 )
     reference = pd.DataFrame(json.loads(args.reference.read_text())["ensemble_rows"])
@@ -105,11 +112,13 @@ def main() -> None:
         pd.DataFrame(rows), on=["set", "label", "perturbation"], validate="one_to_one"
     )
     table = both[both["label"] == "val"]
-    columns_ = ["informed", "ensemble", "short_ensemble"]
+    columns_ = ["informed", "ensemble", "short_ensemble", "short_first_member", "short_member_mean"]
     names = {
         "informed": "one network of the default max_steps (mean of 3 seeds; prior_rule.py)",
         "ensemble": "3 networks of the default max_steps (prior_rule.py)",
         "short_ensemble": f"{args.members} networks of {args.steps} steps",
+        "short_first_member": f"the first of them alone (seed 0, {args.steps} steps)",
+        "short_member_mean": f"one network of {args.steps} steps (mean of the members alone)",
     }
     summary = {
         "what": names,

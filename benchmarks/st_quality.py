@@ -19,6 +19,7 @@ JSON and prints a table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import platform
@@ -34,9 +35,10 @@ from perturbflow.commands import load_params
 from perturbflow.evaluation.benchmark import build_baseline_predictions, evaluate_predictions
 from perturbflow.evaluation.selection import choose_by_validation, validation_scores
 from perturbflow.evaluation.variability import variability_table
-from perturbflow.models.inference.predict import predict_cells
+from perturbflow.models.inference.predict import predict_ensemble
 from perturbflow.models.inference.validation import predict_mean_deltas
-from perturbflow.models.runs.run_dir import load_run
+from perturbflow.models.runs.members import member_seeds
+from perturbflow.models.runs.run_dir import TrainedRun, load_run
 from perturbflow.models.training.train import train_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams
 from perturbflow.predictions import assemble_predictions
@@ -107,17 +109,12 @@ def run_split(
     trainings, chosen, members = {}, {}, []
     for seed in seeds:
         training = TrainingParams(**{**params["training"], "seed": seed, "progress_bar": False})
-        run_dir = work / f"{env}_{split}_seed{seed}"
-        started = time.perf_counter()
-        summary = train_st(data, columns=columns, loader=loader, training=training, run_dir=run_dir)
-        summary["wall_seconds_incl_setup"] = round(time.perf_counter() - started, 1)
-        trainings[seed] = summary
-        run = load_run(run_dir)
-        result = predict_cells(run, data.data, keys, seed=seed, allow_unknown=True)
+        runs = _train_members(data, training, columns, loader, work / f"{env}_{split}", trainings)
+        result = predict_ensemble(runs, data.data, keys, seed=seed, allow_unknown=True)
         preds[f"{split}/st_seed{seed}"] = assemble_predictions(data.data, result.cells, columns)
-        members.append(predict_cells(run, data.data, keys, seed=0, allow_unknown=True).cells)
+        members.append(predict_ensemble(runs, data.data, keys, seed=0, allow_unknown=True).cells)
         st_val = validation_scores(
-            split, f"st_seed{seed}", predict_mean_deltas(run, data.data, seed=seed), val_real
+            split, f"st_seed{seed}", predict_mean_deltas(runs, data.data, seed=seed), val_real
         )
         names = [n for n in evaluation.predictors if n != "control"] + [f"st_seed{seed}"]
         table_ = choose_by_validation(
@@ -156,6 +153,33 @@ def run_split(
         "trainings": trainings,
         "per_perturbation_pearson_delta": per_pert.round(4).to_dict(),
     }
+
+
+def _train_members(
+    data: SplitData,
+    training: TrainingParams,
+    columns: ColumnsParams,
+    loader: LoaderParams,
+    prefix: Path,
+    trainings: dict,
+) -> list[TrainedRun]:
+    """Train (or reuse) the networks of one seed's model: one, or its seed ensemble.
+
+    With ``training.ensemble`` K the model is the product's ensemble of K networks with
+    seeds ``training.seed`` ... ``+ K - 1`` (:mod:`perturbflow.models.runs.members`), each
+    in ``<prefix>_seed<s>``; a network that another seed's ensemble shares is trained once.
+    Records each training's summary in ``trainings`` under its seed.
+    """
+    runs = []
+    for member_seed in member_seeds(training.seed, training.ensemble):
+        run_dir = Path(f"{prefix}_seed{member_seed}")
+        member = dataclasses.replace(training, seed=member_seed)
+        started = time.perf_counter()
+        summary = train_st(data, columns=columns, loader=loader, training=member, run_dir=run_dir)
+        summary["wall_seconds_incl_setup"] = round(time.perf_counter() - started, 1)
+        trainings[member_seed] = summary
+        runs.append(load_run(run_dir))
+    return runs
 
 
 def _seed_summary(rows: list[dict]) -> dict:

@@ -200,7 +200,7 @@ def test_subtracted_control_offset_returns_controls_and_shifts_predictions(train
 
 
 def test_control_mean_inputs_are_the_context_and_batch_means(trained_run):
-    from perturbflow.models.inference.predict import _control_inputs, _ControlMeans
+    from perturbflow.models.inference.control_draw import ControlMeans, draw_control_inputs
 
     run = load_run(trained_run["run_dir"])
     data = split_cells(_test_input(trained_run["adata"]), run)
@@ -209,12 +209,12 @@ def test_control_mean_inputs_are_the_context_and_batch_means(trained_run):
     batch = np.arange(len(data.X)) % 3  # three batches among the controls
     shifted = data.X + 0.5
     for inputs in (None, shifted):
-        means = _ControlMeans(data, inputs)
+        means = ControlMeans(data, inputs)
         M = data.X if inputs is None else inputs
         rng = np.random.default_rng(0)
-        X, _, _ = _control_inputs(data, context, 20, rng, means, control_mean=True, batch=None)
+        X, _, _ = draw_control_inputs(data, context, 20, rng, means, control_mean=True, batch=None)
         np.testing.assert_allclose(X, np.broadcast_to(M[ctrl].mean(axis=0), X.shape), atol=1e-5)
-        X, codes, picked = _control_inputs(
+        X, codes, picked = draw_control_inputs(
             data, context, 20, rng, means, control_mean=True, batch=batch
         )
         np.testing.assert_array_equal(codes, batch[picked])
@@ -224,3 +224,28 @@ def test_control_mean_inputs_are_the_context_and_batch_means(trained_run):
                 X[codes == code], np.broadcast_to(expected, X[codes == code].shape), atol=1e-5
             )
     assert len(np.unique(batch[ctrl])) == 3
+
+
+def test_network_cells_are_centred_on_the_control_draw(trained_run):
+    run = load_run(trained_run["run_dir"])
+    data = split_cells(_test_input(trained_run["adata"]), run)
+    context = "ds" + CONTEXT_SEP + "C"
+    keys = {(context, "p3"): 40, (context, "ctrl"): 40}
+    population = data.control_mean(context)
+    for seed in (0, 1, 2):
+        drawn = predict_cells(run, data, keys, seed=seed, centre_draw=False)
+        centred = predict_cells(run, data, keys, seed=seed)
+        key = (context, "p3")
+        np.testing.assert_array_equal(drawn.starts[key], centred.starts[key])  # same draw
+        shift = population - data.X[drawn.starts[key]].mean(axis=0)
+        # where nothing was clipped at zero, the cells moved by the draw's deviation
+        unclipped = (drawn.cells[key] > 0).all(axis=0) & (centred.cells[key] > 0).all(axis=0)
+        assert unclipped.sum() >= 5
+        np.testing.assert_allclose(
+            centred.cells[key][:, unclipped] - drawn.cells[key][:, unclipped],
+            np.tile(shift[unclipped], (40, 1)),
+            atol=1e-4,
+        )
+        # the control label keeps the cells drawn
+        ctrl = (context, "ctrl")
+        np.testing.assert_array_equal(centred.cells[ctrl], drawn.cells[ctrl])
