@@ -30,13 +30,12 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from perturbflow.baselines import real_deltas
 from perturbflow.commands import load_params
 from perturbflow.evaluation.benchmark import build_baseline_predictions, evaluate_predictions
-from perturbflow.evaluation.selection import choose_by_validation, validation_scores
+from perturbflow.evaluation.selection import choose_by_validation
 from perturbflow.evaluation.variability import variability_table
 from perturbflow.models.inference.predict import predict_ensemble
-from perturbflow.models.inference.validation import predict_mean_deltas
+from perturbflow.models.inference.validation import model_validation_scores
 from perturbflow.models.runs.members import member_seeds
 from perturbflow.models.runs.run_dir import TrainedRun, load_run
 from perturbflow.models.training.train import train_st
@@ -100,7 +99,6 @@ def run_split(
     data = hvg_split(path, adata, table, split, genes)
     baselines = build_baseline_predictions(adata, sub, genes, columns, evaluation)
     preds, reals = baselines.predictions, baselines.reals
-    val_real = real_deltas(data.data, "val")
     keys = {
         (c, p): len(data.data.perturbation_rows(c, p, "test"))
         for c in data.data.heldout_contexts("test")
@@ -113,8 +111,8 @@ def run_split(
         result = predict_ensemble(runs, data.data, keys, seed=seed, allow_unknown=True)
         preds[f"{split}/st_seed{seed}"] = assemble_predictions(data.data, result.cells, columns)
         members.append(predict_ensemble(runs, data.data, keys, seed=0, allow_unknown=True).cells)
-        st_val = validation_scores(
-            split, f"st_seed{seed}", predict_mean_deltas(runs, data.data, seed=seed), val_real
+        st_val = model_validation_scores(
+            runs, data.data, split=split, predictor=f"st_seed{seed}", seed=seed
         )
         names = [n for n in evaluation.predictors if n != "control"] + [f"st_seed{seed}"]
         table_ = choose_by_validation(

@@ -11,13 +11,11 @@ from pathlib import Path
 import anndata as ad
 import pandas as pd
 
-from perturbflow.baselines import real_deltas
 from perturbflow.datasets.model_store import StoredModels
 from perturbflow.evaluation.benchmark import PREDICTION_SEP, split_names
-from perturbflow.evaluation.selection import validation_scores
 from perturbflow.exceptions import InputError
 from perturbflow.models.inference.predict import predict_heldout
-from perturbflow.models.inference.validation import predict_mean_deltas
+from perturbflow.models.inference.validation import model_validation_scores
 from perturbflow.models.training.finetune import FinetuningParams, finetune_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams
 from perturbflow.splits.split_data import split_data_from_file
@@ -106,6 +104,7 @@ def predict_finetuned(
         name,
     )
     key = f"{name}{PREDICTION_SEP}{predictor}"
-    val = predict_mean_deltas(run, data, seed=evaluation.seed, label="val")
-    scores = validation_scores(name, predictor, val, real_deltas(data, "val"))
+    scores = model_validation_scores(
+        run, data, split=name, predictor=predictor, seed=evaluation.seed
+    )
     return {key: predicted}, encoded.assign(split=name, predictor=predictor), {key: scores}

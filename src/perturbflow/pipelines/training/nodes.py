@@ -9,14 +9,12 @@ from pathlib import Path
 import anndata as ad
 import pandas as pd
 
-from perturbflow.baselines import real_deltas
 from perturbflow.datasets.model_store import StoredModels
 from perturbflow.evaluation.benchmark import PREDICTION_SEP, split_names
-from perturbflow.evaluation.selection import validation_scores
 from perturbflow.exceptions import InputError
 from perturbflow.models.inference.predict import predict_heldout
 from perturbflow.models.inference.quality import control_offset_report
-from perturbflow.models.inference.validation import predict_mean_deltas
+from perturbflow.models.inference.validation import model_validation_scores
 from perturbflow.models.runs.members import check_ensemble, member_names, member_seeds
 from perturbflow.models.runs.run_dir import TrainedRun
 from perturbflow.models.training.train import train_st
@@ -148,9 +146,8 @@ def predict_st_models(
         predicted, encoded = predict_heldout(runs, data, columns, seed=evaluation.seed)
         predictions[f"{name}{PREDICTION_SEP}{MODEL_NAME}"] = predicted
         sources.append(encoded.assign(split=name, predictor=MODEL_NAME, networks=len(runs)))
-        val = predict_mean_deltas(runs, data, seed=evaluation.seed, label="val")
-        validation[f"{name}{PREDICTION_SEP}{MODEL_NAME}"] = validation_scores(
-            name, MODEL_NAME, val, real_deltas(data, "val")
+        validation[f"{name}{PREDICTION_SEP}{MODEL_NAME}"] = model_validation_scores(
+            runs, data, split=name, predictor=MODEL_NAME, seed=evaluation.seed
         )
         quality[name] = control_offset_report(run, data, columns, seed=evaluation.seed)
         quality[name]["run_dir"] = str(run.path)
