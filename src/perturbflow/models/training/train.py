@@ -17,7 +17,6 @@ step). A run directory that holds a run with another configuration is moved asid
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -38,7 +37,6 @@ from perturbflow.models.components.dose import check_interpolation, interpolatio
 from perturbflow.models.components.inputs import PerturbationInputs
 from perturbflow.models.components.network import Architecture, resolve_size
 from perturbflow.models.components.prior import ResponsePrior, prior_table
-from perturbflow.models.components.prior_scope import SCOPES
 from perturbflow.models.runs.run_dir import (
     CONFIG,
     SUMMARY,
@@ -50,12 +48,12 @@ from perturbflow.models.runs.run_dir import (
 )
 from perturbflow.models.st_module import STModule, architecture_dict
 from perturbflow.models.training.fit_loop import (
-    finished_summary,
     fit_run,
     prepare_run_dir,
     reused_summary,
     start,
 )
+from perturbflow.models.training.rescope import rescoped_run
 from perturbflow.models.training.trainer import check_ema_decay
 from perturbflow.params import ColumnsParams, LoaderParams, TrainingParams
 from perturbflow.splits.effects import training_effects
@@ -63,9 +61,9 @@ from perturbflow.splits.split_data import SplitData, shared_reader
 
 logger = logging.getLogger(__name__)
 
-# Settings that change how a run is executed, not what it learns: a run that differs only
-# in these is the same run (it can be resumed or reused).
-# not what one network learns (``ensemble``: how many are trained, each with its own seed)
+# Settings that change how a run is executed, not what one network learns (``ensemble``:
+# how many are trained, each with its own seed): a run that differs only in these is the
+# same run (it can be resumed or reused).
 EXECUTION_KEYS = ("splits", "progress_bar", "cpu_threads", "resume", "logger", "ensemble")
 
 
@@ -197,63 +195,6 @@ def _resolved_config(
         "architecture": architecture_dict(arch),
         "data": {"path": str(split.path), **data_identity(split)},
     }
-
-
-def rescoped_run(
-    run: Path,
-    identity: dict[str, Any],
-    config: dict[str, Any],
-    digest: str,
-    sources: pd.DataFrame,
-) -> dict[str, Any] | None:
-    """A finished run that differs only in a ``prior_scope`` that trains the same network.
-
-    The scopes but ``all`` train the network alone (the prior is fitted on all training
-    keys, without cross-fitting, and only decides at inference which keys are predicted at
-    it), so a run trained under ``out_of_context`` has the network ``informed`` would
-    train, bit for bit. Such a run is reused instead of retrained: its ``config.yaml``,
-    ``perturbation_sources.csv`` and ``run.json`` (digest, last) are rewritten for the new
-    scope, each atomically, so the folder is what a fresh training would have written and
-    a kill between the writes is repaired by the next call. A finetuned run of the old
-    base then no longer matches its base's digest (it inherited the old scope) and says so
-    when loaded.
-
-    Args:
-        run: The run folder.
-        identity: The configuration the digest is computed on (no data path).
-        config: The configuration to write (``config.yaml``).
-        digest: ``identity``'s digest.
-        sources: The run's key table with its prior sources under the new scope.
-
-    Returns:
-        The updated ``run.json``, or ``None`` when there is no such run.
-    """
-    scope = identity["training"]["model"].get("prior_scope", "all")
-    old = None if scope == "all" else finished_summary(run, WEIGHTS)
-    if old is None:
-        return None
-    for other in SCOPES:
-        if other in ("all", scope):
-            continue
-        alike = copy.deepcopy(identity)
-        alike["training"]["model"]["prior_scope"] = other
-        if old.get("config_sha256") != config_digest(alike):
-            continue
-        summary = {**old, "config_sha256": digest}
-        if rank_zero_only.rank == 0:
-            write_yaml(run / CONFIG, config)
-            with atomic_path(run / "perturbation_sources.csv") as tmp:
-                sources.to_csv(tmp, index=False)
-            write_json(run / SUMMARY, summary)
-        logger.info(
-            "%s: finished run with prior_scope %r found: the same network as %r (the scope "
-            "decides at inference only), reused with its configuration updated.",
-            run,
-            other,
-            scope,
-        )
-        return summary
-    return None
 
 
 def data_identity(split: SplitData) -> dict[str, Any]:
