@@ -32,6 +32,7 @@ from st_quality import hvg_split, load_environment  # noqa: E402
 from perturbflow.baselines import real_deltas  # noqa: E402
 from perturbflow.baselines.linear import pearson  # noqa: E402
 from perturbflow.models.inference.validation import predict_mean_deltas  # noqa: E402
+from perturbflow.models.runs.members import member_trainings  # noqa: E402
 from perturbflow.models.runs.run_dir import load_run  # noqa: E402
 from perturbflow.models.training.train import train_st  # noqa: E402
 from perturbflow.params import ColumnsParams, LoaderParams, TrainingParams  # noqa: E402
@@ -76,20 +77,21 @@ def main() -> None:
         data = hvg_split(path, adata, env_table if table is None else table, split, genes)
         columns, loader = ColumnsParams(**params["columns"]), LoaderParams(**params["loader"])
         runs = []
-        for seed in range(args.members):
-            training = TrainingParams(
-                **{
-                    **params["training"],
-                    "seed": seed,
-                    "max_steps": args.steps,
-                    "progress_bar": False,
-                }
-            )
-            run_dir = work / name.replace(":", "_") / f"seed{seed}"
+        ensemble = TrainingParams(
+            **{
+                **params["training"],
+                "seed": 0,
+                "ensemble": args.members,
+                "max_steps": args.steps,
+                "progress_bar": False,
+            }
+        )
+        for _, training in member_trainings(name, ensemble):
+            run_dir = work / name.replace(":", "_") / f"seed{training.seed}"
             train_st(data, columns=columns, loader=loader, training=training, run_dir=run_dir)
             runs.append(load_run(run_dir))
             # the training's own time (run.json), also when a finished run is reused
-            wall[f"{name}/seed{seed}"] = runs[-1].summary.get("fit_wall_seconds")
+            wall[f"{name}/seed{training.seed}"] = runs[-1].summary.get("fit_wall_seconds")
         for label in ("val", "test"):  # chosen on val; test reported, never chosen on
             real = real_deltas(data.data, label)
             alone = [predict_mean_deltas(run, data.data, seed=0, label=label) for run in runs]

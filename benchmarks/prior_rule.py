@@ -24,9 +24,10 @@ never chosen on). Runs read: ``benchmarks/st_kfold.py``'s
 A run trained with any scope but ``all`` has the same network, so the candidates share it.
 
 ``ensemble`` (``training.ensemble: 3``): ``informed`` with the network's delta of a key
-averaged over the three seeds' runs (what the product predicts with three networks: the
-mean of their cells from the same controls has the mean of their mean deltas), scored per
-key against the per-key mean of the single runs' ``informed`` figures.
+averaged over the three seeds' runs (what the product predicts with three networks, up to
+the draw: the mean of their cells has the mean of their mean deltas, but here each run
+predicts from its own seed's draw of control cells, the product from one draw for all),
+scored per key against the per-key mean of the single runs' ``informed`` figures.
 
 Usage (from the project root):
     python benchmarks/prior_rule.py --out docs/results/prior_rule.json \

@@ -19,7 +19,6 @@ JSON and prints a table.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import platform
@@ -36,7 +35,7 @@ from perturbflow.evaluation.selection import choose_by_validation
 from perturbflow.evaluation.variability import variability_table
 from perturbflow.models.inference.predict import predict_ensemble
 from perturbflow.models.inference.validation import model_validation_scores
-from perturbflow.models.runs.members import member_seeds
+from perturbflow.models.runs.members import member_trainings
 from perturbflow.models.runs.run_dir import TrainedRun, load_run
 from perturbflow.models.training.train import train_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams
@@ -169,13 +168,12 @@ def _train_members(
     Records each training's summary in ``trainings`` under its seed.
     """
     runs = []
-    for member_seed in member_seeds(training.seed, training.ensemble):
-        run_dir = Path(f"{prefix}_seed{member_seed}")
-        member = dataclasses.replace(training, seed=member_seed)
+    for _, member in member_trainings(str(prefix), training):
+        run_dir = Path(f"{prefix}_seed{member.seed}")
         started = time.perf_counter()
         summary = train_st(data, columns=columns, loader=loader, training=member, run_dir=run_dir)
         summary["wall_seconds_incl_setup"] = round(time.perf_counter() - started, 1)
-        trainings[member_seed] = summary
+        trainings[member.seed] = summary
         runs.append(load_run(run_dir))
     return runs
 

@@ -12,7 +12,6 @@ process would re-run ``kedro run``). It reads the same configuration as the pipe
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -84,7 +83,7 @@ def _existing(path: str, flag: str, hint: str) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train the ST model of one split (DDP when ``training.strategy`` says so)."""
-    from perturbflow.models.runs.members import member_names, member_seeds
+    from perturbflow.models.runs.members import member_trainings
     from perturbflow.models.training.train import train_st
     from perturbflow.splits.split_data import split_data_from_file
 
@@ -109,10 +108,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         loader=loader,
     )
     summaries = []
-    names = member_names(args.split, training.seed, training.ensemble)
-    for name, seed in zip(names, member_seeds(training.seed, training.ensemble), strict=True):
+    for name, member in member_trainings(args.split, training):
         run_dir = member_run_dir(args.run, args.split, name)
-        member = dataclasses.replace(training, seed=seed)
         summaries.append(
             train_st(split, columns=columns, loader=loader, training=member, run_dir=run_dir)
         )

@@ -14,7 +14,12 @@ from perturbflow.exceptions import InputError
 from perturbflow.models.inference.predict import predict_cells, predict_ensemble
 from perturbflow.models.inference.validation import predict_mean_deltas
 from perturbflow.models.runs.adapter import ADAPTER_CONFIG
-from perturbflow.models.runs.members import check_ensemble, member_names, member_seeds
+from perturbflow.models.runs.members import (
+    check_ensemble,
+    member_names,
+    member_seeds,
+    member_trainings,
+)
 from perturbflow.models.runs.run_dir import load_run
 from perturbflow.models.training.train import train_st
 from tests.models.inference.inference_data import infer_args
@@ -26,6 +31,12 @@ def test_member_names_keep_the_split_name_for_the_first_network():
     assert member_names("fewshot", 0, 1) == ["fewshot"]
     assert member_names("fewshot", 4, 3) == ["fewshot", "fewshot.seed5", "fewshot.seed6"]
     assert member_seeds(4, 3) == [4, 5, 6]
+    training = training_params(seed=4, ensemble=3, max_steps=7)
+    members = member_trainings("fewshot", training)
+    assert [name for name, _ in members] == member_names("fewshot", 4, 3)
+    assert [t.seed for _, t in members] == [4, 5, 6]
+    for _, member in members:  # only the seed differs
+        assert dataclasses.replace(member, seed=4) == training
     for bad in (0, -1, 1.5, True):
         with pytest.raises(InputError, match="training.ensemble"):
             check_ensemble(bad)

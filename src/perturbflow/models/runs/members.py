@@ -17,7 +17,10 @@ that set the option's documented trade-off are in docs/model.md.
 
 from __future__ import annotations
 
+import dataclasses
+
 from perturbflow.exceptions import InputError
+from perturbflow.params import TrainingParams
 
 MEMBER_SEP = ".seed"
 
@@ -50,3 +53,17 @@ def member_names(split: str, seed: int, size: int) -> list[str]:
     """
     seeds = member_seeds(seed, size)
     return [split] + [f"{split}{MEMBER_SEP}{s}" for s in seeds[1:]]
+
+
+def member_trainings(split: str, training: TrainingParams) -> list[tuple[str, TrainingParams]]:
+    """Each network of split ``split``'s ensemble: its run name and its training settings.
+
+    The settings are ``training`` with the member's seed (``training.seed``, ``+1``, ...);
+    what the training pipeline, ``perturbflow train`` and the benchmarks each train.
+    """
+    names = member_names(split, training.seed, training.ensemble)
+    seeds = member_seeds(training.seed, training.ensemble)
+    return [
+        (name, dataclasses.replace(training, seed=seed))
+        for name, seed in zip(names, seeds, strict=True)
+    ]

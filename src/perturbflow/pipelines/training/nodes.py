@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from perturbflow.exceptions import InputError
 from perturbflow.models.inference.predict import predict_heldout
 from perturbflow.models.inference.quality import control_offset_report
 from perturbflow.models.inference.validation import model_validation_scores
-from perturbflow.models.runs.members import check_ensemble, member_names, member_seeds
+from perturbflow.models.runs.members import check_ensemble, member_names, member_trainings
 from perturbflow.models.runs.run_dir import TrainedRun
 from perturbflow.models.training.train import train_st
 from perturbflow.params import ColumnsParams, EvaluationParams, LoaderParams, TrainingParams
@@ -91,14 +90,17 @@ def train_models(
     runs = {}
     for name in training.splits:
         split = _split(preprocessed_adata, split_table, name, hvg_genes, loader)
-        names = member_names(name, training.seed, training.ensemble)
-        for k, (member, seed) in enumerate(
-            zip(names, member_seeds(training.seed, training.ensemble), strict=True)
-        ):
-            if len(names) > 1:
-                logger.info("ST %s: network %d of %d (seed %d)", name, k + 1, len(names), seed)
+        members = member_trainings(name, training)
+        for k, (member, member_training) in enumerate(members):
+            if len(members) > 1:
+                logger.info(
+                    "ST %s: network %d of %d (seed %d)",
+                    name,
+                    k + 1,
+                    len(members),
+                    member_training.seed,
+                )
             run_dir = Path(st_training) / member
-            member_training = dataclasses.replace(training, seed=seed)
             train_st(
                 split, columns=columns, loader=loader, training=member_training, run_dir=run_dir
             )
