@@ -22,9 +22,10 @@ A172 perturbations from A172's control cells:
 Everything is scored with the evaluation pipeline's own code (cell-eval), beside the
 baselines (control, perturbation_mean, context_mean, linear) and the data ceiling;
 ``context_mean`` is the context transfer a linear response prior starts a held-out context
-from. Under the default ``prior_scope: out_of_context`` every A172 perturbation is predicted
-at that prior whatever the shift; ``--params training.model.prior_scope=all`` lets the
-network (and so the shift) move it. The
+from. Under the default ``prior_scope: informed`` every A172 perturbation is predicted at
+that prior whatever the shift; ``--params training.model.prior_scope=all`` lets the
+network (and so the shift) move it, and ``--params training.model.response_prior=none``
+scores the network alone (the table of docs/adaptation.md). The
 source files are written per cell line into the work directory (controls only).
 """
 

@@ -373,6 +373,10 @@ class TrainerParams:
         max_steps: Optimiser steps.
         val_every_n_steps: Validation (val pearson_delta) every N steps.
         ckpt_every_n_steps: A checkpoint every N steps (plus ``last`` and ``best``).
+        keep_step_checkpoints: How many of those periodic checkpoints a run keeps, the newest
+            (``None``: every one, as STATE does). ``last`` and ``best`` are always kept;
+            resuming reads ``last``, or the newest intact periodic one when a full disk
+            truncated it, so keep at least 2 where disks fill.
         accelerator: Lightning accelerator (``auto``: a GPU where present, else CPU).
         devices: Lightning devices (``auto``, a count or a list as text).
         strategy: Lightning strategy (``auto``, ``ddp``, ...).
@@ -396,6 +400,7 @@ class TrainerParams:
     max_steps: int
     val_every_n_steps: int
     ckpt_every_n_steps: int
+    keep_step_checkpoints: int | None
     accelerator: str
     devices: str | int
     strategy: str

@@ -79,6 +79,7 @@ TRAINER_EXECUTION = dict(
     progress_bar=False,
     cpu_threads=None,
     resume=True,
+    keep_step_checkpoints=None,
 )
 
 

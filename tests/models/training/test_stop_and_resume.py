@@ -166,3 +166,55 @@ def test_a_checkpoint_holds_its_steps_validation_and_its_row_is_on_disk(planted,
         assert on_disk == list(range(14, step, 15)), step
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step=*.ckpt"))
     assert names == sorted(f"step={n}.ckpt" for n in (5, 10, 15, 20, 25, 30))
+
+
+def test_keep_step_checkpoints_prunes_the_oldest_and_a_resumed_run_goes_on(planted, tmp_path):
+    # every periodic checkpoint kept filled a disk during a benchmark (43 MB each for a
+    # 256-wide model, a failed write killed the run): keep_step_checkpoints keeps the newest
+    from lightning.pytorch.callbacks import Callback
+
+    from perturbflow.models.training.train import train_st
+    from tests.models.support import loader_params, make_split, training_params
+    from tests.synthetic import COLUMNS
+
+    class Crash(Callback):
+        def on_train_batch_end(self, trainer, *args, **kwargs):
+            if trainer.global_step == 17:
+                raise RuntimeError("crashed at step 17")
+
+    split = make_split(planted["adata"], planted["path"], planted["table"], "zs")
+    params = training_params(
+        max_steps=30, val_every_n_steps=15, ckpt_every_n_steps=5, keep_step_checkpoints=2
+    )
+    run, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
+
+    def kept() -> list[str]:
+        return sorted(p.name for p in ckpts.glob("*.ckpt"))
+
+    common = dict(columns=COLUMNS, loader=loader_params(), training=params, run_dir=run)
+    with pytest.raises(RuntimeError, match="crashed at step 17"):
+        train_st(split, callbacks=[Crash()], **common)
+    assert kept() == ["best.ckpt", "last.ckpt", "step=10.ckpt", "step=15.ckpt"]
+    summary = train_st(split, **common)
+    assert summary["steps"] == 30 and summary["resumed_from"].endswith("last.ckpt")
+    # the resumed run pruned the files of the run it resumed (step=15), not only its own
+    assert kept() == ["best.ckpt", "last.ckpt", "step=25.ckpt", "step=30.ckpt"]
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 30
+
+
+def test_keep_step_checkpoints_below_one_is_refused_before_training(planted, tmp_path):
+    from perturbflow.models.training.train import train_st
+    from tests.models.support import loader_params, make_split, training_params
+    from tests.synthetic import COLUMNS
+
+    split = make_split(planted["adata"], planted["path"], planted["table"], "zs")
+    params = training_params(max_steps=10, keep_step_checkpoints=0)
+    with pytest.raises(InputError, match="training.keep_step_checkpoints is 0"):
+        train_st(
+            split,
+            columns=COLUMNS,
+            loader=loader_params(),
+            training=params,
+            run_dir=tmp_path / "run",
+        )
+    assert not (tmp_path / "run" / "checkpoints").exists()

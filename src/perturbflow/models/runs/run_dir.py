@@ -8,7 +8,8 @@
   context_map.json        dataset.celltype contexts -> index
   batch_map.json          batches -> index (only with a batch column)
   perturbation_inputs.json + training_effects.npz   what the perturbation encoder reads
-  checkpoints/            step=N.ckpt every N steps, last.ckpt, best.ckpt (resume only)
+  checkpoints/            step=N.ckpt every N steps (the newest keep_step_checkpoints),
+                          last.ckpt, best.ckpt (resume only)
   logs/metrics.csv        the CSV logger (or TensorBoard event files)
   model.pt                the weights used for inference (a state dict)
   run.json                status, steps, wall time, throughput, best validation score

@@ -59,6 +59,7 @@ from perturbflow.models.training.train import (
     sentence_data,
     write_run_files,
 )
+from perturbflow.models.training.trainer import check_keep_step_checkpoints
 from perturbflow.params import ColumnsParams, LoaderParams, TrainerParams
 from perturbflow.splits.effects import training_effects
 from perturbflow.splits.split_data import SplitData
@@ -76,6 +77,7 @@ EXECUTION_KEYS = (
     "cpu_threads",
     "resume",
     "logger",
+    "keep_step_checkpoints",
 )
 
 
@@ -147,6 +149,7 @@ def _check(split: SplitData, base: TrainedRun, finetuning: FinetuningParams) -> 
         raise InputError(
             "finetuning.max_steps, val_every_n_steps and ckpt_every_n_steps must be >= 1."
         )
+    check_keep_step_checkpoints(finetuning.keep_step_checkpoints, "finetuning")
     if list(split.genes) != list(base.genes):
         raise InputError(
             f"The base run {base.path} was trained on other genes (genes.json, "

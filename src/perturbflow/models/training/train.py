@@ -54,7 +54,7 @@ from perturbflow.models.training.fit_loop import (
     start,
 )
 from perturbflow.models.training.rescope import rescoped_run
-from perturbflow.models.training.trainer import check_ema_decay
+from perturbflow.models.training.trainer import check_ema_decay, check_keep_step_checkpoints
 from perturbflow.params import ColumnsParams, LoaderParams, TrainingParams
 from perturbflow.splits.effects import training_effects
 from perturbflow.splits.split_data import SplitData, shared_reader
@@ -64,7 +64,15 @@ logger = logging.getLogger(__name__)
 # Settings that change how a run is executed, not what one network learns (``ensemble``:
 # how many are trained, each with its own seed): a run that differs only in these is the
 # same run (it can be resumed or reused).
-EXECUTION_KEYS = ("splits", "progress_bar", "cpu_threads", "resume", "logger", "ensemble")
+EXECUTION_KEYS = (
+    "splits",
+    "progress_bar",
+    "cpu_threads",
+    "resume",
+    "logger",
+    "ensemble",
+    "keep_step_checkpoints",
+)
 
 
 def _check(split: SplitData, columns: ColumnsParams, training: TrainingParams) -> None:
@@ -93,6 +101,7 @@ def _check(split: SplitData, columns: ColumnsParams, training: TrainingParams) -
         raise InputError(
             "training.max_steps, val_every_n_steps and ckpt_every_n_steps must be >= 1."
         )
+    check_keep_step_checkpoints(training.keep_step_checkpoints, "training")
 
 
 def _has_val(split: SplitData) -> bool:

@@ -122,7 +122,10 @@ def build_trainer(
     meter = ThroughputMeter()
     all_callbacks: list[Callback] = [
         _periodic_checkpoints(
-            run, settings.ckpt_every_n_steps, settings.val_every_n_steps if has_val else None
+            run,
+            settings.ckpt_every_n_steps,
+            settings.val_every_n_steps if has_val else None,
+            settings.keep_step_checkpoints,
         ),
         *([best] if best else []),
         meter,
@@ -188,16 +191,39 @@ class _StepCheckpoint(ModelCheckpoint):
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
 
 
-def _periodic_checkpoints(run: Path, every: int, val_every: int | None) -> ModelCheckpoint:
-    """``step=N.ckpt`` every ``every`` steps, all kept, and ``last.ckpt``."""
+def check_keep_step_checkpoints(keep: int | None, group: str) -> None:
+    """Fail before any work on a ``keep_step_checkpoints`` below 1 (``None`` keeps every one).
+
+    Raises:
+        InputError: ``keep`` is 0 or negative.
+    """
+    if keep is not None and keep < 1:
+        raise InputError(
+            f"{group}.keep_step_checkpoints is {keep}: keep at least 1 periodic checkpoint (2 or "
+            "more where a full disk could truncate the newest), or null to keep every one."
+        )
+
+
+def _periodic_checkpoints(
+    run: Path, every: int, val_every: int | None, keep: int | None
+) -> ModelCheckpoint:
+    """``step=N.ckpt`` every ``every`` steps (the newest ``keep``, or all) and ``last.ckpt``.
+
+    Keeping the newest ``keep`` is Lightning's top-k on the step counter (``monitor="step"``,
+    ``mode="max"``): the callback's state travels in the checkpoint, so a resumed run goes
+    on pruning the files of the run it resumed.
+    """
+    top_k: dict[str, Any] = {"save_top_k": -1}
+    if keep is not None:
+        top_k = {"save_top_k": keep, "monitor": "step", "mode": "max"}
     return _StepCheckpoint(
         dirpath=run / CHECKPOINTS,
         filename="step={step}",
         auto_insert_metric_name=False,
         every_n_train_steps=every,
-        save_top_k=-1,
         save_last=True,
         val_every=val_every,
+        **top_k,
     )
 
 
