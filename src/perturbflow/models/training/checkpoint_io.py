@@ -11,6 +11,7 @@ temporary file beside its target and renamed onto it (atomic on POSIX), with
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +36,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
         Raises:
             TypeError: ``storage_options`` was given.
+            OSError: The write failed (a full disk, most often): the message names the
+                file and the free space left, and says that the run resumes from its last
+                intact checkpoint. The temporary file is removed, ``path`` left as it was.
         """
         if storage_options is not None:
             raise TypeError(
                 f"{type(self).__name__} does not take storage_options; got {storage_options!r}."
             )
-        with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+        try:
+            with atomic_path(path) as tmp:
+                torch.save(checkpoint, tmp)
+        except (OSError, RuntimeError) as err:
+            # torch reports a full disk as "RuntimeError: [enforce fail at
+            # inline_container.cc] unexpected pos ...", which names neither file nor cause
+            folder = Path(path).parent
+            free = shutil.disk_usage(folder).free / 2**20 if folder.is_dir() else float("nan")
+            raise OSError(
+                f"Writing the checkpoint {path} failed with {free:,.0f} MiB free on its disk "
+                f"({type(err).__name__}: {err}). The run's earlier checkpoints are intact: "
+                "free some space (training.keep_step_checkpoints keeps fewer step=N.ckpt "
+                "files) and rerun to resume from the last of them."
+            ) from err
