@@ -11,10 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from perturbflow.exceptions import InputError
 from perturbflow.models.training.fit import RunCSVLogger, resume_checkpoint
+from perturbflow.models.training.train import train_st
+from tests.models.support import loader_params, make_split, training_params
 from tests.models.training.training_process import start_training
+from tests.synthetic import COLUMNS
 
 
 def test_sigterm_stops_with_an_error_and_the_rerun_resumes(planted, tmp_path):
@@ -129,17 +133,17 @@ def test_a_corrupt_model_file_is_named_and_never_run(trained_run, tmp_path, kind
     assert not marker.exists()
 
 
-def test_a_checkpoint_holds_its_steps_validation_and_its_row_is_on_disk(planted, tmp_path):
+@pytest.fixture
+def split(planted):
+    """The planted screen's zero-shot split, trained in process by the tests below."""
+    return make_split(planted["adata"], planted["path"], planted["table"], "zs")
+
+
+def test_a_checkpoint_holds_its_steps_validation_and_its_row_is_on_disk(split, tmp_path):
     # a run killed after a checkpoint resumes from it and never validates its steps again:
     # a step that validates is checkpointed after its validation, whose row is on disk then
     # (Lightning used to save the step checkpoint first: a kill during that validation lost
     # the row for good, a CI failure of test_killed_training_resumes_from_last)
-    from lightning.pytorch.callbacks import Callback
-
-    from perturbflow.models.training.train import train_st
-    from tests.models.support import loader_params, make_split, training_params
-    from tests.synthetic import COLUMNS
-
     metrics = tmp_path / "run" / "logs" / "metrics.csv"
     seen: dict[int, list[int]] = {}
 
@@ -151,7 +155,6 @@ def test_a_checkpoint_holds_its_steps_validation_and_its_row_is_on_disk(planted,
                 rows = frame["step"][frame["val/pearson_delta"].notna()].tolist()
             seen.setdefault(trainer.global_step, rows)  # the first save of the step
 
-    split = make_split(planted["adata"], planted["path"], planted["table"], "zs")
     params = training_params(max_steps=30, val_every_n_steps=15, ckpt_every_n_steps=5)
     train_st(
         split,
@@ -168,21 +171,14 @@ def test_a_checkpoint_holds_its_steps_validation_and_its_row_is_on_disk(planted,
     assert names == sorted(f"step={n}.ckpt" for n in (5, 10, 15, 20, 25, 30))
 
 
-def test_keep_step_checkpoints_prunes_the_oldest_and_a_resumed_run_goes_on(planted, tmp_path):
+def test_keep_step_checkpoints_prunes_the_oldest_and_a_resumed_run_goes_on(split, tmp_path):
     # every periodic checkpoint kept filled a disk during a benchmark (43 MB each for a
     # 256-wide model, a failed write killed the run): keep_step_checkpoints keeps the newest
-    from lightning.pytorch.callbacks import Callback
-
-    from perturbflow.models.training.train import train_st
-    from tests.models.support import loader_params, make_split, training_params
-    from tests.synthetic import COLUMNS
-
     class Crash(Callback):
         def on_train_batch_end(self, trainer, *args, **kwargs):
             if trainer.global_step == 17:
                 raise RuntimeError("crashed at step 17")
 
-    split = make_split(planted["adata"], planted["path"], planted["table"], "zs")
     params = training_params(
         max_steps=30, val_every_n_steps=15, ckpt_every_n_steps=5, keep_step_checkpoints=2
     )
@@ -202,12 +198,7 @@ def test_keep_step_checkpoints_prunes_the_oldest_and_a_resumed_run_goes_on(plant
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 30
 
 
-def test_keep_step_checkpoints_below_one_is_refused_before_training(planted, tmp_path):
-    from perturbflow.models.training.train import train_st
-    from tests.models.support import loader_params, make_split, training_params
-    from tests.synthetic import COLUMNS
-
-    split = make_split(planted["adata"], planted["path"], planted["table"], "zs")
+def test_keep_step_checkpoints_below_one_is_refused_before_training(split, tmp_path):
     params = training_params(max_steps=10, keep_step_checkpoints=0)
     with pytest.raises(InputError, match="training.keep_step_checkpoints is 0"):
         train_st(

@@ -59,7 +59,7 @@ from perturbflow.models.training.train import (
     sentence_data,
     write_run_files,
 )
-from perturbflow.models.training.trainer import check_keep_step_checkpoints
+from perturbflow.models.training.trainer import check_trainer_settings
 from perturbflow.params import ColumnsParams, LoaderParams, TrainerParams
 from perturbflow.splits.effects import training_effects
 from perturbflow.splits.split_data import SplitData
@@ -145,11 +145,7 @@ class FinetuningParams(TrainerParams):
 def _check(split: SplitData, base: TrainedRun, finetuning: FinetuningParams) -> None:
     if finetuning.method == "lora":
         check_targets(finetuning.lora.targets)
-    if min(finetuning.max_steps, finetuning.val_every_n_steps, finetuning.ckpt_every_n_steps) < 1:
-        raise InputError(
-            "finetuning.max_steps, val_every_n_steps and ckpt_every_n_steps must be >= 1."
-        )
-    check_keep_step_checkpoints(finetuning.keep_step_checkpoints, "finetuning")
+    check_trainer_settings(finetuning, "finetuning")
     if list(split.genes) != list(base.genes):
         raise InputError(
             f"The base run {base.path} was trained on other genes (genes.json, "

@@ -54,7 +54,7 @@ from perturbflow.models.training.fit_loop import (
     start,
 )
 from perturbflow.models.training.rescope import rescoped_run
-from perturbflow.models.training.trainer import check_ema_decay, check_keep_step_checkpoints
+from perturbflow.models.training.trainer import check_ema_decay, check_trainer_settings
 from perturbflow.params import ColumnsParams, LoaderParams, TrainingParams
 from perturbflow.splits.effects import training_effects
 from perturbflow.splits.split_data import SplitData, shared_reader
@@ -97,11 +97,7 @@ def _check(split: SplitData, columns: ColumnsParams, training: TrainingParams) -
     perturbed = ~split.split_table["is_control"].astype(bool)
     if not ((labels == "train") & perturbed).any():
         raise InputError(f"Split {split.split_name!r} has no perturbed training cells.")
-    if training.max_steps < 1 or training.val_every_n_steps < 1 or training.ckpt_every_n_steps < 1:
-        raise InputError(
-            "training.max_steps, val_every_n_steps and ckpt_every_n_steps must be >= 1."
-        )
-    check_keep_step_checkpoints(training.keep_step_checkpoints, "training")
+    check_trainer_settings(training, "training")
 
 
 def _has_val(split: SplitData) -> bool:

@@ -191,12 +191,25 @@ class _StepCheckpoint(ModelCheckpoint):
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
 
 
-def check_keep_step_checkpoints(keep: int | None, group: str) -> None:
-    """Fail before any work on a ``keep_step_checkpoints`` below 1 (``None`` keeps every one).
+def check_trainer_settings(settings: TrainerParams, group: str) -> None:
+    """Fail before any work on step counts below 1 or a ``keep_step_checkpoints`` below 1.
+
+    The checks the ``training`` and ``finetuning`` groups share (``None`` keeps every step
+    checkpoint).
+
+    Args:
+        settings: The group's trainer fields.
+        group: ``"training"`` or ``"finetuning"`` (the messages name the key).
 
     Raises:
-        InputError: ``keep`` is 0 or negative.
+        InputError: ``max_steps``, ``val_every_n_steps`` or ``ckpt_every_n_steps`` below 1,
+            or ``keep_step_checkpoints`` 0 or negative.
     """
+    if min(settings.max_steps, settings.val_every_n_steps, settings.ckpt_every_n_steps) < 1:
+        raise InputError(
+            f"{group}.max_steps, val_every_n_steps and ckpt_every_n_steps must be >= 1."
+        )
+    keep = settings.keep_step_checkpoints
     if keep is not None and keep < 1:
         raise InputError(
             f"{group}.keep_step_checkpoints is {keep}: keep at least 1 periodic checkpoint (2 or "
